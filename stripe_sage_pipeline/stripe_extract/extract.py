@@ -79,23 +79,80 @@ def _rows_or_fail(url: str, table_name: str, objects: list[dict], account: str, 
                               f"(the object is kept in {SCHEMA}._rejected_objects)") from err
 
 
-def extract_hour(reader: StripeReader, url: str, table_name: str, start: int, end: int) -> WindowResult:
-    """List one object type created in [start, end) and upsert it in one transaction."""
-    table = TABLES[table_name]
+def _chunks(start: int, end: int, chunk_s: int) -> list[tuple[int, int]]:
+    first = start - start % chunk_s
+    return [(max(s, start), min(s + chunk_s, end)) for s in range(first, end, chunk_s) if min(s + chunk_s, end) > max(s, start)]
+
+
+def _flush(reader: StripeReader, url: str, table_name: str, hours: dict[int, list[tuple]], payouts: dict[int, list[dict]],
+           resume_key: str, lowest_done: int) -> tuple[int, int]:
+    """Commit whole hours in one transaction, with the resume cursor, so a kill never leaves half an hour."""
     account = reader.stripe_account or ""
-    objects = reader.list_all(table.list_path, {"created": {"gte": start, "lt": end}})
-    label = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(start))
-    rows = _rows_or_fail(url, table_name, objects, account, label)
     members: dict[str, list[str]] = {}
-    if table_name == "payouts":
-        for po in objects:
+    for objs in payouts.values():
+        for po in objs:
             if po.get("automatic"):
                 members[po["id"]] = [bt["id"] for bt in reader.list_all("/v1/balance_transactions", {"payout": po["id"]})]
+    table = TABLES[table_name]
+    rows = [r for h in sorted(hours) for r in hours[h]]
     with psycopg.connect(url) as conn, conn.transaction():
         staging.upsert_rows(conn, table, rows)
         n_members = sum(staging.upsert_payout_members(conn, po, bts, account) for po, bts in members.items())
-    return WindowResult(table_name, start, end, rows=len(rows), hours=1, payout_members=n_members,
-                        rows_by_hour={start: len(rows)})
+        _set_cursor(conn, resume_key, account, lowest_done, None)
+    return len(rows), n_members
+
+
+def extract_chunk(reader: StripeReader, url: str, table_name: str, start: int, end: int) -> WindowResult:
+    """Stream objects created in [start, end) newest first; commit each hour once it is complete.
+
+    Listing is newest first, so once a page reaches an older hour every newer hour is complete. Memory
+    holds one hour and one page, whatever the window's size. A resume cursor (the oldest committed hour)
+    lets a killed run continue where it stopped instead of starting over.
+    """
+    table = TABLES[table_name]
+    account = reader.stripe_account or ""
+    resume_key = f"extract:{table_name}:{start}:{end}"
+    with psycopg.connect(url) as conn:
+        resumed_at, _ = _get_cursor(conn, resume_key, account)
+    upper = resumed_at if resumed_at is not None else end
+    result = WindowResult(table_name, start, end)
+    hours: dict[int, list[tuple]] = {}
+    payouts: dict[int, list[dict]] = {}
+    lowest_done = upper
+
+    def flush(below_hour: int | None) -> None:
+        nonlocal hours, payouts, lowest_done
+        done = [h for h in hours if below_hour is None or h > below_hour]
+        if not done:
+            return
+        # Every hour at or above this one is committed: the exclusive upper bound to resume from.
+        lowest_done = below_hour + HOUR if below_hour is not None else start
+        n, m = _flush(reader, url, table_name, {h: hours.pop(h) for h in done},
+                      {h: payouts.pop(h) for h in done if h in payouts}, resume_key, lowest_done)
+        result.rows += n
+        result.payout_members += m
+        for h in done:
+            result.rows_by_hour[h] = result.rows_by_hour.get(h, 0)
+
+    if upper > start:
+        for page, _ in reader.iter_pages(table.list_path, {"created": {"gte": start, "lt": upper}}):
+            label = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(start))
+            rows = _rows_or_fail(url, table_name, page, account, label)
+            for obj, row in zip(page, rows, strict=True):
+                h = int(obj["created"]) - int(obj["created"]) % HOUR
+                hours.setdefault(h, []).append(row)
+                result.rows_by_hour[h] = result.rows_by_hour.get(h, 0) + 1
+                if table_name == "payouts":
+                    payouts.setdefault(h, []).append(obj)
+            if page:
+                last_hour = int(page[-1]["created"]) - int(page[-1]["created"]) % HOUR
+                flush(below_hour=last_hour)
+        flush(below_hour=None)
+    with psycopg.connect(url) as conn:
+        conn.execute(f"delete from {SCHEMA}._sync_state where stream = %s and stripe_account = %s", (resume_key, account))
+        conn.commit()
+    result.hours = len(hour_windows(start, end))
+    return result
 
 
 def extract_window(
@@ -105,15 +162,16 @@ def extract_window(
     start: int,
     end: int,
     workers: int = 4,
+    chunk_s: int = 86400,
     progress: Callable[[WindowResult], None] | None = None,
 ) -> WindowResult:
-    """Extract [start, end) hour by hour (each hour its own transaction), a few hours in parallel."""
+    """Extract [start, end): day-sized chunks in parallel, each streamed and committed hour by hour."""
     total = WindowResult(table_name, start, end)
-    windows = hour_windows(start, end)
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(windows) or 1))) as pool:
-        for res in pool.map(lambda w: extract_hour(reader, url, table_name, *w), windows):
+    chunks = _chunks(start, end, chunk_s)
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(chunks) or 1))) as pool:
+        for res in pool.map(lambda c: extract_chunk(reader, url, table_name, *c), chunks):
             total.rows += res.rows
-            total.hours += 1
+            total.hours += res.hours
             total.payout_members += res.payout_members
             total.rows_by_hour.update(res.rows_by_hour)
             if progress:
