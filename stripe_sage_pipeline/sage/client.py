@@ -1,0 +1,397 @@
+"""httpx client for the Sage Pro REST contract (../../shared/design/sage-pro-api.md).
+
+What the contract asks of a client, in one place:
+
+* every POST carries a deterministic `Idempotency-Key` (see `keys.py`), the same on every retry;
+* 429/503/504, other 5xx and network errors are retried with exponential backoff and full jitter,
+  never sooner than the server's `Retry-After`; a 504 after a POST lands on the idempotent replay;
+* 409 DuplicateExternalReference is resolved by fetching and checking the stored record
+  (`already_exists`); 401/403 raise `CredentialsError`; 422 raises `RecordInvalid` with details;
+* a token bucket and a semaphore, shared by every client of one process that talks to the same
+  base URL as the same user, keep requests under `rate_per_minute` and `max_concurrency`.
+
+Credentials go only into the Basic `Authorization` header, never into URLs, logs or `repr`.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from typing import Any, Literal
+from urllib.parse import quote
+
+import httpx
+
+from stripe_sage_pipeline.sage.errors import (
+    Conflict,
+    CredentialsError,
+    NotFound,
+    RecordInvalid,
+    SageError,
+    TransientError,
+)
+
+log = logging.getLogger(__name__)
+
+ID_FIELDS: dict[str, str] = {
+    "customers": "custno",
+    "invoices": "invno",
+    "cash-receipts": "receipt_no",
+    "journal-entries": "batch_no",
+}
+RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+RETRYABLE_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
+MAX_RETRY_AFTER_S = 600.0
+
+
+@dataclass(frozen=True)
+class PostResult:
+    """Outcome of a write: `created` now, `replayed` (an earlier attempt's answer) or `already_exists`."""
+
+    status: Literal["created", "replayed", "already_exists"]
+    record: dict[str, Any]
+    sage_id: str
+    request_id: str
+
+
+class _Limiter:
+    """Token bucket (requests per minute) plus a concurrency semaphore, thread-safe."""
+
+    def __init__(self, rate_per_minute: int | None, max_concurrency: int) -> None:
+        self.semaphore = threading.BoundedSemaphore(max(1, max_concurrency))
+        self.rate_per_s = rate_per_minute / 60.0 if rate_per_minute else None
+        # A small bucket keeps bursts under a server bucket of the same rate.
+        self.capacity = max(1.0, (rate_per_minute or 0) / 12)
+        self.tokens = self.capacity
+        self.updated = time.monotonic()
+        self._lock = threading.Lock()
+
+    def take_token(self, sleep: Callable[[float], None]) -> None:
+        """Block until a request may start under the rate."""
+        if self.rate_per_s is None:
+            return
+        while True:
+            with self._lock:
+                now = time.monotonic()
+                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate_per_s)
+                self.updated = now
+                if self.tokens >= 1.0:
+                    self.tokens -= 1.0
+                    return
+                wait = (1.0 - self.tokens) / self.rate_per_s
+            sleep(wait)
+
+
+_LIMITERS: dict[tuple[str, str, int | None, int], _Limiter] = {}
+_LIMITERS_LOCK = threading.Lock()
+
+
+def _shared_limiter(base_url: str, user: str, rate_per_minute: int | None, max_concurrency: int) -> _Limiter:
+    key = (base_url, user, rate_per_minute, max_concurrency)
+    with _LIMITERS_LOCK:
+        if key not in _LIMITERS:
+            _LIMITERS[key] = _Limiter(rate_per_minute, max_concurrency)
+        return _LIMITERS[key]
+
+
+def _retry_after_s(response: httpx.Response | None) -> float | None:
+    """Seconds from a `Retry-After` header (delta-seconds or HTTP date), or None."""
+    if response is None:
+        return None
+    value = response.headers.get("retry-after")
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return min(float(value), MAX_RETRY_AFTER_S)
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return min(max(0.0, (when - datetime.now(UTC)).total_seconds()), MAX_RETRY_AFTER_S)
+
+
+def _envelope(response: httpx.Response) -> dict[str, Any]:
+    try:
+        payload = response.json()
+    except ValueError:
+        return {}
+    error = payload.get("error") if isinstance(payload, dict) else None
+    return error if isinstance(error, dict) else {}
+
+
+def _day(value: date | str | None) -> str | None:
+    return value.isoformat() if isinstance(value, date) else value
+
+
+class SageClient:
+    """Client for one Sage Pro company, e.g. `SageClient("http://127.0.0.1:8765/sagepro/v1/PRO01", u, p)`."""
+
+    def __init__(
+        self,
+        base_url: str,
+        user: str,
+        password: str,
+        timeout_s: float = 30,
+        max_retries: int = 6,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30,
+        max_concurrency: int = 4,
+        rate_per_minute: int | None = None,
+        *,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.base_url = base_url.rstrip("/")
+        self.user = user
+        self.max_retries = max_retries
+        self.backoff_base_s = backoff_base_s
+        self.backoff_cap_s = backoff_cap_s
+        self._sleep = sleep
+        self._random = random.Random()
+        self._limiter = _shared_limiter(self.base_url, user, rate_per_minute, max_concurrency)
+        # The password lives only inside httpx's BasicAuth; nothing here keeps or prints it.
+        self._http = httpx.Client(
+            base_url=self.base_url + "/",
+            auth=httpx.BasicAuth(user, password),
+            timeout=httpx.Timeout(timeout_s),
+            headers={"Accept": "application/json", "User-Agent": "stripe-sage-pipeline"},
+            transport=transport,
+            limits=httpx.Limits(max_connections=max(4, max_concurrency * 2)),
+        )
+
+    def __repr__(self) -> str:
+        return f"SageClient(base_url={self.base_url!r}, user={self.user!r}, password='***')"
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> SageClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- transport with retries ------------------------------------------------------------------
+
+    def _backoff(self, attempt: int, response: httpx.Response | None) -> float:
+        """Full jitter over an exponential ceiling, but never less than the server's Retry-After."""
+        ceiling = min(self.backoff_cap_s, self.backoff_base_s * (2**attempt))
+        delay = self._random.uniform(0, ceiling)
+        retry_after = _retry_after_s(response)
+        return max(delay, retry_after) if retry_after is not None else delay
+
+    def _send(
+        self,
+        method: str,
+        url: str,
+        *,
+        json: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> httpx.Response:
+        """One logical request: retried on transient failures, returned as soon as the answer is final."""
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        attempt = 0
+        while True:
+            self._limiter.take_token(self._sleep)
+            response: httpx.Response | None = None
+            failure: str
+            with self._limiter.semaphore:
+                try:
+                    response = self._http.request(method, url, json=json, params=params, headers=headers)
+                except RETRYABLE_ERRORS as exc:
+                    failure = f"{type(exc).__name__}"
+            if response is not None:
+                code = _envelope(response).get("code") if response.status_code == 409 else None
+                # RequestInProgress means our own earlier attempt still runs: wait for its outcome.
+                if response.status_code not in RETRYABLE_STATUS and code != "RequestInProgress":
+                    log.debug(
+                        "sage %s %s -> %s (request %s, attempt %d)",
+                        method,
+                        url,
+                        response.status_code,
+                        response.headers.get("x-request-id"),
+                        attempt + 1,
+                    )
+                    return response
+                failure = f"HTTP {response.status_code}"
+            if attempt >= self.max_retries:
+                request_id = response.headers.get("x-request-id") if response is not None else None
+                envelope = _envelope(response) if response is not None else {}
+                raise TransientError(
+                    f"Sage {method} {url} still failing after {attempt + 1} attempts: {failure}",
+                    status=response.status_code if response is not None else None,
+                    code=envelope.get("code"),
+                    details=envelope.get("details"),
+                    request_id=request_id,
+                )
+            delay = self._backoff(attempt, response)
+            log.info("sage %s %s: %s, retry %d in %.2f s", method, url, failure, attempt + 1, delay)
+            self._sleep(delay)
+            attempt += 1
+
+    def _raise_for(self, response: httpx.Response) -> None:
+        """Turn an error answer into the matching typed exception."""
+        status = response.status_code
+        if status < 400:
+            return
+        env = _envelope(response)
+        kwargs: dict[str, Any] = {
+            "status": status,
+            "code": env.get("code"),
+            "details": env.get("details") or [],
+            "request_id": env.get("request_id") or response.headers.get("x-request-id"),
+        }
+        message = env.get("message") or f"HTTP {status}"
+        if status in (401, 403):
+            what = "rejected the credentials" if status == 401 else "refused the operation for lack of a role"
+            raise CredentialsError(
+                f"Sage Pro {what} of user {self.user!r}: check SAGEPRO_USER/SAGEPRO_PASSWORD and that the user"
+                f" has the read and post roles ({message})",
+                **kwargs,
+            )
+        if status == 422:
+            raise RecordInvalid(message, **kwargs)
+        if status == 404:
+            raise NotFound(message, **kwargs)
+        if status == 409:
+            raise Conflict(message, **kwargs)
+        raise SageError(message, **kwargs)
+
+    def _json(self, response: httpx.Response) -> dict[str, Any]:
+        self._raise_for(response)
+        return response.json()
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
+        """GET a path relative to the company base URL (e.g. "/accounts/1010") and return its JSON."""
+        return self._json(self._send("GET", path, params=params))
+
+    def find_by_external_ref(self, resource: str, ref: str) -> dict[str, Any] | None:
+        """The record of `resource` whose external_ref is `ref`, or None (look before writing)."""
+        page = self.get(f"/{resource}", {"external_ref": ref, "$top": 1})
+        return page["value"][0] if page.get("value") else None
+
+    def list_all(self, path: str, params: dict[str, Any] | None = None) -> Iterator[dict[str, Any]]:
+        """Every record of a collection, following `next` page links."""
+        query = {"$top": 1000, **(params or {})}
+        page = self.get(path, query)
+        origin = httpx.URL(self.base_url)
+        while True:
+            yield from page.get("value", [])
+            nxt = page.get("next")
+            if not nxt:
+                return
+            target = httpx.URL(nxt)
+            if not target.is_absolute_url:  # a facade may answer with a path-only link
+                target = origin.join(nxt)
+            # Credentials go only to our own server, whatever a `next` link says.
+            if (target.scheme, target.host, target.port) != (origin.scheme, origin.host, origin.port):
+                raise SageError(f"refusing to follow a next link to another server: {target.host}")
+            page = self._json(self._send("GET", str(target)))
+
+    def account_balance(self, glacnt: str, from_date: date | str | None, to_date: date | str | None) -> dict[str, Any]:
+        """Debit, credit and net per currency of one GL account over an inclusive date range."""
+        params = {k: v for k, v in (("from", _day(from_date)), ("to", _day(to_date))) if v}
+        return self.get(f"/accounts/{quote(glacnt, safe='')}/balance", params)
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def post(self, resource: str, body: dict[str, Any], *, idempotency_key: str, external_ref: str) -> PostResult:
+        """Create a customer, invoice, cash receipt or journal entry exactly once."""
+        if resource not in ID_FIELDS:
+            raise ValueError(f"resource must be one of {sorted(ID_FIELDS)}, not {resource!r}")
+        if not idempotency_key or not external_ref:
+            raise ValueError("idempotency_key and external_ref are required")
+        if body.get("external_ref") not in (None, external_ref):
+            raise ValueError("body.external_ref differs from external_ref")
+        payload = {**body, "external_ref": external_ref}
+        response = self._send("POST", f"/{resource}", json=payload, idempotency_key=idempotency_key)
+        if response.status_code == 409 and _envelope(response).get("code") == "DuplicateExternalReference":
+            return self._existing(resource, response, external_ref)
+        record = self._json(response)
+        return self._result(resource, response, record)
+
+    def _result(self, resource: str, response: httpx.Response, record: dict[str, Any]) -> PostResult:
+        replayed = response.headers.get("idempotent-replayed", "").lower() == "true"
+        return PostResult(
+            status="replayed" if replayed else "created",
+            record=record,
+            sage_id=str(record[ID_FIELDS[resource]]),
+            request_id=response.headers.get("x-request-id", ""),
+        )
+
+    def _existing(self, resource: str, response: httpx.Response, external_ref: str) -> PostResult:
+        """Resolve a DuplicateExternalReference: fetch the stored record and check it is ours."""
+        env = _envelope(response)
+        existing_id = next((d.get("existing_id") for d in env.get("details") or [] if d.get("existing_id")), None)
+        record: dict[str, Any] | None
+        if existing_id:
+            record = self.get(f"/{resource}/{quote(str(existing_id), safe='')}")
+        else:
+            record = self.find_by_external_ref(resource, external_ref)
+        if not record or record.get("external_ref") != external_ref:
+            raise Conflict(
+                f"Sage reported external_ref {external_ref!r} as used, but the stored record does not carry it",
+                status=409,
+                code="DuplicateExternalReference",
+                details=env.get("details"),
+                request_id=env.get("request_id"),
+            )
+        log.info("sage %s %s already exists as %s", resource, external_ref, record.get(ID_FIELDS[resource]))
+        return PostResult(
+            status="already_exists",
+            record=record,
+            sage_id=str(record[ID_FIELDS[resource]]),
+            request_id=env.get("request_id") or response.headers.get("x-request-id", ""),
+        )
+
+    def patch_customer(self, custno: str, body: dict[str, Any], idempotency_key: str) -> dict[str, Any]:
+        """Update a customer; raises `NotFound` when it does not exist (the caller then creates it)."""
+        response = self._send(
+            "PATCH", f"/customers/{quote(custno, safe='')}", json=body, idempotency_key=idempotency_key
+        )
+        return self._json(response)
+
+    def reverse_journal_entry(
+        self,
+        batch_no: str,
+        idempotency_key: str,
+        *,
+        posting_date: date | str | None = None,
+        external_ref: str | None = None,
+        description: str | None = None,
+    ) -> PostResult:
+        """Post the mirror of an entry; an entry reversed before returns `already_exists` with its reversal."""
+        body = {
+            k: v
+            for k, v in (
+                ("posting_date", _day(posting_date)),
+                ("external_ref", external_ref),
+                ("description", description),
+            )
+            if v is not None
+        }
+        path = f"/journal-entries/{quote(batch_no, safe='')}"
+        response = self._send("POST", f"{path}/reverse", json=body, idempotency_key=idempotency_key)
+        env = _envelope(response) if response.status_code == 409 else {}
+        if env.get("code") == "AlreadyReversed":
+            reversal_no = next((d.get("existing_id") for d in env.get("details") or [] if d.get("existing_id")), None)
+            reversal_no = reversal_no or self.get(path).get("reversed_by")
+            record = self.get(f"/journal-entries/{quote(str(reversal_no), safe='')}")
+            return PostResult("already_exists", record, str(record["batch_no"]), env.get("request_id") or "")
+        return self._result("journal-entries", response, self._json(response))
+
+
+__all__ = ["ID_FIELDS", "PostResult", "SageClient"]

@@ -1,0 +1,1 @@
+"""Local emulators of the external systems (Stripe, Sage Pro) so the pipeline runs with no network."""
