@@ -1,0 +1,180 @@
+"""Benchmark of the finance transformation: a full build over 1M balance transactions, then an
+incremental run after 1% more arrive.
+
+Data is generated straight into stripe_staging with SQL (generate_series): charges, refunds,
+disputes and fee transactions spread over a year, one automatic payout per day with its
+membership. "Build" means dbt build (models + dbt tests) plus the Great Expectations suites.
+
+    python benchmarks/transform.py [--rows 1000000] [--keep]
+
+Uses STRIPE_SAGE_DATABASE_URL's server when set, else the embedded one; works in a database of
+its own (`bench_transform`), dropped and recreated each time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+# A target folder of its own, so a benchmark never races a test run over dbt's partial-parse state.
+os.environ.setdefault("DBT_TARGET_PATH", os.path.join(tempfile.gettempdir(), "stripe_sage_bench_dbt_target"))
+
+from stripe_sage_pipeline.db import database_url, libpq_url  # noqa: E402
+from stripe_sage_pipeline.quality import run_suite  # noqa: E402
+from stripe_sage_pipeline.stripe_extract.staging import ensure_schema  # noqa: E402
+from stripe_sage_pipeline.transform import dbt_build, prepare_database  # noqa: E402
+
+BENCH_DB = "bench_transform"
+SUITES = ("staging", "journal_lines", "payout_reconciliation", "invoice_lines")
+
+# One batch of balance transactions i in [lo, hi): the kind follows i % 100 (88% charges, 10%
+# refunds, 1% disputes, 1% Stripe fees), created evenly over `span_s` seconds from `t0`.
+GENERATE = """
+create temp table gen as
+select
+    i,
+    'txn_b' || i as bt_id,
+    case when i %% 100 < 88 then 'charge' when i %% 100 < 98 then 'refund' when i %% 100 = 98 then 'dispute' else 'fee' end as kind,
+    %(t0)s::timestamptz + ((i - %(lo)s) * %(span_s)s / (%(hi)s - %(lo)s)) * interval '1 second' as created,
+    (500 + (i * 7919) %% 49500)::bigint as base_amount
+from generate_series(%(lo)s::bigint, %(hi)s::bigint - 1) as i;
+
+alter table gen add column amount bigint, add column fee bigint, add column category text, add column type text,
+    add column source_id text, add column day date;
+update gen set
+    amount = case kind when 'charge' then base_amount when 'refund' then -base_amount / 2
+                       when 'dispute' then -base_amount else -(base_amount / 100) end,
+    fee = case kind when 'charge' then base_amount * 29 / 1000 + 30 when 'dispute' then 1500 else 0 end,
+    category = kind,
+    type = case kind when 'dispute' then 'adjustment' when 'fee' then 'stripe_fee' else kind end,
+    source_id = case kind when 'charge' then 'ch_b' || i when 'refund' then 're_b' || i when 'dispute' then 'dp_b' || i else null end,
+    day = (created at time zone 'UTC')::date;
+
+insert into stripe_staging.customers (stripe_account, id, created, name, email, livemode, raw, _extracted_at)
+select '', 'cus_b' || c, %(t0)s::timestamptz, 'Customer ' || c, 'c' || c || '@example.com', false, '{}'::jsonb,
+    coalesce(%(extracted)s::timestamptz, %(t0)s::timestamptz + interval '10 minutes')
+from generate_series((%(lo)s / 50)::bigint, (%(hi)s / 50)::bigint - 1) as c
+on conflict do nothing;
+
+insert into stripe_staging.charges (stripe_account, id, created, amount, amount_captured, amount_refunded, currency,
+    customer_id, balance_transaction_id, status, paid, captured, refunded, disputed, description, metadata, livemode,
+    raw, _extracted_at)
+select '', source_id, created, amount, amount, 0, 'usd', 'cus_b' || (i / 50), bt_id, 'succeeded', true, true, false,
+    false, 'Order ' || i,
+    case when i %% 20 = 0 then jsonb_build_object('tax_amount', (amount / 11)::text) else '{}'::jsonb end,
+    false, '{}'::jsonb, coalesce(%(extracted)s::timestamptz, created + interval '10 minutes')
+from gen where kind = 'charge';
+
+insert into stripe_staging.balance_transactions (stripe_account, id, created, available_on, amount, fee, net, currency,
+    type, reporting_category, source_id, status, fee_details, raw, _extracted_at)
+select '', bt_id, created, created + interval '2 days', amount, fee, amount - fee, 'usd', type, category, source_id,
+    'available',
+    case when fee <> 0 then jsonb_build_array(jsonb_build_object('amount', fee, 'currency', 'usd', 'type', 'stripe_fee'))
+         else '[]'::jsonb end,
+    '{}'::jsonb, coalesce(%(extracted)s::timestamptz, created + interval '10 minutes')
+from gen;
+
+-- One automatic payout per day, sweeping that day's transactions.
+create temp table gen_payouts as
+select 'po_b' || %(lo)s || '_' || to_char(day, 'YYYYMMDD') as payout_id, day, sum(amount - fee)::bigint as amount
+from gen group by day;
+
+insert into stripe_staging.balance_transactions (stripe_account, id, created, available_on, amount, fee, net, currency,
+    type, reporting_category, source_id, status, fee_details, raw, _extracted_at)
+select '', 'txn_' || payout_id, (day + 1)::timestamptz, (day + 1)::timestamptz, -amount, 0, -amount, 'usd', 'payout',
+    'payout', payout_id, 'available', '[]'::jsonb, '{}'::jsonb, coalesce(%(extracted)s::timestamptz, (day + 1)::timestamptz + interval '10 minutes')
+from gen_payouts;
+
+insert into stripe_staging.payouts (stripe_account, id, created, amount, currency, arrival_date, automatic, status,
+    method, type, balance_transaction_id, raw, _extracted_at)
+select '', payout_id, (day + 1)::timestamptz, amount, 'usd', (day + 2)::timestamptz, true, 'paid', 'standard',
+    'bank_account', 'txn_' || payout_id, '{}'::jsonb, coalesce(%(extracted)s::timestamptz, (day + 1)::timestamptz + interval '10 minutes')
+from gen_payouts;
+
+insert into stripe_staging.payout_balance_transactions (stripe_account, payout_id, balance_transaction_id, _extracted_at)
+select '', 'po_b' || %(lo)s || '_' || to_char(day, 'YYYYMMDD'), bt_id, coalesce(%(extracted)s::timestamptz, (day + 1)::timestamptz + interval '10 minutes') from gen
+union all
+select '', payout_id, 'txn_' || payout_id, coalesce(%(extracted)s::timestamptz, (day + 1)::timestamptz + interval '10 minutes') from gen_payouts;
+
+drop table gen;
+drop table gen_payouts;
+"""
+
+
+def _server_url(database: str) -> str:
+    parts = urlsplit(database_url())
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def recreate_database() -> str:
+    """Drop and create the benchmark database; return its SQLAlchemy URL."""
+    with psycopg.connect(libpq_url(_server_url("postgres")), autocommit=True) as conn:
+        conn.execute(f"drop database if exists {BENCH_DB} with (force)")
+        conn.execute(f"create database {BENCH_DB}")
+    return _server_url(BENCH_DB)
+
+
+def generate(url: str, lo: int, hi: int, t0: datetime, span_s: int, extracted: datetime | None) -> None:
+    """Generate balance transactions [lo, hi) and everything that goes with them into staging."""
+    with psycopg.connect(libpq_url(url)) as conn:
+        ensure_schema(conn)
+        psycopg.ClientCursor(conn).execute(GENERATE, {"lo": lo, "hi": hi, "t0": t0, "span_s": span_s, "extracted": extracted})
+        conn.commit()
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        conn.execute("vacuum analyze")
+
+
+def build(url: str, full_refresh: bool, since: datetime | None) -> tuple[float, float, dict[str, bool]]:
+    """One build: dbt build (models + tests), then the GE suites; returns (dbt s, GE s, suite results)."""
+    t = time.perf_counter()
+    dbt_build(url=url, full_refresh=full_refresh, prepare=False)
+    t_dbt = time.perf_counter() - t
+    t = time.perf_counter()
+    results = {name: run_suite(name, url, since=since).passed for name in SUITES}
+    return t_dbt, time.perf_counter() - t, results
+
+
+def main() -> None:
+    """Generate, build in full, add 1%, build incrementally, print the figures."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--rows", type=int, default=1_000_000, help="balance transactions in the full build")
+    args = ap.parse_args()
+    n = args.rows
+    year = 365 * 86400
+    url = recreate_database()
+    print(f"database {BENCH_DB}; generating {n:,} balance transactions ...", flush=True)
+    t = time.perf_counter()
+    # A year of history ending four days ago, each object extracted ten minutes after its creation
+    # (hourly runs); then 1% more over the last four days, extracted now.
+    now = datetime.now(UTC).replace(microsecond=0)
+    start = now - timedelta(days=369)
+    generate(url, 0, n, start, year, None)
+    prepare_database(url)
+    print(f"  generated in {time.perf_counter() - t:.1f} s", flush=True)
+
+    t_dbt, t_ge, ok = build(url, full_refresh=True, since=None)
+    full = t_dbt + t_ge
+    with psycopg.connect(libpq_url(url)) as conn:
+        lines = conn.execute("select count(*) from finance.fct_journal_lines").fetchone()[0]
+    print(f"full build:        {full:7.1f} s  (dbt build {t_dbt:.1f} s + GE suites {t_ge:.1f} s; "
+          f"{lines:,} journal lines; suites passed: {all(ok.values())})", flush=True)
+
+    extra = n // 100
+    started = datetime.now(UTC)
+    generate(url, n, n + extra, start + timedelta(seconds=year), int(year * extra / n), datetime.now(UTC))
+    t_dbt, t_ge, ok = build(url, full_refresh=False, since=started)
+    inc = t_dbt + t_ge
+    print(f"incremental (+1%): {inc:7.1f} s  (dbt build {t_dbt:.1f} s + GE suites {t_ge:.1f} s; "
+          f"suites passed: {all(ok.values())})")
+    print(f"incremental / full = {inc / full:.1%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,187 @@
+{#-
+  One row per balance transaction with everything the journal needs: its accounting category
+  (reporting_category, else the mapping's fallback from `type`, else unmapped -> suspense), the
+  counter / fee / clearing / bank accounts from the mapping, the tax part of a charge, the payout
+  that swept it, and its posting date. Incremental: a run re-reads only the transactions whose
+  own row, payout membership, charge or invoice was extracted since the last run, plus those
+  created within the look-back.
+-#}
+{{
+    config(
+        materialized='incremental',
+        unique_key=['stripe_account', 'balance_transaction_id'],
+        incremental_strategy='delete+insert',
+        on_schema_change='fail',
+        post_hook=[
+            "{{ ensure_index(\'stripe_account, balance_transaction_id\', \'key\') }}",
+            "{{ ensure_index(\'stripe_account, payout_id\', \'payout\') }}",
+            "{{ ensure_index(\'_classified_at\', \'classified_at\') }}",
+        ],
+    )
+}}
+
+with settings as (
+    select * from {{ source('finance_config', 'settings') }}
+),
+
+{% if is_incremental() %}
+since as (
+    select {{ extracted_since('_source_extracted_at') }} as extracted_after,
+           {{ created_since('created_at') }} as created_after
+),
+
+changed as (
+    select b.stripe_account, b.balance_transaction_id
+    from {{ ref('stg_stripe__balance_transactions') }} as b, since
+    where b._extracted_at > since.extracted_after or b.created_at > since.created_after
+    union
+    select m.stripe_account, m.balance_transaction_id
+    from {{ ref('stg_stripe__payout_balance_transactions') }} as m, since
+    where m._extracted_at > since.extracted_after
+    union
+    select ch.stripe_account, ch.balance_transaction_id
+    from {{ ref('stg_stripe__charges') }} as ch, since
+    where ch._extracted_at > since.extracted_after and ch.balance_transaction_id is not null
+    union
+    select ch.stripe_account, ch.balance_transaction_id
+    from {{ ref('stg_stripe__invoices') }} as i
+    inner join {{ ref('stg_stripe__charges') }} as ch
+        on ch.stripe_account = i.stripe_account and ch.invoice_id = i.invoice_id, since
+    where i._extracted_at > since.extracted_after and ch.balance_transaction_id is not null
+),
+{% endif %}
+
+balance_transactions as (
+    select b.*
+    from {{ ref('stg_stripe__balance_transactions') }} as b
+    {% if is_incremental() %}
+    where (b.stripe_account, b.balance_transaction_id) in (select stripe_account, balance_transaction_id from changed)
+    {% endif %}
+),
+
+membership as (
+    -- A transaction belongs to exactly one payout; distinct on keeps a duplicate listing harmless.
+    select distinct on (stripe_account, balance_transaction_id)
+        stripe_account, balance_transaction_id, payout_id, _extracted_at
+    from {{ ref('stg_stripe__payout_balance_transactions') }}
+    {% if is_incremental() %}
+    where (stripe_account, balance_transaction_id) in (select stripe_account, balance_transaction_id from changed)
+    {% endif %}
+    order by stripe_account, balance_transaction_id, payout_id
+),
+
+categorised as (
+    select
+        b.*,
+        case
+            when b.reporting_category in ('charge', 'payout', 'payout_reversal') then b.reporting_category
+            when by_category.counter_account is not null then b.reporting_category
+            when fallback.reporting_category is not null then fallback.reporting_category
+            else coalesce(nullif(b.reporting_category, ''), b.balance_transaction_type)
+        end as accounting_category,
+        case
+            when b.reporting_category in ('charge', 'payout', 'payout_reversal') then 'reporting_category'
+            when by_category.counter_account is not null then 'reporting_category'
+            when fallback.reporting_category is not null then 'type_fallback'
+            else 'unmapped'
+        end as classification_source
+    from balance_transactions as b
+    left join {{ source('finance_config', 'category_accounts') }} as by_category
+        on by_category.reporting_category = b.reporting_category
+    left join {{ source('finance_config', 'type_fallback') }} as fallback
+        on fallback.balance_transaction_type = b.balance_transaction_type
+),
+
+with_charge as (
+    select
+        c.*,
+        ch.charge_id,
+        ch.customer_id,
+        ch.currency as presentment_currency,
+        ch.amount as presentment_amount,
+        ch._extracted_at as charge_extracted_at,
+        inv.invoice_id,
+        inv._extracted_at as invoice_extracted_at,
+        -- Tax in the charge's (presentment) currency, per the mapping's tax source.
+        case
+            when c.accounting_category <> 'charge' or ch.charge_id is null or s.tax_source = 'none' then 0
+            when s.tax_source = 'invoice_then_metadata' and inv.invoice_id is not null
+                then coalesce(inv.tax_amount, 0)
+            when (ch.metadata ->> s.tax_metadata_key) ~ '^-?[0-9]+$'
+                then (ch.metadata ->> s.tax_metadata_key)::bigint
+            else 0
+        end as tax_amount_presentment,
+        case
+            when c.accounting_category <> 'charge' or ch.charge_id is null or s.tax_source = 'none' then 'none'
+            when s.tax_source = 'invoice_then_metadata' and inv.invoice_id is not null then 'invoice'
+            when (ch.metadata ->> s.tax_metadata_key) ~ '^-?[0-9]+$' then 'metadata'
+            else 'none'
+        end as tax_source
+    from categorised as c
+    cross join settings as s
+    left join {{ ref('stg_stripe__charges') }} as ch
+        on ch.stripe_account = c.stripe_account and ch.charge_id = c.source_id
+    left join {{ ref('stg_stripe__invoices') }} as inv
+        on inv.stripe_account = ch.stripe_account and inv.invoice_id = ch.invoice_id
+)
+
+select
+    w.stripe_account,
+    w.balance_transaction_id,
+    w.created_at,
+    w.available_at,
+    (case when s.activity_date = 'available_on' then w.available_at else w.created_at end
+        at time zone s.timezone)::date as posting_date,
+    w.amount,
+    w.fee,
+    w.net,
+    w.currency,
+    w.exchange_rate,
+    w.balance_transaction_type,
+    w.reporting_category,
+    w.accounting_category,
+    w.classification_source,
+    w.classification_source = 'unmapped' as is_unmapped,
+    -- Payouts and their failures are posted from the payout (Dr Bank / Cr Clearing), not per transaction.
+    (w.accounting_category in ('payout', 'payout_reversal')
+        or w.balance_transaction_type in ('payout', 'payout_cancel', 'payout_failure')) as is_payout_movement,
+    w.balance_transaction_status,
+    w.source_id,
+    w.charge_id,
+    w.customer_id,
+    w.invoice_id,
+    w.presentment_currency,
+    w.presentment_amount,
+    w.tax_source,
+    w.tax_amount_presentment,
+    case
+        when w.tax_amount_presentment = 0 then 0::bigint
+        when w.presentment_currency = w.currency or w.exchange_rate is null then w.tax_amount_presentment
+        else {{ convert_minor('w.tax_amount_presentment', 'w.presentment_currency', 'w.currency', 'w.exchange_rate') }}
+    end as tax_amount,
+    case
+        when w.accounting_category = 'charge' then s.revenue_account
+        when w.accounting_category in ('payout', 'payout_reversal') then coalesce(cur.bank_account, s.default_bank_account)
+        else coalesce(mapped.counter_account, s.suspense_account)
+    end as counter_account,
+    s.sales_tax_account,
+    fee_override.fee_account as fee_account_override,
+    s.default_fee_account,
+    coalesce(cur.clearing_account, s.default_clearing_account) as clearing_account,
+    coalesce(cur.bank_account, s.default_bank_account) as bank_account,
+    w.fee_details,
+    (select coalesce(sum((fd ->> 'amount')::bigint), 0) from jsonb_array_elements(w.fee_details) as fd)::bigint
+        as fee_details_total,
+    m.payout_id,
+    greatest(w._extracted_at, m._extracted_at, w.charge_extracted_at, w.invoice_extracted_at) as _source_extracted_at,
+    now() as _classified_at
+from with_charge as w
+cross join settings as s
+left join membership as m
+    on m.stripe_account = w.stripe_account and m.balance_transaction_id = w.balance_transaction_id
+left join {{ source('finance_config', 'category_accounts') }} as mapped
+    on mapped.reporting_category = w.accounting_category
+left join {{ source('finance_config', 'fee_accounts') }} as fee_override
+    on fee_override.match_kind = 'category' and fee_override.match_value = w.accounting_category
+left join {{ source('finance_config', 'currency_accounts') }} as cur
+    on cur.currency = w.currency

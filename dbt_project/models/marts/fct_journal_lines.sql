@@ -1,0 +1,313 @@
+{#-
+  Balanced journal lines in both posting modes (accounting.md):
+    * detail: one entry per balance transaction (external_ref txn_...), plus Dr Bank / Cr Clearing
+      per payout once it is paid, dated at its arrival date;
+    * payout_summary: one entry per paid automatic payout (external_ref po_...): the legs of every
+      transaction it swept plus its bank leg, netted per account (clearing nets to zero);
+    * both: a reversing entry when a paid payout later fails (never an edit of the original).
+  Lines are per (entry, account): debit or credit, non-negative, in integer minor units of the
+  settlement currency. `is_selected_mode` marks the mode the mapping posts.
+  Incremental by entry: a run rebuilds only the entries whose transactions were reclassified or
+  whose payout changed since the last run (delete+insert on entry_id).
+-#}
+{{
+    config(
+        materialized='incremental',
+        unique_key='entry_id',
+        incremental_strategy='delete+insert',
+        on_schema_change='fail',
+        post_hook=[
+            "{{ ensure_index(\'entry_id\', \'entry\') }}",
+            "{{ ensure_index(\'stripe_account, payout_id\', \'payout\') }}",
+        ],
+    )
+}}
+
+with settings as (
+    select * from {{ source('finance_config', 'settings') }}
+),
+
+classified as (
+    select * from {{ ref('int_balance_transactions__classified') }}
+),
+
+payouts as (
+    select * from {{ ref('stg_stripe__payouts') }}
+),
+
+{% if is_incremental() %}
+since as (
+    select
+        (select coalesce(max(_classified_at), '-infinity'::timestamptz) from {{ this }}) as classified_after,
+        {{ extracted_since('_payout_extracted_at') }} as extracted_after
+),
+
+window_transactions as (
+    select c.*
+    from classified as c, since
+    where c._classified_at > since.classified_after
+),
+
+window_payouts as (
+    select p.stripe_account, p.payout_id
+    from payouts as p, since
+    where p._extracted_at > since.extracted_after
+    union
+    select e.stripe_account, e.object_id
+    from {{ ref('stg_stripe__events') }} as e, since
+    where e._extracted_at > since.extracted_after and e.event_type like 'payout.%'
+    union
+    select w.stripe_account, w.payout_id from window_transactions as w where w.payout_id is not null
+),
+{% else %}
+window_transactions as (
+    select * from classified
+),
+
+window_payouts as (
+    select stripe_account, payout_id from payouts
+),
+{% endif %}
+
+payout_state as (
+    select
+        p.*,
+        coalesce(failure_bt.created_at, failed_event.created_at) as failed_at,
+        -- Paid now, or paid before it failed: a payout can fail after arrival (a bank return).
+        (
+            p.payout_status = 'paid'
+            or paid_event.event_id is not null
+            or (p.payout_status = 'failed' and coalesce(failure_bt.created_at, failed_event.created_at) >= p.arrival_at)
+        ) as was_paid
+    from payouts as p
+    inner join window_payouts as wp on wp.stripe_account = p.stripe_account and wp.payout_id = p.payout_id
+    left join {{ ref('stg_stripe__balance_transactions') }} as failure_bt
+        on failure_bt.stripe_account = p.stripe_account
+        and failure_bt.balance_transaction_id = p.failure_balance_transaction_id
+    left join lateral (
+        select e.event_id from {{ ref('stg_stripe__events') }} as e
+        where e.stripe_account = p.stripe_account and e.object_id = p.payout_id and e.event_type = 'payout.paid'
+        limit 1
+    ) as paid_event on true
+    left join lateral (
+        select min(e.created_at) as created_at from {{ ref('stg_stripe__events') }} as e
+        where e.stripe_account = p.stripe_account and e.object_id = p.payout_id
+            and e.event_type in ('payout.failed', 'payout.canceled')
+    ) as failed_event on true
+),
+
+payout_accounts as (
+    select
+        ps.*,
+        coalesce(cur.clearing_account, s.default_clearing_account) as clearing_account,
+        coalesce(cur.bank_account, s.default_bank_account) as bank_account
+    from payout_state as ps
+    cross join settings as s
+    left join {{ source('finance_config', 'currency_accounts') }} as cur on cur.currency = ps.currency
+    where ps.was_paid
+),
+
+-- detail: one entry per activity transaction
+detail_legs as (
+    select
+        'detail' as posting_mode,
+        'balance_transaction' as entry_type,
+        'detail:' || case when c.stripe_account <> '' then c.stripe_account || ':' else '' end
+            || c.balance_transaction_id as entry_id,
+        c.balance_transaction_id as external_ref,
+        c.posting_date,
+        c.currency,
+        c.stripe_account,
+        c.balance_transaction_id,
+        c.payout_id,
+        c.source_id,
+        c.charge_id,
+        c.customer_id,
+        c.accounting_category,
+        c.is_unmapped and legs.leg_type = 'counter' as is_unmapped,
+        c.balance_transaction_type || ' ' || coalesce(c.source_id, c.balance_transaction_id)
+            || case when c.exchange_rate is not null and c.presentment_currency is not null
+                then ' (presented ' || {{ to_major('c.presentment_amount', 'c.presentment_currency') }}::text
+                    || ' ' || upper(c.presentment_currency) || ' @ ' || c.exchange_rate::text || ')'
+                else '' end as memo,
+        legs.leg_type,
+        legs.account_code,
+        legs.signed_amount,
+        c._classified_at
+    from window_transactions as c
+    cross join lateral ({{ journal_legs('c', source('finance_config', 'fee_accounts')) }}) as legs
+    where not c.is_payout_movement
+),
+
+-- payout_summary: the legs of every transaction a paid payout swept, plus its bank leg
+summary_member_legs as (
+    select
+        pa.stripe_account,
+        pa.payout_id,
+        legs.account_code,
+        legs.signed_amount,
+        c.is_unmapped and legs.leg_type = 'counter' as is_unmapped,
+        c._classified_at
+    from payout_accounts as pa
+    inner join classified as c on c.stripe_account = pa.stripe_account and c.payout_id = pa.payout_id
+    cross join lateral ({{ journal_legs('c', source('finance_config', 'fee_accounts')) }}) as legs
+    where pa.is_automatic and not c.is_payout_movement
+),
+
+payout_bank_legs as (
+    select pa.stripe_account, pa.payout_id, pa.bank_account as account_code, pa.amount as signed_amount
+    from payout_accounts as pa
+    union all
+    select pa.stripe_account, pa.payout_id, pa.clearing_account, -pa.amount
+    from payout_accounts as pa
+),
+
+summary_legs as (
+    select
+        'payout_summary' as posting_mode,
+        'payout_summary' as entry_type,
+        'summary:' || case when pa.stripe_account <> '' then pa.stripe_account || ':' else '' end
+            || pa.payout_id as entry_id,
+        pa.payout_id as external_ref,
+        (pa.arrival_at at time zone 'UTC')::date as posting_date,
+        pa.currency,
+        pa.stripe_account,
+        null::text as balance_transaction_id,
+        pa.payout_id,
+        pa.payout_id as source_id,
+        null::text as charge_id,
+        null::text as customer_id,
+        'payout' as accounting_category,
+        coalesce(l.is_unmapped, false) as is_unmapped,
+        'Stripe payout ' || pa.payout_id || ' arriving ' || (pa.arrival_at at time zone 'UTC')::date::text as memo,
+        l.leg_type,
+        l.account_code,
+        l.signed_amount,
+        l._classified_at
+    from payout_accounts as pa
+    inner join (
+        select stripe_account, payout_id, 'member' as leg_type, account_code, signed_amount, is_unmapped, _classified_at
+        from summary_member_legs
+        union all
+        select stripe_account, payout_id, 'bank', account_code, signed_amount, false, null::timestamptz
+        from payout_bank_legs
+    ) as l on l.stripe_account = pa.stripe_account and l.payout_id = pa.payout_id
+    where pa.is_automatic
+),
+
+-- detail: the payout itself; both modes: the reversal of a paid payout that failed
+payout_legs as (
+    select
+        modes.posting_mode,
+        kinds.entry_type,
+        case modes.posting_mode when 'detail' then 'detail:' else 'summary:' end
+            || case when pa.stripe_account <> '' then pa.stripe_account || ':' else '' end
+            || pa.payout_id || kinds.suffix as entry_id,
+        case kinds.entry_type
+            when 'payout' then coalesce(pa.balance_transaction_id, pa.payout_id)
+            else coalesce(pa.failure_balance_transaction_id, pa.payout_id || '-reversal')
+        end as external_ref,
+        case kinds.entry_type
+            when 'payout' then (pa.arrival_at at time zone 'UTC')::date
+            else (coalesce(pa.failed_at, pa.arrival_at) at time zone 'UTC')::date
+        end as posting_date,
+        pa.currency,
+        pa.stripe_account,
+        case kinds.entry_type when 'payout' then pa.balance_transaction_id else pa.failure_balance_transaction_id end
+            as balance_transaction_id,
+        pa.payout_id,
+        pa.payout_id as source_id,
+        null::text as charge_id,
+        null::text as customer_id,
+        case kinds.entry_type when 'payout' then 'payout' else 'payout_reversal' end as accounting_category,
+        false as is_unmapped,
+        case kinds.entry_type
+            when 'payout' then 'Stripe payout ' || pa.payout_id
+            else 'Reversal of failed Stripe payout ' || pa.payout_id || coalesce(' (' || pa.failure_code || ')', '')
+        end as memo,
+        bank.leg_type,
+        bank.account_code,
+        bank.signed_amount * kinds.sign as signed_amount,
+        null::timestamptz as _classified_at
+    from payout_accounts as pa
+    cross join (values ('detail'), ('payout_summary')) as modes (posting_mode)
+    cross join (values ('payout', '', 1), ('payout_reversal', ':reversal', -1)) as kinds (entry_type, suffix, sign)
+    cross join lateral (
+        select 'bank' as leg_type, pa.bank_account as account_code, pa.amount as signed_amount
+        union all
+        select 'clearing', pa.clearing_account, -pa.amount
+    ) as bank
+    where (kinds.entry_type = 'payout' and modes.posting_mode = 'detail')
+        or (kinds.entry_type = 'payout_reversal' and pa.payout_status in ('failed', 'canceled'))
+),
+
+all_legs as (
+    select * from detail_legs
+    union all
+    select * from summary_legs
+    union all
+    select * from payout_legs
+),
+
+netted as (
+    select
+        posting_mode,
+        entry_type,
+        entry_id,
+        external_ref,
+        posting_date,
+        currency,
+        stripe_account,
+        balance_transaction_id,
+        payout_id,
+        source_id,
+        charge_id,
+        customer_id,
+        accounting_category,
+        memo,
+        account_code,
+        bool_or(is_unmapped) as is_unmapped,
+        -- Order in an entry: debits then credits; bank first, then by account.
+        min(case leg_type when 'bank' then 0 when 'clearing' then 1 when 'fee' then 2 when 'counter' then 3 else 4 end)
+            as leg_order,
+        sum(signed_amount)::bigint as net_amount,
+        max(_classified_at) as _classified_at
+    from all_legs
+    group by
+        posting_mode, entry_type, entry_id, external_ref, posting_date, currency, stripe_account,
+        balance_transaction_id, payout_id, source_id, charge_id, customer_id, accounting_category, memo, account_code
+)
+
+select
+    n.entry_id || ':' || n.account_code as journal_line_id,
+    n.entry_id,
+    n.posting_mode,
+    n.posting_mode = s.posting_mode as is_selected_mode,
+    n.entry_type,
+    n.external_ref,
+    n.posting_date,
+    row_number() over (
+        partition by n.entry_id order by (n.net_amount < 0), n.leg_order, n.account_code
+    )::integer as line_number,
+    n.account_code,
+    greatest(n.net_amount, 0) as debit,
+    greatest(-n.net_amount, 0) as credit,
+    n.currency,
+    {{ to_major('greatest(n.net_amount, 0)', 'n.currency') }} as debit_amount,
+    {{ to_major('greatest(-n.net_amount, 0)', 'n.currency') }} as credit_amount,
+    n.memo,
+    n.is_unmapped,
+    n.accounting_category,
+    n.stripe_account,
+    n.balance_transaction_id,
+    n.payout_id,
+    n.source_id,
+    n.charge_id,
+    n.customer_id,
+    n._classified_at,
+    p._extracted_at as _payout_extracted_at,
+    now() as _loaded_at
+from netted as n
+cross join settings as s
+left join payouts as p on p.stripe_account = n.stripe_account and p.payout_id = n.payout_id
+where n.net_amount <> 0

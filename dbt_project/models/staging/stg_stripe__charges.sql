@@ -1,0 +1,22 @@
+select
+    stripe_account,
+    id as charge_id,
+    created as created_at,
+    amount,
+    amount_captured,
+    amount_refunded,
+    lower(currency) as currency,
+    customer_id,
+    balance_transaction_id,
+    invoice_id,
+    payment_intent_id,
+    status as charge_status,
+    paid as is_paid,
+    captured as is_captured,
+    refunded as is_refunded,
+    disputed as is_disputed,
+    description,
+    metadata,
+    livemode as is_livemode,
+    _extracted_at
+from {{ source('stripe', 'charges') }}

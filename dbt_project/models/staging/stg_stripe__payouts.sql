@@ -1,0 +1,20 @@
+select
+    stripe_account,
+    id as payout_id,
+    created as created_at,
+    amount,
+    lower(currency) as currency,
+    arrival_date as arrival_at,
+    automatic as is_automatic,
+    status as payout_status,
+    method as payout_method,
+    type as payout_type,
+    balance_transaction_id,
+    failure_balance_transaction_id,
+    failure_code,
+    failure_message,
+    destination_id,
+    description,
+    metadata,
+    _extracted_at
+from {{ source('stripe', 'payouts') }}

@@ -1,0 +1,274 @@
+"""Great Expectations suites, as code, for staging and the finance marts.
+
+A suite is a list of named checks, each one GX expectation on one table (or on the rows of that
+table loaded since a moment, for incremental runs). Row-level rules that need SQL across columns
+or rows (an entry balances, net = amount - fee) are `UnexpectedRowsExpectation`s: GX runs the
+query in Postgres and returns the offending rows, so nothing large is pulled into Python.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from ..mapping import BT_TYPES
+
+log = logging.getLogger(__name__)
+
+PAYOUT_STATUSES = ["paid", "pending", "in_transit", "canceled", "failed"]
+CHARGE_STATUSES = ["succeeded", "pending", "failed"]
+REFUND_STATUSES = ["pending", "succeeded", "failed", "requires_action", "canceled"]
+BT_STATUSES = ["available", "pending"]
+
+
+def iso_currencies() -> list[str]:
+    """Lower-case ISO 4217 codes (from Babel's CLDR data, which dbt's agate already installs)."""
+    from babel.numbers import list_currencies
+
+    return sorted(c.lower() for c in list_currencies())
+
+
+@dataclass(frozen=True)
+class Check:
+    """One named expectation on one table; `kind` picks the GX expectation class."""
+
+    name: str
+    schema: str
+    table: str
+    kind: str  # unexpected_rows | not_null | unique | in_set
+    sql: str | None = None  # for unexpected_rows: a query over {batch} returning the offending rows
+    column: str | None = None
+    columns: tuple[str, ...] = ()
+    values: tuple[str, ...] = ()
+    time_column: str = "_loaded_at"  # rows newer than `since` are the window of an incremental run
+    description: str = ""
+
+
+@dataclass
+class CheckResult:
+    """Outcome of one check: passed, how many rows failed, and the first few of them."""
+
+    name: str
+    passed: bool
+    unexpected_count: int
+    failing_rows: list[dict[str, Any]] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass
+class Result:
+    """Outcome of a suite: passed, the first failing rows (with their check's name), statistics."""
+
+    suite: str
+    passed: bool
+    failing_rows_first_n: list[dict[str, Any]]
+    stats: dict[str, Any]
+    checks: list[CheckResult]
+
+    def failed_checks(self) -> list[str]:
+        """Names of the checks that failed."""
+        return [c.name for c in self.checks if not c.passed]
+
+
+def _staging_checks() -> list[Check]:
+    s = "stripe_staging"
+    t = "_extracted_at"
+    checks = [
+        Check("staging_balance_transaction_ids_unique", s, "balance_transactions", "unique",
+              columns=("stripe_account", "id"), time_column=t),
+        Check("staging_net_equals_amount_minus_fee", s, "balance_transactions", "unexpected_rows", time_column=t,
+              sql="select stripe_account, id, amount, fee, net from {batch} where net <> amount - fee",
+              description="Every balance transaction: net == amount - fee."),
+        Check("staging_fee_equals_fee_details", s, "balance_transactions", "unexpected_rows", time_column=t,
+              sql="select stripe_account, id, fee, fee_details_total from ("
+                  " select stripe_account, id, fee, (select coalesce(sum((d ->> 'amount')::bigint), 0)"
+                  " from jsonb_array_elements(fee_details) as d) as fee_details_total from {batch}) as b"
+                  " where fee <> fee_details_total",
+              description="Every balance transaction: fee == sum(fee_details.amount)."),
+        Check("staging_balance_transaction_currency_iso", s, "balance_transactions", "in_set", column="currency",
+              values=tuple(iso_currencies()), time_column=t),
+        Check("staging_balance_transaction_type_known", s, "balance_transactions", "in_set", column="type",
+              values=tuple(sorted(BT_TYPES)), time_column=t),
+        Check("staging_balance_transaction_status_known", s, "balance_transactions", "in_set", column="status",
+              values=tuple(BT_STATUSES), time_column=t),
+        Check("staging_charge_ids_unique", s, "charges", "unique", columns=("stripe_account", "id"), time_column=t),
+        Check("staging_charge_status_known", s, "charges", "in_set", column="status", values=tuple(CHARGE_STATUSES),
+              time_column=t),
+        Check("staging_charge_currency_iso", s, "charges", "in_set", column="currency",
+              values=tuple(iso_currencies()), time_column=t),
+        Check("staging_refund_status_known", s, "refunds", "in_set", column="status", values=tuple(REFUND_STATUSES),
+              time_column=t),
+        Check("staging_payout_ids_unique", s, "payouts", "unique", columns=("stripe_account", "id"), time_column=t),
+        Check("staging_payout_status_known", s, "payouts", "in_set", column="status", values=tuple(PAYOUT_STATUSES),
+              time_column=t),
+        Check("staging_payout_members_staged", s, "payout_balance_transactions", "unexpected_rows", time_column=t,
+              sql="select m.stripe_account, m.payout_id, m.balance_transaction_id from (select * from {batch}) as m"
+                  " where not exists (select 1 from stripe_staging.balance_transactions as b"
+                  " where b.stripe_account = m.stripe_account and b.id = m.balance_transaction_id)",
+              description="Every transaction listed in a payout has been extracted."),
+    ]
+    return checks
+
+
+def _journal_checks() -> list[Check]:
+    f = "finance"
+    return [
+        Check("journal_lines_balance", f, "fct_journal_lines", "unexpected_rows",
+              sql="select entry_id, min(external_ref) as external_ref, sum(debit) as total_debit,"
+                  " sum(credit) as total_credit, sum(debit) - sum(credit) as difference,"
+                  " count(distinct currency) as currencies from {batch}"
+                  " group by entry_id having sum(debit) <> sum(credit) or count(distinct currency) > 1",
+              description="Every entry: sum(debit) == sum(credit) to the minor unit, in one currency."),
+        Check("journal_lines_one_sided", f, "fct_journal_lines", "unexpected_rows",
+              sql="select journal_line_id, entry_id, account_code, debit, credit from {batch}"
+                  " where debit < 0 or credit < 0 or (debit > 0) = (credit > 0)",
+              description="Every line is non-negative and on exactly one side."),
+        Check("journal_lines_accounts_in_chart", f, "fct_journal_lines", "unexpected_rows",
+              sql="select journal_line_id, entry_id, account_code from (select * from {batch}) as j where not exists"
+                  " (select 1 from finance_config.accounts as a where a.account_code = j.account_code)",
+              description="Every account used is in the mapping's chart of accounts."),
+        Check("journal_lines_posting_date_present", f, "fct_journal_lines", "not_null", column="posting_date"),
+    ]
+
+
+def _payout_checks() -> list[Check]:
+    return [
+        Check("payout_reconciliation_zero_difference", "finance", "fct_payout_reconciliation", "unexpected_rows",
+              sql="select payout_id, payout_status, payout_amount, net_of_items, difference from {batch}"
+                  " where is_complete and payout_status not in ('failed', 'canceled') and difference <> 0",
+              description="Every complete automatic payout: amount == sum(net) of its items."),
+        Check("payout_members_net_to_zero", "finance", "fct_payout_reconciliation", "unexpected_rows",
+              sql="select payout_id, net_of_all from {batch}"
+                  " where is_complete and has_own_transaction and payout_status not in ('failed', 'canceled')"
+                  " and net_of_all <> 0",
+              description="Every complete automatic payout: the net of all its transactions (its own included) is 0."),
+    ]
+
+
+def _invoice_checks() -> list[Check]:
+    return [
+        Check("invoice_totals_equal_lines_plus_tax", "finance", "fct_invoice_lines", "unexpected_rows",
+              sql="select document_key, max(document_total) as document_total, sum(line_amount) as lines_total,"
+                  " max(document_tax) as document_tax from {batch} group by document_key"
+                  " having max(document_total) <> sum(line_amount) + max(document_tax)",
+              description="Every document: total == sum(line amounts) + tax."),
+        Check("invoice_lines_revenue_account_present", "finance", "fct_invoice_lines", "not_null",
+              column="revenue_account"),
+    ]
+
+
+SUITES: dict[str, Any] = {
+    "staging": _staging_checks,
+    "journal_lines": _journal_checks,
+    "payout_reconciliation": _payout_checks,
+    "invoice_lines": _invoice_checks,
+}
+
+
+def suite_checks(name: str) -> list[Check]:
+    """The checks of a suite by name (staging, journal_lines, payout_reconciliation, invoice_lines)."""
+    if name not in SUITES:
+        raise KeyError(f"unknown suite {name!r}; known: {', '.join(SUITES)}")
+    return SUITES[name]()
+
+
+def _expectation(check: Check):
+    import great_expectations as gx
+
+    if check.kind == "unexpected_rows":
+        return gx.expectations.UnexpectedRowsExpectation(unexpected_rows_query=check.sql,
+                                                         description=check.description or check.name)
+    if check.kind == "not_null":
+        return gx.expectations.ExpectColumnValuesToNotBeNull(column=check.column)
+    if check.kind == "unique":
+        return gx.expectations.ExpectCompoundColumnsToBeUnique(column_list=list(check.columns))
+    if check.kind == "in_set":
+        return gx.expectations.ExpectColumnValuesToBeInSet(column=check.column, value_set=list(check.values))
+    raise ValueError(f"unknown check kind {check.kind!r}")
+
+
+def _context():
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import ProgressBarsConfig
+
+    ctx = gx.get_context(mode="ephemeral")
+    ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
+    return ctx
+
+
+def _rows_from(result: dict[str, Any], check: Check, n: int) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    if check.kind == "unexpected_rows":
+        rows = list((result.get("details") or {}).get("unexpected_rows") or [])
+    else:
+        values = result.get("partial_unexpected_list") or result.get("unexpected_list") or []
+        rows = [v if isinstance(v, dict) else {check.column or "value": v} for v in values]
+    return [{"check": check.name, **{k: _jsonable(v) for k, v in r.items()}} for r in rows[:n]]
+
+
+def _raised(info: Any) -> str | None:
+    """The first exception message in a GX result's exception_info (flat, or keyed by metric)."""
+    if not isinstance(info, dict):
+        return None
+    if info.get("raised_exception"):
+        return str(info.get("exception_message"))
+    for v in info.values():
+        if isinstance(v, dict) and v.get("raised_exception"):
+            return str(v.get("exception_message"))[:500]
+    return None
+
+
+def _jsonable(v: Any) -> Any:
+    if isinstance(v, (str, int, float, bool)) or v is None:
+        return v
+    return str(v)
+
+
+def run_suite(name: str, url: str, since: datetime | None = None, first_n: int = 20) -> Result:
+    """Run one suite against the database at `url` (SQLAlchemy URL, TCP host).
+
+    `since` limits every check to rows loaded (marts) or extracted (staging) after it: an
+    incremental run only needs to check what it rebuilt.
+    """
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    checks = suite_checks(name)
+    ctx = _context()
+    ds = ctx.data_sources.add_postgres(f"pg_{name}", connection_string=url)
+    batches: dict[str, Any] = {}
+    results: list[CheckResult] = []
+    for check in checks:
+        key = f"{check.schema}.{check.table}"
+        if key not in batches:
+            if since is None:
+                asset = ds.add_table_asset(key, table_name=check.table, schema_name=check.schema)
+            else:
+                asset = ds.add_query_asset(
+                    key, query=f"select * from {check.schema}.{check.table} where {check.time_column} >= "
+                               f"'{since.isoformat()}'::timestamptz")
+            batches[key] = asset.add_batch_definition_whole_table("all").get_batch()
+        try:
+            r = batches[key].validate(_expectation(check), result_format="COMPLETE")
+        except Exception as exc:  # a check that cannot run must fail, never pass silently
+            results.append(CheckResult(check.name, False, -1, [], f"{type(exc).__name__}: {exc}"))
+            continue
+        res = r.result or {}
+        error = _raised(r.exception_info)
+        if error:
+            results.append(CheckResult(check.name, False, -1, [], error))
+            continue
+        count = res.get("unexpected_count")
+        if count is None:
+            count = res.get("observed_value") if check.kind == "unexpected_rows" else 0
+        results.append(CheckResult(check.name, bool(r.success), int(count or 0), _rows_from(res, check, first_n)))
+    failing = [row for c in results for row in c.failing_rows][:first_n]
+    stats = {
+        "evaluated": len(results),
+        "failed": [c.name for c in results if not c.passed],
+        "unexpected_counts": {c.name: c.unexpected_count for c in results},
+        "errors": {c.name: c.error for c in results if c.error},
+        "window_since": since.isoformat() if since else None,
+    }
+    return Result(name, all(c.passed for c in results), failing, stats, results)
