@@ -81,9 +81,10 @@ class StripeReader:
         backoff_base_s: float = 0.25,
         backoff_cap_s: float = 20.0,
     ):
-        kwargs = {"base_addresses": {"api": api_base}} if api_base else {}
-        # The SDK's own retries ignore Retry-After and skip 429s; ours do both.
-        self._client = stripe.StripeClient(api_key, max_network_retries=0, **kwargs)
+        self._api_key = api_key
+        self._api_base = api_base
+        # One SDK client per thread: a shared one mixed up responses between threads (seen here).
+        self._local = threading.local()
         self.stripe_account = stripe_account
         self.limiter = RateLimiter(rate_limit_per_s)
         self.max_retries = max_retries
@@ -93,6 +94,16 @@ class StripeReader:
 
     def __repr__(self) -> str:  # never show the key
         return f"StripeReader(account={self.stripe_account!r}, rate={self.limiter.rate})"
+
+    @property
+    def _client(self) -> stripe.StripeClient:
+        client = getattr(self._local, "client", None)
+        if client is None:
+            kwargs = {"base_addresses": {"api": self._api_base}} if self._api_base else {}
+            # The SDK's own retries ignore Retry-After and skip 429s; ours do both.
+            client = stripe.StripeClient(self._api_key, max_network_retries=0, **kwargs)
+            self._local.client = client
+        return client
 
     def request(self, path: str, **params) -> dict:
         """GET `path` with params; retries 429, 5xx and network errors with backoff, honouring Retry-After."""

@@ -79,13 +79,17 @@ def _rows_or_fail(url: str, table_name: str, objects: list[dict], account: str, 
                               f"(the object is kept in {SCHEMA}._rejected_objects)") from err
 
 
-def _chunks(start: int, end: int, chunk_s: int) -> list[tuple[int, int]]:
-    first = start - start % chunk_s
-    return [(max(s, start), min(s + chunk_s, end)) for s in range(first, end, chunk_s) if min(s + chunk_s, end) > max(s, start)]
+def _chunks(start: int, end: int, pieces: int) -> list[tuple[int, int]]:
+    """[start, end) cut into at most `pieces` hour-aligned chunks of about equal length."""
+    hours = hour_windows(start, end)
+    if not hours:
+        return []
+    per = -(-len(hours) // max(1, pieces))
+    return [(hours[i][0], hours[min(i + per, len(hours)) - 1][1]) for i in range(0, len(hours), per)]
 
 
-def _flush(reader: StripeReader, url: str, table_name: str, hours: dict[int, list[tuple]], payouts: dict[int, list[dict]],
-           resume_key: str, lowest_done: int) -> tuple[int, int]:
+def _flush(reader: StripeReader, conn: psycopg.Connection, table_name: str, hours: dict[int, list[tuple]],
+           payouts: dict[int, list[dict]], resume_key: str, lowest_done: int) -> tuple[int, int]:
     """Commit whole hours in one transaction, with the resume cursor, so a kill never leaves half an hour."""
     account = reader.stripe_account or ""
     members: dict[str, list[str]] = {}
@@ -95,7 +99,7 @@ def _flush(reader: StripeReader, url: str, table_name: str, hours: dict[int, lis
                 members[po["id"]] = [bt["id"] for bt in reader.list_all("/v1/balance_transactions", {"payout": po["id"]})]
     table = TABLES[table_name]
     rows = [r for h in sorted(hours) for r in hours[h]]
-    with psycopg.connect(url) as conn, conn.transaction():
+    with conn.transaction():
         staging.upsert_rows(conn, table, rows)
         n_members = sum(staging.upsert_payout_members(conn, po, bts, account) for po, bts in members.items())
         _set_cursor(conn, resume_key, account, lowest_done, None)
@@ -112,8 +116,8 @@ def extract_chunk(reader: StripeReader, url: str, table_name: str, start: int, e
     table = TABLES[table_name]
     account = reader.stripe_account or ""
     resume_key = f"extract:{table_name}:{start}:{end}"
-    with psycopg.connect(url) as conn:
-        resumed_at, _ = _get_cursor(conn, resume_key, account)
+    conn = psycopg.connect(url, autocommit=True)  # one connection per chunk; each flush is its own transaction
+    resumed_at, _ = _get_cursor(conn, resume_key, account)
     upper = resumed_at if resumed_at is not None else end
     result = WindowResult(table_name, start, end)
     hours: dict[int, list[tuple]] = {}
@@ -127,30 +131,29 @@ def extract_chunk(reader: StripeReader, url: str, table_name: str, start: int, e
             return
         # Every hour at or above this one is committed: the exclusive upper bound to resume from.
         lowest_done = below_hour + HOUR if below_hour is not None else start
-        n, m = _flush(reader, url, table_name, {h: hours.pop(h) for h in done},
+        n, m = _flush(reader, conn, table_name, {h: hours.pop(h) for h in done},
                       {h: payouts.pop(h) for h in done if h in payouts}, resume_key, lowest_done)
         result.rows += n
         result.payout_members += m
-        for h in done:
-            result.rows_by_hour[h] = result.rows_by_hour.get(h, 0)
 
-    if upper > start:
-        for page, _ in reader.iter_pages(table.list_path, {"created": {"gte": start, "lt": upper}}):
-            label = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(start))
-            rows = _rows_or_fail(url, table_name, page, account, label)
-            for obj, row in zip(page, rows, strict=True):
-                h = int(obj["created"]) - int(obj["created"]) % HOUR
-                hours.setdefault(h, []).append(row)
-                result.rows_by_hour[h] = result.rows_by_hour.get(h, 0) + 1
-                if table_name == "payouts":
-                    payouts.setdefault(h, []).append(obj)
-            if page:
-                last_hour = int(page[-1]["created"]) - int(page[-1]["created"]) % HOUR
-                flush(below_hour=last_hour)
-        flush(below_hour=None)
-    with psycopg.connect(url) as conn:
-        conn.execute(f"delete from {SCHEMA}._sync_state where stream = %s and stripe_account = %s", (resume_key, account))
-        conn.commit()
+    with conn:
+        if upper > start:
+            for page, _ in reader.iter_pages(table.list_path, {"created": {"gte": start, "lt": upper}}):
+                label = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(int(page[0]["created"]) if page else start))
+                rows = _rows_or_fail(url, table_name, page, account, label)
+                for obj, row in zip(page, rows, strict=True):
+                    h = int(obj["created"]) - int(obj["created"]) % HOUR
+                    hours.setdefault(h, []).append(row)
+                    result.rows_by_hour[h] = result.rows_by_hour.get(h, 0) + 1
+                    if table_name == "payouts":
+                        payouts.setdefault(h, []).append(obj)
+                if page:
+                    last_hour = int(page[-1]["created"]) - int(page[-1]["created"]) % HOUR
+                    flush(below_hour=last_hour)
+            flush(below_hour=None)
+        if resumed_at is not None or lowest_done != upper:
+            conn.execute(f"delete from {SCHEMA}._sync_state where stream = %s and stripe_account = %s",
+                         (resume_key, account))
     result.hours = len(hour_windows(start, end))
     return result
 
@@ -162,12 +165,16 @@ def extract_window(
     start: int,
     end: int,
     workers: int = 4,
-    chunk_s: int = 86400,
+    pieces: int | None = None,
     progress: Callable[[WindowResult], None] | None = None,
 ) -> WindowResult:
-    """Extract [start, end): day-sized chunks in parallel, each streamed and committed hour by hour."""
+    """Extract [start, end): a few chunks in parallel, each streamed and committed hour by hour.
+
+    Chunks are few and long (not a request per empty hour): a month with a quiet year before it costs
+    a handful of requests beyond the pages that carry data.
+    """
     total = WindowResult(table_name, start, end)
-    chunks = _chunks(start, end, chunk_s)
+    chunks = _chunks(start, end, pieces or workers * 2)
     with ThreadPoolExecutor(max_workers=max(1, min(workers, len(chunks) or 1))) as pool:
         for res in pool.map(lambda c: extract_chunk(reader, url, table_name, *c), chunks):
             total.rows += res.rows
