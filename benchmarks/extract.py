@@ -69,10 +69,14 @@ r = StripeReader("sk_test_emulator", args["url"], rate_limit_per_s=args["rate"])
 t0 = time.monotonic()
 rows = 0
 if args.get("max_requests"):
-    # Rate probe: page through charges until max_requests have gone out.
-    for _ in r.iter_pages("/v1/charges", {"limit": 100}):
-        if r.stats.requests >= args["max_requests"]:
-            break
+    # Rate probe: as many threads as extraction uses page through charges until max_requests went out.
+    from concurrent.futures import ThreadPoolExecutor
+    def probe(i):
+        for _ in r.iter_pages("/v1/charges", {"created": {"gte": args["start"] + i * 86400, "lt": args["end"]}}):
+            if r.stats.requests >= args["max_requests"]:
+                return
+    with ThreadPoolExecutor(args["workers"]) as pool:
+        list(pool.map(probe, range(args["workers"])))
 else:
     for t in args["tables"]:
         rows += extract.extract_window(r, args["db"], t, args["start"], args["end"], workers=args["workers"]).rows
@@ -128,7 +132,8 @@ def main() -> None:
                         admin(url, "/_emulator/config", {"rate_limit_per_s": limit})
                         before = admin(url, "/_emulator/requests")
                         n = limit * 12
-                        probe = run_worker({"db": db, "url": url, "rate": limit, "max_requests": n, "workers": 1})
+                        probe = run_worker({"db": db, "url": url, "rate": limit, "max_requests": n, "workers": a.workers,
+                                            "start": start, "end": end + 86400})
                         after = admin(url, "/_emulator/requests")
                         achieved = probe["requests"] / probe["seconds"]
                         served_429 = after.get("rate_limited", 0) - before.get("rate_limited", 0)
