@@ -243,8 +243,8 @@ def test_a_malformed_object_fails_the_run_naming_object_and_field_and_commits_no
     """A balance transaction without `amount` fails the partition with its id and the field; it is kept, not dropped."""
     state, srv = emulator
     conninfo = _prepare(fresh_db)
-    start, _ = window_of(state.summary())
-    hour = start + 5 * 3600
+    _, end = window_of(state.summary())
+    hour = end - 2 * 86400 - 3600 * 7  # inside the generated days, whatever the customers' age
     good = {"id": "txn_GOODNEIGHBOUR", "object": "balance_transaction", "amount": 500, "available_on": hour + 90,
             "created": hour + 60, "currency": "usd", "description": None, "exchange_rate": None, "fee": 0,
             "fee_details": [], "net": 500, "reporting_category": "charge", "source": None, "status": "available",

@@ -10,7 +10,7 @@ from ...stripe_extract.extract import ensure_events_cursor, extract_window, sync
 from ...stripe_extract.tables import SCHEMA, TABLES
 from ..resources import PostgresResource, StripeResource
 
-START_DATE = os.environ.get("STRIPE_SAGE_START_DATE", "2026-01-01-00:00")
+START_DATE = os.environ.get("STRIPE_SAGE_START_DATE", "2025-01-01-00:00")
 
 hourly_partitions = dg.HourlyPartitionsDefinition(start_date=START_DATE, timezone="UTC")
 
