@@ -115,6 +115,13 @@ class ConditionalField(_Strict):
     when_present: str
 
 
+class CustomerSync(_Strict):
+    """Which customer fields Sage Pro owns: edited in Sage, copied to Stripe; the rest is Stripe's."""
+
+    # Groups of Sage customer fields: name (company), email, phone, address (address1-2, city, state, zip, country).
+    sage_owns: list[Literal["name", "email", "phone", "address"]] = Field(default_factory=lambda: ["email", "address"])
+
+
 class Mapping(_Strict):
     """The whole mapping file, typed."""
 
@@ -133,6 +140,7 @@ class Mapping(_Strict):
     value_maps: dict[str, dict[str, str]] = Field(default_factory=dict)
     defaults: dict[str, str] = Field(default_factory=dict)
     conditional_fields: list[ConditionalField] = Field(default_factory=list)
+    customer_sync: CustomerSync = CustomerSync()
 
     def clearing_account(self, currency: str) -> str:
         """Clearing account of a settlement currency."""
@@ -144,7 +152,9 @@ class Mapping(_Strict):
 
     def fingerprint(self) -> str:
         """Stable hash of the mapping's content: a change means incremental models must rebuild."""
-        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+        # customer_sync does not shape any model, so it does not force a rebuild.
+        data = self.model_dump(exclude={"customer_sync"})
+        return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _semantic_problems(m: Mapping) -> list[tuple[str, Any, str]]:
@@ -290,6 +300,7 @@ def mapping_rows(m: Mapping) -> list[dict[str, str]]:
         add("default", k, v, False)
     for cf in m.conditional_fields:
         add("conditional field", cf.sage_field, f"when {cf.when_present} is present", False)
+    add("customer sync", "sage_owns", ", ".join(m.customer_sync.sage_owns) or "(nothing)", False)
     return rows
 
 

@@ -65,6 +65,14 @@ class SageResource(dg.ConfigurableResource):
     rate_per_minute: int | None = 110
     max_concurrency: int = 4
 
+    def client(self, **overrides):
+        """A `SageClient` plus its request counter (`CountingTransport`), e.g. `client, counter = sage.client()`."""
+        from ..posting.post import make_client
+
+        base_url = self.base_url or "http://127.0.0.1:8765/sagepro/v1/PRO01"
+        return make_client(base_url, self.user, self.password, rate_per_minute=self.rate_per_minute,
+                           max_concurrency=self.max_concurrency, **overrides)
+
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
     """Resources built from the environment (see .env.example)."""

@@ -103,8 +103,9 @@ class _Gen:
         rng = self.rng
         times = []
         for i in range(n):
-            if i < n * 2 // 5:  # long-standing customers, before the window
-                times.append(self.start - rng.randrange(DAY, 365 * DAY))
+            if i < n * 2 // 5:  # customers who signed up before the window (a week at most: a
+                # longer lead would make every demo backfill span months of empty hourly partitions)
+                times.append(self.start - rng.randrange(DAY, 7 * DAY))
             else:
                 times.append(self.start + rng.randrange(0, max(1, self.days * DAY - 3600)))
         times.sort()

@@ -1,0 +1,289 @@
+"""Load stage: the finance marts posted to Sage Pro in daily partitions (UTC posting date).
+
+The posting logic lives in `stripe_sage_pipeline.posting` (plain modules); this module only wires it
+into Dagster: partitioned load assets under `sage/…` downstream of the finance marts, a `load_job`
+that finance backfills a month with (one run per day, so a backfill equals posting day by day), the
+dead-letter re-drive, and the Sage → Stripe customer sync with its schedule. Every Sage call runs in
+the `sage_api` pool, so concurrent runs stay under Sage's rate limit together.
+"""
+
+
+import contextlib
+import os
+from collections.abc import Iterator
+from datetime import date
+
+import dagster as dg
+
+from ...mapping import load_mapping
+from ...posting import customers as customer_sync
+from ...posting.ledger import SCHEMA
+from ...posting.post import (
+    LoadStats,
+    PartitionBlocked,
+    PlanError,
+    Poster,
+    load_cash_receipts,
+    load_invoices,
+    load_journal_entries,
+)
+from ...posting.redrive import redrive
+from ...sage.errors import CredentialsError
+from ..resources import PostgresResource, SageResource, StripeResource
+
+SAGE_POOL = "sage_api"
+START_DATE = os.environ.get("STRIPE_SAGE_START_DATE", "2025-01-01-00:00")[:10]
+
+# end_offset=1: today's partition exists, so a payout arriving today can post today.
+daily_partitions = dg.DailyPartitionsDefinition(start_date=START_DATE, timezone="UTC", end_offset=1)
+
+FINANCE = {name: dg.AssetKey(["finance", name]) for name in
+           ("fct_journal_lines", "fct_invoice_lines", "fct_payout_reconciliation", "dim_customers")}
+CUSTOMERS_KEY = dg.AssetKey(["sage", "customers"])
+INVOICES_KEY = dg.AssetKey(["sage", "invoices"])
+RECEIPTS_KEY = dg.AssetKey(["sage", "cash_receipts"])
+JOURNAL_KEY = dg.AssetKey(["sage", "journal_entries"])
+RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)
+
+
+def _day(context: dg.AssetExecutionContext) -> date:
+    return date.fromisoformat(context.partition_key)
+
+
+def _result(context: dg.AssetExecutionContext, stats: LoadStats, **extra: object) -> dg.MaterializeResult:
+    """Asset metadata from the counts; a run whose retries ran out fails (the items stay `computed`)."""
+    meta = {
+        "planned": stats.planned,
+        "posted": stats.posted,
+        "created": stats.created,
+        "replayed": stats.replayed,
+        "already_exists": stats.already_exists,
+        "unchanged": stats.unchanged,
+        "dead_lettered": stats.dead_lettered,
+        "dead_letters_waiting": stats.dead_letters_waiting,
+        "held": stats.held,
+        "reversed": stats.reversed,
+        "corrected": stats.corrected,
+        "requests_used": stats.requests,
+        "dead_letters_table": f"{SCHEMA}.dead_letters",
+        **extra,
+    }
+    if stats.dead_lettered:
+        context.log.warning(f"{stats.dead_lettered} item(s) dead-lettered: see {SCHEMA}.dead_letters, fix, then run"
+                            " redrive_dead_letters_job (or `stripe-sage redrive`)")
+    if stats.transient_failures:
+        raise dg.Failure(
+            description=f"{stats.transient_failures} item(s) could not reach Sage after retries; they stay computed"
+            " and are resent with the same idempotency key on the next attempt",
+            metadata={**meta, "errors": dg.MetadataValue.json(stats.errors[:20])},
+        )
+    return dg.MaterializeResult(metadata=meta)
+
+
+@contextlib.contextmanager
+def _credentials_stop_the_run() -> Iterator[None]:
+    """401/403: fail the run without retries (retrying cannot fix a password); the failure alerts."""
+    try:
+        yield
+    except CredentialsError as err:
+        raise dg.Failure(description=f"Sage Pro credentials: {err}", allow_retries=False) from err
+
+
+def _poster(postgres: PostgresResource, sage: SageResource) -> Poster:
+    client, counter = sage.client()
+    return Poster(postgres.url(), client, workers=sage.max_concurrency, transport=counter)
+
+
+@dg.asset(
+    key=CUSTOMERS_KEY,
+    deps=[FINANCE["dim_customers"]],
+    partitions_def=daily_partitions,
+    group_name="sage",
+    kinds={"sage", "postgres"},
+    pool=SAGE_POOL,
+    retry_policy=RETRY,
+)
+def sage_customers(context: dg.AssetExecutionContext, postgres: PostgresResource, sage: SageResource
+                   ) -> dg.MaterializeResult:
+    """Sage customers for every Stripe customer created up to the partition's day: created, or updated (Stripe-owned fields)."""
+    client, counter = sage.client()
+    try:
+        with _credentials_stop_the_run():
+            stats = customer_sync.push_customers(postgres.url(), client, up_to=_day(context), transport=counter)
+    finally:
+        client.close()
+    return _result(context, stats)
+
+
+@dg.asset(
+    key=INVOICES_KEY,
+    deps=[FINANCE["fct_invoice_lines"], CUSTOMERS_KEY],
+    partitions_def=daily_partitions,
+    group_name="sage",
+    kinds={"sage", "postgres"},
+    pool=SAGE_POOL,
+    retry_policy=RETRY,
+)
+def sage_invoices(context: dg.AssetExecutionContext, postgres: PostgresResource, sage: SageResource
+                  ) -> dg.MaterializeResult:
+    """Sage invoices, one per charge of the day (invoice-driven revenue only; nothing in direct mode)."""
+    mapping = load_mapping()
+    poster = _poster(postgres, sage)
+    try:
+        with _credentials_stop_the_run():
+            stats = load_invoices(postgres.url(), poster, _day(context), mapping)
+    except (PartitionBlocked, PlanError) as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from err
+    finally:
+        poster.close()
+    return _result(context, stats, revenue_mode=mapping.revenue_mode)
+
+
+@dg.asset(
+    key=RECEIPTS_KEY,
+    deps=[FINANCE["fct_journal_lines"], INVOICES_KEY],
+    partitions_def=daily_partitions,
+    group_name="sage",
+    kinds={"sage", "postgres"},
+    pool=SAGE_POOL,
+    retry_policy=RETRY,
+)
+def sage_cash_receipts(context: dg.AssetExecutionContext, postgres: PostgresResource, sage: SageResource
+                       ) -> dg.MaterializeResult:
+    """Sage cash receipts settling the day's charge invoices (invoice-driven revenue only)."""
+    mapping = load_mapping()
+    poster = _poster(postgres, sage)
+    try:
+        with _credentials_stop_the_run():
+            stats = load_cash_receipts(postgres.url(), poster, _day(context), mapping)
+    except PlanError as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from err
+    finally:
+        poster.close()
+    return _result(context, stats, revenue_mode=mapping.revenue_mode)
+
+
+@dg.asset(
+    key=JOURNAL_KEY,
+    deps=[FINANCE["fct_journal_lines"], FINANCE["fct_payout_reconciliation"], RECEIPTS_KEY],
+    partitions_def=daily_partitions,
+    group_name="sage",
+    kinds={"sage", "postgres"},
+    pool=SAGE_POOL,
+    retry_policy=RETRY,
+)
+def sage_journal_entries(context: dg.AssetExecutionContext, postgres: PostgresResource, sage: SageResource
+                         ) -> dg.MaterializeResult:
+    """Journal entries of the day in the mapping's posting mode; changed entries reversed and re-posted."""
+    mapping = load_mapping()
+    poster = _poster(postgres, sage)
+    try:
+        with _credentials_stop_the_run():
+            stats = load_journal_entries(postgres.url(), poster, _day(context), mapping)
+    except PartitionBlocked as err:
+        # The asset itself refuses a partition whose lines break the invariants, whatever ran before.
+        context.log.error(str(err))
+        raise dg.Failure(
+            description=f"Nothing posted for {err.day}: its journal lines break the pre-post invariants",
+            metadata={"problems": dg.MetadataValue.json(err.problems)},
+            allow_retries=False,
+        ) from err
+    except PlanError as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from err
+    finally:
+        poster.close()
+    return _result(context, stats, posting_mode=mapping.posting_mode)
+
+
+DEAD_LETTERS_KEY = dg.AssetKey(["sage", "dead_letters"])
+dead_letters_spec = dg.AssetSpec(
+    DEAD_LETTERS_KEY,
+    description=f"Items Sage rejected, with record, field and reason: the view {SCHEMA}.dead_letters (materialized"
+    " by redrive_dead_letters_job).",
+    deps=[CUSTOMERS_KEY, INVOICES_KEY, RECEIPTS_KEY, JOURNAL_KEY],
+    group_name="sage",
+    kinds={"postgres"},
+)
+
+LOAD_ASSETS = [sage_customers, sage_invoices, sage_cash_receipts, sage_journal_entries]
+
+load_job = dg.define_asset_job(
+    "load_job",
+    selection=dg.AssetSelection.assets(CUSTOMERS_KEY, INVOICES_KEY, RECEIPTS_KEY, JOURNAL_KEY),
+    description="Post one posting date to Sage Pro (customers, invoices, receipts, journal entries); backfill a"
+    " month from the UI to post it day by day.",
+)
+
+
+class RedriveConfig(dg.Config):
+    """Which dead letters to re-drive (default: all)."""
+
+    resources: list[str] = []
+    refs: list[str] = []
+
+
+@dg.op(pool=SAGE_POOL)
+def redrive_dead_letters(context: dg.OpExecutionContext, config: RedriveConfig, postgres: PostgresResource,
+                         sage: SageResource) -> None:
+    """Re-plan every dead letter from the current marts and post it once (after the fix)."""
+    client, counter = sage.client()
+    poster = Poster(postgres.url(), client, workers=sage.max_concurrency, transport=counter)
+    try:
+        res = redrive(postgres.url(), client, resources=config.resources or None, refs=config.refs or None,
+                      poster=poster)
+    finally:
+        poster.close()
+        client.close()
+    for item in res.items:
+        context.log.info(f"{item['resource']} {item['external_ref']}: was {item['reason_was']}, now {item['status_now']}"
+                         + (f" ({item['reason_now']})" if item["reason_now"] else ""))
+    context.log.info(f"re-drove {len(res.items)}: {res.posted} posted, {res.still_dead} still dead-lettered,"
+                     f" {counter.count} requests")
+    context.log_event(dg.AssetMaterialization(
+        asset_key=DEAD_LETTERS_KEY,
+        description="Dead letters after a re-drive",
+        metadata={"redriven": len(res.items), "posted": res.posted, "still_dead": res.still_dead,
+                  "requests_used": counter.count, "items": dg.MetadataValue.json(res.items)},
+    ))
+
+
+@dg.job(description="Re-drive the dead letters in sage_sync.dead_letters after a fix (each posts once).")
+def redrive_dead_letters_job() -> None:
+    """Re-drive the dead letters in sage_sync.dead_letters after a fix (each posts once)."""
+    redrive_dead_letters()
+
+
+@dg.op(pool=SAGE_POOL)
+def sync_sage_customers_to_stripe(context: dg.OpExecutionContext, postgres: PostgresResource, sage: SageResource,
+                                  stripe: StripeResource) -> None:
+    """Copy Sage-side edits of the fields Sage owns (mapping: customer_sync) to the Stripe customers."""
+    client, counter = sage.client()
+    try:
+        sdk = customer_sync.stripe_client(stripe.api_key, stripe.api_base, stripe.stripe_account)
+        res = customer_sync.pull_sage_changes(postgres.url(), client, sdk)
+    finally:
+        client.close()
+    context.log.info(f"Sage customers read {res.read}, Stripe customers updated {res.updated}"
+                     f" ({', '.join(res.updated_customers) or '-'}), own writes skipped {res.skipped_own_writes},"
+                     f" cursor {res.cursor}, Sage requests {counter.count}")
+
+
+@dg.job(description="Sage → Stripe: copy Sage-owned customer fields (e.g. email, address) to Stripe.")
+def customer_sync_job() -> None:
+    """Sage → Stripe: copy Sage-owned customer fields (e.g. email, address) to Stripe."""
+    sync_sage_customers_to_stripe()
+
+
+customer_sync_schedule = dg.ScheduleDefinition(
+    name="customer_sync_schedule",
+    job=customer_sync_job,
+    cron_schedule="*/15 * * * *",
+    execution_timezone="UTC",
+    description="Every 15 minutes: Sage-side customer edits reach Stripe.",
+)
+
+defs = dg.Definitions(
+    assets=[*LOAD_ASSETS, dead_letters_spec],
+    jobs=[load_job, redrive_dead_letters_job, customer_sync_job],
+    schedules=[customer_sync_schedule],
+)
