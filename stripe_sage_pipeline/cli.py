@@ -32,6 +32,8 @@ def main(argv: list[str] | None = None) -> int:
 
     sandbox = sub.add_parser("sandbox", help="run a sandbox server in the foreground")
     sandbox.add_argument("which", choices=["stripe", "sage"])
+    sub.add_parser("webhooks", help="the Stripe webhook receiver (stores events in the inbox)", add_help=False)
+    sub.add_parser("redrive", help="re-drive the dead letters after a fix (each posts once)", add_help=False)
 
     if argv[:1] == ["sandbox"] and len(argv) >= 2:
         # The sandboxes own their flags; pass everything after the name straight through.
@@ -44,6 +46,15 @@ def main(argv: list[str] | None = None) -> int:
             from .sandboxes.sage.server import main as sage_main
 
             return sage_main(rest) or 0
+
+    if argv[:1] == ["webhooks"]:
+        from .webhooks import main as webhooks_main
+
+        return webhooks_main(argv[1:]) or 0
+    if argv[:1] == ["redrive"]:
+        from .posting.cli import redrive_main
+
+        return redrive_main(argv[1:]) or 0
 
     args = parser.parse_args(argv)
     if args.command == "demo":

@@ -89,5 +89,7 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             base_url=os.environ.get("SAGEPRO_BASE_URL") or None,
             user=env_or("SAGEPRO_USER", SANDBOX_SAGE_USER),
             password=env_or("SAGEPRO_PASSWORD", SANDBOX_SAGE_PASSWORD),
+            # Keep under Sage's per-user limit (the sandbox's default is 120/min).
+            rate_per_minute=int(os.environ.get("SAGEPRO_RATE_PER_MINUTE", "110")),
         ),
     }
