@@ -7,7 +7,7 @@
 """
 
 import os
-from datetime import UTC, datetime, timezone
+from datetime import UTC, datetime
 
 import dagster as dg
 

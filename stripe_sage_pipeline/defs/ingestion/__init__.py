@@ -157,7 +157,7 @@ class HistoryConfig(dg.Config):
 def extract_history(context: dg.OpExecutionContext, config: HistoryConfig, postgres: PostgresResource,
                     stripe: StripeResource) -> None:
     """Extract every Stripe object created in a long window in one step, committed hour by hour."""
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     def ts(key: str) -> int:
         return int(datetime.strptime(key, "%Y-%m-%d-%H:%M").replace(tzinfo=UTC).timestamp())
