@@ -5,10 +5,13 @@ Data is generated straight into stripe_staging with SQL (generate_series): charg
 disputes and fee transactions spread over a year, one automatic payout per day with its
 membership. "Build" means dbt build (models + dbt tests) plus the Great Expectations suites.
 
-    python benchmarks/transform.py [--rows 1000000] [--keep]
+    python benchmarks/transform.py [--rows 1000000] [--reuse-data]
 
-Uses STRIPE_SAGE_DATABASE_URL's server when set, else the embedded one; works in a database of
-its own (`bench_transform`), dropped and recreated each time.
+Uses STRIPE_SAGE_DATABASE_URL's server when set, else the embedded one (STRIPE_SAGE_DATA_DIR and
+STRIPE_SAGE_PG_PORT give the benchmark a server of its own); works in a database of its own
+(`bench_transform`), dropped and recreated each time. `--reuse-data` keeps the generated history in
+a template database (`bench_transform_seed_<rows>`) and clones it on later runs instead of
+generating it again (the timed builds are the same).
 """
 
 from __future__ import annotations
@@ -113,12 +116,25 @@ def _server_url(database: str) -> str:
     return urlunsplit(parts._replace(path=f"/{database}"))
 
 
-def recreate_database() -> str:
-    """Drop and create the benchmark database; return its SQLAlchemy URL."""
+def recreate_database(template: str | None = None) -> str:
+    """Drop and create the benchmark database (a copy of `template` when given); return its URL."""
     with psycopg.connect(libpq_url(_server_url("postgres")), autocommit=True) as conn:
         conn.execute(f"drop database if exists {BENCH_DB} with (force)")
-        conn.execute(f"create database {BENCH_DB}")
+        conn.execute(f"create database {BENCH_DB}" + (f" template {template}" if template else ""))
     return _server_url(BENCH_DB)
+
+
+def seed_exists(seed: str) -> bool:
+    """True when the template database of a previous --reuse-data run exists."""
+    with psycopg.connect(libpq_url(_server_url("postgres")), autocommit=True) as conn:
+        return conn.execute("select 1 from pg_database where datname = %s", (seed,)).fetchone() is not None
+
+
+def save_seed(seed: str) -> None:
+    """Copy the freshly generated benchmark database into the template `seed`."""
+    with psycopg.connect(libpq_url(_server_url("postgres")), autocommit=True) as conn:
+        conn.execute(f"drop database if exists {seed} with (force)")
+        conn.execute(f"create database {seed} template {BENCH_DB}")
 
 
 def generate(url: str, lo: int, hi: int, t0: datetime, span_s: int, extracted: datetime | None) -> None:
@@ -145,19 +161,32 @@ def main() -> None:
     """Generate, build in full, add 1%, build incrementally, print the figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000, help="balance transactions in the full build")
+    ap.add_argument("--reuse-data", action="store_true",
+                    help="clone the generated history from a template database kept by an earlier run")
     args = ap.parse_args()
     n = args.rows
     year = 365 * 86400
-    url = recreate_database()
-    print(f"database {BENCH_DB}; generating {n:,} balance transactions ...", flush=True)
-    t = time.perf_counter()
+    seed = f"{BENCH_DB}_seed_{n}"
     # A year of history ending four days ago, each object extracted ten minutes after its creation
-    # (hourly runs); then 1% more over the last four days, extracted now.
+    # (hourly runs); then 1% more over the last four days, extracted now. A reused history ends
+    # where it ended when it was generated, so the 1% keeps following it.
     now = datetime.now(UTC).replace(microsecond=0)
-    start = now - timedelta(days=369)
-    generate(url, 0, n, start, year, None)
+    t = time.perf_counter()
+    if args.reuse_data and seed_exists(seed):
+        url = recreate_database(template=seed)
+        with psycopg.connect(libpq_url(url)) as conn:
+            first = conn.execute("select min(created) from stripe_staging.balance_transactions").fetchone()[0]
+        start = first.astimezone(UTC)
+        print(f"database {BENCH_DB}; cloned {n:,} balance transactions from {seed} ...", flush=True)
+    else:
+        url = recreate_database()
+        print(f"database {BENCH_DB}; generating {n:,} balance transactions ...", flush=True)
+        start = now - timedelta(days=369)
+        generate(url, 0, n, start, year, None)
+        if args.reuse_data:
+            save_seed(seed)
     prepare_database(url)
-    print(f"  generated in {time.perf_counter() - t:.1f} s", flush=True)
+    print(f"  ready in {time.perf_counter() - t:.1f} s", flush=True)
 
     t_dbt, t_ge, ok = build(url, full_refresh=True, since=None)
     full = t_dbt + t_ge

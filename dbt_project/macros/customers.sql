@@ -17,6 +17,7 @@
         assigned_at timestamptz not null default now(),
         primary key (stripe_account, customer_id)
     );
+    create index if not exists customer_xref_prefix_idx on sage_sync.customer_xref (custno_prefix, custno_seq);
     lock table sage_sync.customer_xref in share row exclusive mode;
     insert into sage_sync.customer_xref (stripe_account, customer_id, custno, custno_prefix, custno_seq)
     with new_customers as (
@@ -35,12 +36,20 @@
             where x.stripe_account = c.stripe_account and x.customer_id = c.customer_id
         )
     ),
+    -- The highest sequence per prefix, read once per prefix (index), not once per new customer.
+    prefix_max as (
+        select x.custno_prefix, max(x.custno_seq) as max_seq
+        from sage_sync.customer_xref as x
+        where x.custno_prefix in (select custno_prefix from new_customers)
+        group by x.custno_prefix
+    ),
     numbered as (
         select
             n.*,
-            coalesce((select max(x.custno_seq) from sage_sync.customer_xref as x where x.custno_prefix = n.custno_prefix), 0)
+            coalesce(pm.max_seq, 0)
             + row_number() over (partition by n.custno_prefix order by n.created_at, n.stripe_account, n.customer_id) as custno_seq
         from new_customers as n
+        left join prefix_max as pm on pm.custno_prefix = n.custno_prefix
     )
     ,
     with_overflow as (

@@ -22,3 +22,9 @@
     select 'fee', coalesce({{ c }}.fee_account_override, {{ c }}.default_fee_account),
         {{ c }}.fee - case when {{ c }}.fee_account_override is null then {{ c }}.fee_details_total else 0 end
 {%- endmacro %}
+
+
+{#- Order of a leg's line within an entry: bank, clearing, fee, counter, then the rest (tax, member). -#}
+{% macro leg_order(leg_type) -%}
+    (case {{ leg_type }} when 'bank' then 0 when 'clearing' then 1 when 'fee' then 2 when 'counter' then 3 else 4 end)
+{%- endmacro %}

@@ -2,9 +2,10 @@
   One row per balance transaction with everything the journal needs: its accounting category
   (reporting_category, else the mapping's fallback from `type`, else unmapped -> suspense), the
   counter / fee / clearing / bank accounts from the mapping, the tax part of a charge, the payout
-  that swept it, and its posting date. Incremental: a run re-reads only the transactions whose
-  own row, payout membership, charge or invoice was extracted since the last run, plus those
-  created within the look-back.
+  that swept it, its posting date, and its journal legs netted per account (the leg_* arrays, in
+  line order; computed once here, read by fct_journal_lines for both posting modes).
+  Incremental: a run re-reads only the transactions whose own row, payout membership, charge or
+  invoice was extracted since the last run, plus those created within the look-back.
 -#}
 {{
     config(
@@ -16,6 +17,8 @@
             "{{ ensure_index(\'stripe_account, balance_transaction_id\', \'key\') }}",
             "{{ ensure_index(\'stripe_account, payout_id\', \'payout\') }}",
             "{{ ensure_index(\'_classified_at\', \'classified_at\') }}",
+            "{{ ensure_index(\'_source_extracted_at\', \'source_extracted_at\') }}",
+            "{{ ensure_index(\'created_at\', \'created_at\') }}",
         ],
     )
 }}
@@ -25,29 +28,27 @@ with settings as (
 ),
 
 {% if is_incremental() %}
-since as (
-    select {{ extracted_since('_source_extracted_at') }} as extracted_after,
-           {{ created_since('created_at') }} as created_after
-),
-
+{#- Literal bounds (macros/incremental.sql), so that every branch below is an index range scan. -#}
+{%- set extracted_after = extracted_since('_source_extracted_at') -%}
+{%- set created_after = created_since('created_at') %}
 changed as (
     select b.stripe_account, b.balance_transaction_id
-    from {{ ref('stg_stripe__balance_transactions') }} as b, since
-    where b._extracted_at > since.extracted_after or b.created_at > since.created_after
+    from {{ ref('stg_stripe__balance_transactions') }} as b
+    where b._extracted_at > {{ extracted_after }} or b.created_at > {{ created_after }}
     union
     select m.stripe_account, m.balance_transaction_id
-    from {{ ref('stg_stripe__payout_balance_transactions') }} as m, since
-    where m._extracted_at > since.extracted_after
+    from {{ ref('stg_stripe__payout_balance_transactions') }} as m
+    where m._extracted_at > {{ extracted_after }}
     union
     select ch.stripe_account, ch.balance_transaction_id
-    from {{ ref('stg_stripe__charges') }} as ch, since
-    where ch._extracted_at > since.extracted_after and ch.balance_transaction_id is not null
+    from {{ ref('stg_stripe__charges') }} as ch
+    where ch._extracted_at > {{ extracted_after }} and ch.balance_transaction_id is not null
     union
     select ch.stripe_account, ch.balance_transaction_id
     from {{ ref('stg_stripe__invoices') }} as i
     inner join {{ ref('stg_stripe__charges') }} as ch
-        on ch.stripe_account = i.stripe_account and ch.invoice_id = i.invoice_id, since
-    where i._extracted_at > since.extracted_after and ch.balance_transaction_id is not null
+        on ch.stripe_account = i.stripe_account and ch.invoice_id = i.invoice_id
+    where i._extracted_at > {{ extracted_after }} and ch.balance_transaction_id is not null
 ),
 {% endif %}
 
@@ -123,8 +124,9 @@ with_charge as (
         on ch.stripe_account = c.stripe_account and ch.charge_id = c.source_id
     left join {{ ref('stg_stripe__invoices') }} as inv
         on inv.stripe_account = ch.stripe_account and inv.invoice_id = ch.invoice_id
-)
+),
 
+classified as (
 select
     w.stripe_account,
     w.balance_transaction_id,
@@ -170,8 +172,14 @@ select
     coalesce(cur.clearing_account, s.default_clearing_account) as clearing_account,
     coalesce(cur.bank_account, s.default_bank_account) as bank_account,
     w.fee_details,
-    (select coalesce(sum((fd ->> 'amount')::bigint), 0) from jsonb_array_elements(w.fee_details) as fd)::bigint
-        as fee_details_total,
+    -- Almost every transaction has no or one fee detail: read those directly, expand only the rest.
+    coalesce(
+        case jsonb_array_length(w.fee_details)
+            when 0 then 0::bigint
+            when 1 then (w.fee_details -> 0 ->> 'amount')::bigint
+        end,
+        (select coalesce(sum((fd ->> 'amount')::bigint), 0) from jsonb_array_elements(w.fee_details) as fd)::bigint
+    ) as fee_details_total,
     m.payout_id,
     greatest(w._extracted_at, m._extracted_at, w.charge_extracted_at, w.invoice_extracted_at) as _source_extracted_at,
     now() as _classified_at
@@ -185,3 +193,32 @@ left join {{ source('finance_config', 'fee_accounts') }} as fee_override
     on fee_override.match_kind = 'category' and fee_override.match_value = w.accounting_category
 left join {{ source('finance_config', 'currency_accounts') }} as cur
     on cur.currency = w.currency
+)
+
+select
+    c.*,
+    legs.leg_accounts,
+    legs.leg_amounts,
+    legs.leg_orders,
+    legs.leg_unmapped
+from classified as c
+-- The journal legs of the transaction (macros/journal_legs.sql), netted per account, in the order of
+-- its journal lines: non-zero lines first (debits, then credits; clearing, fee, counter, tax; then by
+-- account), zero ones last. Payout movements have none (they are posted from the payout).
+cross join lateral (
+    select
+        array_agg(n.account_code order by n.net_amount = 0, n.net_amount < 0, n.leg_order, n.account_code) as leg_accounts,
+        array_agg(n.net_amount order by n.net_amount = 0, n.net_amount < 0, n.leg_order, n.account_code) as leg_amounts,
+        array_agg(n.leg_order order by n.net_amount = 0, n.net_amount < 0, n.leg_order, n.account_code) as leg_orders,
+        array_agg(n.is_unmapped order by n.net_amount = 0, n.net_amount < 0, n.leg_order, n.account_code) as leg_unmapped
+    from (
+        select
+            legs.account_code,
+            sum(legs.signed_amount)::bigint as net_amount,
+            min({{ leg_order('legs.leg_type') }}) as leg_order,
+            bool_or(c.is_unmapped and legs.leg_type = 'counter') as is_unmapped
+        from ({{ journal_legs('c', source('finance_config', 'fee_accounts')) }}) as legs
+        where not c.is_payout_movement
+        group by legs.account_code
+    ) as n
+) as legs

@@ -1,11 +1,17 @@
 {#-
   Stripe customer -> Sage customer. The custno is assigned once, in sage_sync.customer_xref
   (see macros/customers.sql), before this model is built, and read from there ever after.
+  Incremental by customer: a run rebuilds the customers extracted since the last run (minus the
+  extraction look-back) and those that were just given a custno.
 -#}
 {{
     config(
-        materialized='table',
+        materialized='incremental',
+        unique_key=['stripe_account', 'customer_id'],
+        incremental_strategy='delete+insert',
+        on_schema_change='fail',
         pre_hook="{{ assign_custnos(ref('stg_stripe__customers')) }}",
+        post_hook=["{{ ensure_index(\'stripe_account, customer_id\', \'key\') }}"],
     )
 }}
 
@@ -41,3 +47,12 @@ inner join sage_sync.customer_xref as x
     on x.stripe_account = c.stripe_account and x.customer_id = c.customer_id
 cross join settings as s
 cross join defaults as d
+{% if is_incremental() %}
+where (c.stripe_account, c.customer_id) in (
+    select u.stripe_account, u.customer_id from {{ ref('stg_stripe__customers') }} as u
+    where u._extracted_at > {{ extracted_since('_extracted_at') }}
+    union
+    select a.stripe_account, a.customer_id from sage_sync.customer_xref as a
+    where a.assigned_at > (select coalesce(max(custno_assigned_at), '-infinity'::timestamptz) from {{ this }})
+)
+{% endif %}

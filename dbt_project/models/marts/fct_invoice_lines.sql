@@ -11,7 +11,12 @@
         unique_key='document_key',
         incremental_strategy='delete+insert',
         on_schema_change='fail',
-        post_hook=["{{ ensure_index(\'document_key\', \'document\') }}"],
+        post_hook=[
+            "{{ ensure_index(\'document_key\', \'document\') }}",
+            "{{ ensure_index(\'_loaded_at\', \'loaded_at\') }}",
+            "{{ ensure_index(\'_source_extracted_at\', \'source_extracted_at\') }}",
+            "{{ ensure_index(\'charge_created_at\', \'charge_created_at\') }}",
+        ],
     )
 }}
 
@@ -19,19 +24,29 @@ with settings as (
     select * from {{ source('finance_config', 'settings') }}
 ),
 
+{% if is_incremental() %}
+-- The charges of this run, one index range scan per reason (an OR across them would scan all charges).
+changed_charges as (
+    select x.stripe_account, x.charge_id from {{ ref('stg_stripe__charges') }} as x
+    where x._extracted_at > {{ extracted_since('_source_extracted_at') }}
+    union
+    select x.stripe_account, x.charge_id from {{ ref('stg_stripe__charges') }} as x
+    where x.created_at > {{ created_since('charge_created_at') }}
+    union
+    select x.stripe_account, x.charge_id from {{ ref('stg_stripe__charges') }} as x
+    where x.invoice_id in (
+        select i.invoice_id from {{ ref('stg_stripe__invoices') }} as i
+        where i._extracted_at > {{ extracted_since('_source_extracted_at') }}
+    )
+),
+{% endif %}
+
 charges as (
     select ch.*
     from {{ ref('stg_stripe__charges') }} as ch
     where ch.charge_status = 'succeeded' and ch.is_captured
     {% if is_incremental() %}
-        and (
-            ch._extracted_at > {{ extracted_since('_source_extracted_at') }}
-            or ch.created_at > {{ created_since('charge_created_at') }}
-            or ch.invoice_id in (
-                select i.invoice_id from {{ ref('stg_stripe__invoices') }} as i
-                where i._extracted_at > {{ extracted_since('_source_extracted_at') }}
-            )
-        )
+        and (ch.stripe_account, ch.charge_id) in (select stripe_account, charge_id from changed_charges)
     {% endif %}
 ),
 

@@ -9,6 +9,9 @@
   settlement currency. `is_selected_mode` marks the mode the mapping posts.
   Incremental by entry: a run rebuilds only the entries whose transactions were reclassified or
   whose payout changed since the last run (delete+insert on entry_id).
+  The legs of a transaction are computed once, netted and in line order, by the classification
+  (leg_* arrays); here detail lines are those arrays unnested, and a summary entry sums them per
+  account over the payout's members. Only the few payout-level entries are netted and numbered here.
 -#}
 {{
     config(
@@ -19,6 +22,9 @@
         post_hook=[
             "{{ ensure_index(\'entry_id\', \'entry\') }}",
             "{{ ensure_index(\'stripe_account, payout_id\', \'payout\') }}",
+            "{{ ensure_index(\'_loaded_at\', \'loaded_at\') }}",
+            "{{ ensure_index(\'_classified_at\', \'classified_at\') }}",
+            "{{ ensure_index(\'_payout_extracted_at\', \'payout_extracted_at\') }}",
         ],
     )
 }}
@@ -27,35 +33,33 @@ with settings as (
     select * from {{ source('finance_config', 'settings') }}
 ),
 
-classified as (
+classified as not materialized (
     select * from {{ ref('int_balance_transactions__classified') }}
 ),
 
-payouts as (
+-- Not materialized: the final look-up of each line's payout can then use the payouts' key.
+payouts as not materialized (
     select * from {{ ref('stg_stripe__payouts') }}
 ),
 
 {% if is_incremental() %}
-since as (
-    select
-        (select coalesce(max(_classified_at), '-infinity'::timestamptz) from {{ this }}) as classified_after,
-        {{ extracted_since('_payout_extracted_at') }} as extracted_after
-),
-
+{#- High-water marks of this table (indexed), as literals (macros/incremental.sql). -#}
+{%- set classified_after = scalar_bound("select coalesce(max(_classified_at), '-infinity'::timestamptz) from " ~ this) -%}
+{%- set extracted_after = extracted_since('_payout_extracted_at') %}
 window_transactions as (
     select c.*
-    from classified as c, since
-    where c._classified_at > since.classified_after
+    from classified as c
+    where c._classified_at > {{ classified_after }}
 ),
 
 window_payouts as (
     select p.stripe_account, p.payout_id
-    from payouts as p, since
-    where p._extracted_at > since.extracted_after
+    from payouts as p
+    where p._extracted_at > {{ extracted_after }}
     union
     select e.stripe_account, e.object_id
-    from {{ ref('stg_stripe__events') }} as e, since
-    where e._extracted_at > since.extracted_after and e.event_type like 'payout.%'
+    from {{ ref('stg_stripe__events') }} as e
+    where e._extracted_at > {{ extracted_after }} and e.event_type like 'payout.%'
     union
     select w.stripe_account, w.payout_id from window_transactions as w where w.payout_id is not null
 ),
@@ -69,31 +73,37 @@ window_payouts as (
 ),
 {% endif %}
 
+payout_events as (
+    -- Once per payout (not a look-up per payout): reported paid? first failed/canceled when?
+    select
+        e.stripe_account,
+        e.object_id as payout_id,
+        bool_or(e.event_type = 'payout.paid') as has_paid_event,
+        min(e.created_at) filter (where e.event_type in ('payout.failed', 'payout.canceled')) as failed_event_at
+    from {{ ref('stg_stripe__events') }} as e
+    where e.event_type in ('payout.paid', 'payout.failed', 'payout.canceled')
+    {% if is_incremental() %}
+        and (e.stripe_account, e.object_id) in (select stripe_account, payout_id from window_payouts)
+    {% endif %}
+    group by e.stripe_account, e.object_id
+),
+
 payout_state as (
     select
         p.*,
-        coalesce(failure_bt.created_at, failed_event.created_at) as failed_at,
+        coalesce(failure_bt.created_at, pe.failed_event_at) as failed_at,
         -- Paid now, or paid before it failed: a payout can fail after arrival (a bank return).
         (
             p.payout_status = 'paid'
-            or paid_event.event_id is not null
-            or (p.payout_status = 'failed' and coalesce(failure_bt.created_at, failed_event.created_at) >= p.arrival_at)
+            or coalesce(pe.has_paid_event, false)
+            or (p.payout_status = 'failed' and coalesce(failure_bt.created_at, pe.failed_event_at) >= p.arrival_at)
         ) as was_paid
     from payouts as p
     inner join window_payouts as wp on wp.stripe_account = p.stripe_account and wp.payout_id = p.payout_id
     left join {{ ref('stg_stripe__balance_transactions') }} as failure_bt
         on failure_bt.stripe_account = p.stripe_account
         and failure_bt.balance_transaction_id = p.failure_balance_transaction_id
-    left join lateral (
-        select e.event_id from {{ ref('stg_stripe__events') }} as e
-        where e.stripe_account = p.stripe_account and e.object_id = p.payout_id and e.event_type = 'payout.paid'
-        limit 1
-    ) as paid_event on true
-    left join lateral (
-        select min(e.created_at) as created_at from {{ ref('stg_stripe__events') }} as e
-        where e.stripe_account = p.stripe_account and e.object_id = p.payout_id
-            and e.event_type in ('payout.failed', 'payout.canceled')
-    ) as failed_event on true
+    left join payout_events as pe on pe.stripe_account = p.stripe_account and pe.payout_id = p.payout_id
 ),
 
 payout_accounts as (
@@ -107,8 +117,8 @@ payout_accounts as (
     where ps.was_paid
 ),
 
--- detail: one entry per activity transaction
-detail_legs as (
+-- detail: one entry per activity transaction; its lines are its netted legs, already in order
+detail_lines as (
     select
         'detail' as posting_mode,
         'balance_transaction' as entry_type,
@@ -124,19 +134,20 @@ detail_legs as (
         c.charge_id,
         c.customer_id,
         c.accounting_category,
-        c.is_unmapped and legs.leg_type = 'counter' as is_unmapped,
         c.balance_transaction_type || ' ' || coalesce(c.source_id, c.balance_transaction_id)
             || case when c.exchange_rate is not null and c.presentment_currency is not null
                 then ' (presented ' || {{ to_major('c.presentment_amount', 'c.presentment_currency') }}::text
                     || ' ' || upper(c.presentment_currency) || ' @ ' || c.exchange_rate::text || ')'
                 else '' end as memo,
-        legs.leg_type,
-        legs.account_code,
-        legs.signed_amount,
-        c._classified_at
+        l.account_code,
+        l.is_unmapped,
+        l.net_amount,
+        c._classified_at,
+        l.line_number::integer as line_number
     from window_transactions as c
-    cross join lateral ({{ journal_legs('c', source('finance_config', 'fee_accounts')) }}) as legs
-    where not c.is_payout_movement
+    cross join lateral unnest(c.leg_accounts, c.leg_amounts, c.leg_unmapped)
+        with ordinality as l (account_code, net_amount, is_unmapped, line_number)
+    where not c.is_payout_movement and l.net_amount <> 0
 ),
 
 -- payout_summary: the legs of every transaction a paid payout swept, plus its bank leg
@@ -144,14 +155,15 @@ summary_member_legs as (
     select
         pa.stripe_account,
         pa.payout_id,
-        legs.account_code,
-        legs.signed_amount,
-        c.is_unmapped and legs.leg_type = 'counter' as is_unmapped,
-        c._classified_at
+        l.account_code,
+        sum(l.net_amount) as signed_amount,
+        bool_or(l.is_unmapped) as is_unmapped,
+        max(c._classified_at) as _classified_at
     from payout_accounts as pa
     inner join classified as c on c.stripe_account = pa.stripe_account and c.payout_id = pa.payout_id
-    cross join lateral ({{ journal_legs('c', source('finance_config', 'fee_accounts')) }}) as legs
+    cross join lateral unnest(c.leg_accounts, c.leg_amounts, c.leg_unmapped) as l (account_code, net_amount, is_unmapped)
     where pa.is_automatic and not c.is_payout_movement
+    group by pa.stripe_account, pa.payout_id, l.account_code
 ),
 
 payout_bank_legs as (
@@ -241,15 +253,13 @@ payout_legs as (
         or (kinds.entry_type = 'payout_reversal' and pa.payout_status in ('failed', 'canceled'))
 ),
 
-all_legs as (
-    select * from detail_legs
-    union all
+payout_level_legs as (
     select * from summary_legs
     union all
     select * from payout_legs
 ),
 
-netted as (
+payout_level_netted as (
     select
         posting_mode,
         entry_type,
@@ -268,14 +278,29 @@ netted as (
         account_code,
         bool_or(is_unmapped) as is_unmapped,
         -- Order in an entry: debits then credits; bank first, then by account.
-        min(case leg_type when 'bank' then 0 when 'clearing' then 1 when 'fee' then 2 when 'counter' then 3 else 4 end)
-            as leg_order,
+        min({{ leg_order('leg_type') }}) as leg_order,
         sum(signed_amount)::bigint as net_amount,
         max(_classified_at) as _classified_at
-    from all_legs
+    from payout_level_legs
     group by
         posting_mode, entry_type, entry_id, external_ref, posting_date, currency, stripe_account,
         balance_transaction_id, payout_id, source_id, charge_id, customer_id, accounting_category, memo, account_code
+),
+
+lines as (
+    select
+        posting_mode, entry_type, entry_id, external_ref, posting_date, currency, stripe_account,
+        balance_transaction_id, payout_id, source_id, charge_id, customer_id, accounting_category, memo,
+        account_code, is_unmapped, net_amount, _classified_at, line_number
+    from detail_lines
+    union all
+    select
+        posting_mode, entry_type, entry_id, external_ref, posting_date, currency, stripe_account,
+        balance_transaction_id, payout_id, source_id, charge_id, customer_id, accounting_category, memo,
+        account_code, is_unmapped, net_amount, _classified_at,
+        row_number() over (partition by entry_id order by (net_amount < 0), leg_order, account_code)::integer
+    from payout_level_netted
+    where net_amount <> 0
 )
 
 select
@@ -286,9 +311,7 @@ select
     n.entry_type,
     n.external_ref,
     n.posting_date,
-    row_number() over (
-        partition by n.entry_id order by (n.net_amount < 0), n.leg_order, n.account_code
-    )::integer as line_number,
+    n.line_number,
     n.account_code,
     greatest(n.net_amount, 0) as debit,
     greatest(-n.net_amount, 0) as credit,
@@ -307,7 +330,6 @@ select
     n._classified_at,
     p._extracted_at as _payout_extracted_at,
     now() as _loaded_at
-from netted as n
+from lines as n
 cross join settings as s
 left join payouts as p on p.stripe_account = n.stripe_account and p.payout_id = n.payout_id
-where n.net_amount <> 0
