@@ -260,3 +260,20 @@ def test_a_failed_run_raises_an_alert_row_and_calls_the_webhook(fresh_db, monkey
     assert "sk_test_wrong_key_123456" not in message  # secrets never reach the alert
     assert webhook_status == "sent 200"
     assert len(_AlertReceiver.received) == 1 and "update_path_job failed" in json.dumps(_AlertReceiver.received[0])
+
+
+def test_a_payout_that_failed_before_the_first_load_posts_its_entry_and_its_reversal(pipeline):
+    """Paid then failed before the pipeline ever saw it: the summary entry posts, then its reversal (bank nets to 0)."""
+    import httpx
+
+    httpx.post(f"{pipeline.emulator.url}/_emulator/payouts/po_GOLD0001/fail",
+               headers={"Authorization": f"Bearer {KEY}"}).raise_for_status()
+    pipeline.first_load()
+    gl = pipeline.gl()
+    assert gl["1010"] == "77.38"  # po_GOLD0000 only: po_GOLD0001 went out and came back
+    assert gl["1150"] == "245.41"
+    assert gl["4000"] == "-475.00"  # the activity it swept is still booked
+    with psycopg.connect(pipeline.conninfo) as conn:
+        statuses = dict(conn.execute(
+            "select external_ref, status from sage_sync.posting_ledger where resource = 'journal-entries'").fetchall())
+    assert statuses["po_GOLD0001"] == "posted"

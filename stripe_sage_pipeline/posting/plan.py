@@ -86,12 +86,18 @@ def entry_lines_by_id(conn: psycopg.Connection, entry_ids: Sequence[str]) -> lis
 
 
 def payout_status(conn: psycopg.Connection, payout_ids: Iterable[str]) -> dict[str, str]:
-    """Reconciliation status per payout (reconciled, incomplete, difference, failed)."""
+    """Reconciliation status per payout (reconciled, incomplete, difference, failed).
+
+    A payout that was paid and later failed still reconciled when it was paid: its summary entry posts
+    (its reversal is a separate entry), so it counts as reconciled here when complete with no difference.
+    """
     ids = sorted(set(payout_ids))
     if not ids:
         return {}
     rows = conn.execute(
-        "select payout_id, reconciliation_status from finance.fct_payout_reconciliation where payout_id = any(%s)",
+        "select payout_id, case when reconciliation_status = 'failed' and is_complete and difference = 0 "
+        "then 'reconciled' else reconciliation_status end "
+        "from finance.fct_payout_reconciliation where payout_id = any(%s)",
         (ids,),
     ).fetchall()
     return dict(rows)
