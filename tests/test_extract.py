@@ -170,6 +170,9 @@ def test_extraction_killed_mid_partition_and_rerun_equals_a_clean_run(emulator, 
         r = StripeReader({KEY!r}, {srv.url!r}, rate_limit_per_s=40)
         extract.extract_window(r, {conninfo!r}, "balance_transactions", {start}, {end}, workers=1, pieces=1)
     """)
+    # Each page takes 0.8 s to arrive, so the kill lands between the first committed hour and the rest,
+    # however busy the machine is.
+    state.config.latency_ms = 800
     proc = subprocess.Popen([sys.executable, "-c", script], env=os.environ.copy())
     deadline = time.time() + 60
     while time.time() < deadline:
@@ -178,6 +181,7 @@ def test_extraction_killed_mid_partition_and_rerun_equals_a_clean_run(emulator, 
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
+    state.config.latency_ms = 0
     partial = counts(fresh_db)["balance_transactions"]
     total = state.summary()["counts"]["balance_transactions"]
     assert 0 < partial < total, "the kill should land mid-backfill"
