@@ -106,7 +106,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--volume", type=float, default=60.0, help="generator volume (60 ≈ 200k balance transactions / 30 days)")
     ap.add_argument("--days", type=int, default=30)
-    ap.add_argument("--workers", type=int, default=4)
+    ap.add_argument("--workers", type=int, default=8)
     a = ap.parse_args()
     end = 1_790_000_000 - 1_790_000_000 % 86400  # fixed, so figures are comparable between runs
     start = end - a.days * 86400

@@ -164,11 +164,14 @@ def extract_window(
     table_name: str,
     start: int,
     end: int,
-    workers: int = 4,
+    workers: int = 8,
     pieces: int | None = None,
     progress: Callable[[WindowResult], None] | None = None,
 ) -> WindowResult:
     """Extract [start, end): a few chunks in parallel, each streamed and committed hour by hour.
+
+    Eight workers keep a 100 req/s limit busy when a page takes ~50 ms to arrive; the shared limiter,
+    not the worker count, decides the request rate.
 
     Chunks are few and long (not a request per empty hour): a month with a quiet year before it costs
     a handful of requests beyond the pages that carry data.
