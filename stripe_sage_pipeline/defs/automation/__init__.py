@@ -27,6 +27,14 @@ def _conninfo() -> str:
     return libpq_url(database_url())
 
 
+WAITING = [dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED]
+
+
+def _waiting_runs(instance: dg.DagsterInstance, job_name: str) -> list[dg.DagsterRun]:
+    """Runs of a job that have not started yet: they will read whatever lands before they start."""
+    return list(instance.get_runs(filters=dg.RunsFilter(job_name=job_name, statuses=WAITING)))
+
+
 transform_job = dg.define_asset_job(
     "transform_job",
     selection=dg.AssetSelection.groups("finance"),
@@ -57,6 +65,9 @@ def update_path_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest
 def transform_after_extract_sensor(context: dg.RunStatusSensorContext) -> dg.RunRequest:
     """After new Stripe data lands in staging, rebuild the finance marts and run the blocking checks."""
     run = context.dagster_run
+    if _waiting_runs(context.instance, transform_job.name):
+        # A transform that has not started yet will read this data too: one rebuild serves both.
+        return dg.SkipReason("a transform_job run is already waiting in the queue")
     return dg.RunRequest(run_key=f"transform-after-{run.run_id}", tags={"stripe_sage/after": run.job_name})
 
 
@@ -73,9 +84,13 @@ def load_after_transform_sensor(context: dg.RunStatusSensorContext):
     first = daily_partitions.start.date()
     days = automation.days_to_load(_conninfo(), today=today, first_day=first)
     run_id = context.dagster_run.run_id
+    waiting = {r.tags.get("dagster/partition") for r in _waiting_runs(context.instance, load_job.name)}
+    # Loads go ahead of other queued runs: they are what finance waits for.
     return [
-        dg.RunRequest(run_key=f"load-{d:%Y-%m-%d}-after-{run_id}", partition_key=f"{d:%Y-%m-%d}")
+        dg.RunRequest(run_key=f"load-{d:%Y-%m-%d}-after-{run_id}", partition_key=f"{d:%Y-%m-%d}",
+                      tags={"dagster/priority": "10"})
         for d in days
+        if f"{d:%Y-%m-%d}" not in waiting
     ]
 
 
@@ -91,6 +106,9 @@ def stripe_webhook_inbox_sensor(context: dg.SensorEvaluationContext):
     _, others = automation.split_events(events)
     if not others:
         return dg.SkipReason("no new webhook events")
+    if _waiting_runs(context.instance, update_path_job.name):
+        # The waiting run reads Stripe's events from its cursor: it will see these too.
+        return dg.SkipReason(f"{len(others)} new events; an update_path_job run is already waiting")
     key = f"inbox-{others[-1]['event_id']}"
     webhooks.mark_processed(conninfo, [e["event_id"] for e in others], key)
     return dg.RunRequest(run_key=key, tags={"stripe_sage/trigger": "webhook",
