@@ -60,10 +60,14 @@ update gen set
     source_id = case kind when 'charge' then 'ch_b' || i when 'refund' then 're_b' || i when 'dispute' then 'dp_b' || i else null end,
     day = (created at time zone 'UTC')::date;
 
+-- Customers sign up over the history like everything else (just before their first charge) and are
+-- extracted ten minutes later by the hourly runs, not all at one instant.
 insert into stripe_staging.customers (stripe_account, id, created, name, email, livemode, raw, _extracted_at)
-select '', 'cus_b' || c, %(t0)s::timestamptz, 'Customer ' || c, 'c' || c || '@example.com', false, '{}'::jsonb,
-    coalesce(%(extracted)s::timestamptz, %(t0)s::timestamptz + interval '10 minutes')
-from generate_series((%(lo)s / 50)::bigint, (%(hi)s / 50)::bigint - 1) as c
+select '', 'cus_b' || c, t.created, 'Customer ' || c, 'c' || c || '@example.com', false, '{}'::jsonb,
+    coalesce(%(extracted)s::timestamptz, t.created + interval '10 minutes')
+from generate_series((%(lo)s / 50)::bigint, (%(hi)s / 50)::bigint - 1) as c,
+    lateral (select %(t0)s::timestamptz
+             + ((c * 50 - %(lo)s) * %(span_s)s / (%(hi)s - %(lo)s)) * interval '1 second' as created) as t
 on conflict do nothing;
 
 insert into stripe_staging.charges (stripe_account, id, created, amount, amount_captured, amount_refunded, currency,
