@@ -162,6 +162,20 @@ class SageStore:
         c.execute("INSERT OR IGNORE INTO meta VALUES ('created_at', ?)", (now,))
 
     @staticmethod
+    def _where(filters: dict[str, Any], exact: tuple[str, ...], date_column: str) -> tuple[list[str], list[Any]]:
+        """SQL conditions for a collection's filters: equality on `exact` keys, `from`/`to` on a date column."""
+        where, params = [], []
+        for key in exact:
+            if filters.get(key):
+                where.append(f"{key} = ?")
+                params.append(filters[key])
+        for bound, op in (("from", ">="), ("to", "<=")):
+            if filters.get(bound):
+                where.append(f"{date_column} {op} ?")
+                params.append(filters[bound])
+        return where, params
+
+    @staticmethod
     def _page(
         c: sqlite3.Connection, table: str, where: list[str], params: list[Any], order: str, top: int, skip: int
     ) -> tuple[list[sqlite3.Row], int]:
@@ -654,17 +668,7 @@ class SageStore:
 
     def list_invoices(self, filters: dict[str, Any], top: int, skip: int) -> tuple[list[dict[str, Any]], int]:
         """Invoices by number; filters `external_ref`, `custno`, `doc_type`, `from`, `to` (invdate)."""
-        where, params = [], []
-        for key in ("external_ref", "custno", "doc_type"):
-            if filters.get(key):
-                where.append(f"{key} = ?")
-                params.append(filters[key])
-        if filters.get("from"):
-            where.append("invdate >= ?")
-            params.append(filters["from"])
-        if filters.get("to"):
-            where.append("invdate <= ?")
-            params.append(filters["to"])
+        where, params = self._where(filters, ("external_ref", "custno", "doc_type"), "invdate")
         with self._tx() as c:
             rows, count = self._page(c, "invoices", where, params, "invno", top, skip)
         return [self._render_invoice(r) for r in rows], count
@@ -826,17 +830,7 @@ class SageStore:
 
     def list_cash_receipts(self, filters: dict[str, Any], top: int, skip: int) -> tuple[list[dict[str, Any]], int]:
         """Cash receipts by number; filters `external_ref`, `custno`, `from`, `to` (receipt_date)."""
-        where, params = [], []
-        for key in ("external_ref", "custno"):
-            if filters.get(key):
-                where.append(f"{key} = ?")
-                params.append(filters[key])
-        if filters.get("from"):
-            where.append("receipt_date >= ?")
-            params.append(filters["from"])
-        if filters.get("to"):
-            where.append("receipt_date <= ?")
-            params.append(filters["to"])
+        where, params = self._where(filters, ("external_ref", "custno"), "receipt_date")
         with self._tx() as c:
             rows, count = self._page(c, "cash_receipts", where, params, "receipt_no", top, skip)
         return [self._render_receipt(r) for r in rows], count
@@ -1012,17 +1006,7 @@ class SageStore:
 
     def list_journal_entries(self, filters: dict[str, Any], top: int, skip: int) -> tuple[list[dict[str, Any]], int]:
         """Journal entries by batch number; filters `external_ref`, `journal`, `status`, `from`, `to`."""
-        where, params = [], []
-        for key in ("external_ref", "journal", "status"):
-            if filters.get(key):
-                where.append(f"{key} = ?")
-                params.append(filters[key])
-        if filters.get("from"):
-            where.append("posting_date >= ?")
-            params.append(filters["from"])
-        if filters.get("to"):
-            where.append("posting_date <= ?")
-            params.append(filters["to"])
+        where, params = self._where(filters, ("external_ref", "journal", "status"), "posting_date")
         with self._tx() as c:
             # Batch numbers carry the journal prefix, so creation order is the rowid, not the key.
             rows, count = self._page(c, "journal_entries", where, params, "rowid", top, skip)
@@ -1041,17 +1025,7 @@ class SageStore:
 
     def list_gl_postings(self, filters: dict[str, Any], top: int, skip: int) -> tuple[list[dict[str, Any]], int]:
         """Every posting in order; filters glacnt, currency, source, doc_type, doc_no, external_ref, from, to."""
-        where, params = [], []
-        for key in ("glacnt", "currency", "source", "doc_type", "doc_no", "external_ref"):
-            if filters.get(key):
-                where.append(f"{key} = ?")
-                params.append(filters[key])
-        if filters.get("from"):
-            where.append("posting_date >= ?")
-            params.append(filters["from"])
-        if filters.get("to"):
-            where.append("posting_date <= ?")
-            params.append(filters["to"])
+        where, params = self._where(filters, ("glacnt", "currency", "source", "doc_type", "doc_no", "external_ref"), "posting_date")
         with self._tx() as c:
             rows, count = self._page(c, "gl_postings", where, params, "id", top, skip)
         return [self._render_posting(r) for r in rows], count
