@@ -8,6 +8,7 @@ if the extractor has not run yet, so a build on an empty database works.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +25,14 @@ from .stripe_extract.staging import ensure_schema
 
 DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
 MARTS_SCHEMA = "finance"
+
+
+@functools.cache
+def dbt_vars() -> dict[str, Any]:
+    """The project variables of dbt_project.yml (look-backs, currency exponents, test scope)."""
+    import yaml
+
+    return dict(yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())["vars"])
 
 
 def dbt_env(url: str | None = None) -> dict[str, str]:
@@ -56,22 +65,100 @@ def prepare_database(url: str | None = None, mapping: Mapping | None = None) -> 
     return m
 
 
-def mapping_changed_since_last_build(url: str | None = None) -> bool:
-    """True when the mapping in finance_config differs from the one the marts were last built with."""
+BUILD_STATE_DDL = f"""
+create table if not exists {CONFIG_SCHEMA}.build_state (fingerprint text not null, built_at timestamptz not null default now());
+alter table {CONFIG_SCHEMA}.build_state add column if not exists code_fingerprint text;
+"""
+
+# What dbt's result depends on besides the data: the SQL, macros, tests and project settings.
+_CODE_PATHS = ("dbt_project.yml", "models", "macros", "tests")
+
+
+def code_fingerprint(project_dir: Path = DBT_PROJECT_DIR) -> str:
+    """A hash of the dbt project's code (models, macros, tests, dbt_project.yml): changes on every edit."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for top in _CODE_PATHS:
+        root = project_dir / top
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for f in files:
+            h.update(f.relative_to(project_dir).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def staging_views() -> tuple[str, list[str]]:
+    """The schema of the dbt staging views and their names (models/staging/*.sql)."""
+    import yaml
+
+    project = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())
+    schema = project["models"]["stripe_sage"]["staging"]["+schema"]
+    return schema, sorted(p.stem for p in (DBT_PROJECT_DIR / "models" / "staging").glob("*.sql"))
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """How the next `dbt build` runs, decided from what changed since the last complete build.
+
+    * `full_refresh`: asked for, or the mapping changed (incremental models would otherwise keep
+      rows classified under the old accounts);
+    * `code_steps`: the steps whose result depends only on the dbt code -- re-creating the staging
+      views, and dbt's unit tests (fixed inputs, testing the SQL itself) -- run on the first build,
+      when the dbt code changed since the last complete build, on a full refresh, and when a
+      staging view is missing. An hourly run over unchanged code skips them: the views would be
+      re-created identical, and the unit tests cannot give another result (dbt advises running
+      them in development and CI, not on every production run). The data tests on the views'
+      columns go with them; the staging tables' keys and NOT NULL columns and the Great
+      Expectations staging suite hold those properties on every run.
+    """
+
+    full_refresh: bool
+    code_steps: bool
+    reasons: tuple[str, ...] = ()
+
+    def flags(self) -> list[str]:
+        """The `dbt build` flags of this plan."""
+        if self.full_refresh:
+            return ["--full-refresh"]
+        if self.code_steps:
+            return []
+        return ["--exclude", "config.materialized:view", "--exclude-resource-type", "unit_test"]
+
+
+def plan_build(url: str | None = None, full_refresh: bool = False) -> BuildPlan:
+    """Decide full refresh and the code steps of the next build (see `BuildPlan`)."""
+    schema, views = staging_views()
     with psycopg.connect(libpq_url(url or database_url())) as conn:
-        conn.execute(f"create table if not exists {CONFIG_SCHEMA}.build_state (fingerprint text not null, built_at timestamptz not null default now())")
-        built = conn.execute(f"select fingerprint from {CONFIG_SCHEMA}.build_state order by built_at desc limit 1").fetchone()
+        conn.execute(BUILD_STATE_DDL)
+        built = conn.execute(f"select fingerprint, code_fingerprint from {CONFIG_SCHEMA}.build_state"
+                             " order by built_at desc limit 1").fetchone()
         active = conn.execute(f"select fingerprint from {CONFIG_SCHEMA}.settings").fetchone()
+        present = conn.execute("select count(*) from information_schema.views where table_schema = %s"
+                               " and table_name = any(%s)", (schema, views)).fetchone()[0]
         conn.commit()
-    return built is not None and active is not None and built[0] != active[0]
+    reasons = []
+    if full_refresh:
+        reasons.append("full refresh requested")
+    elif built is not None and active is not None and built[0] != active[0]:
+        full_refresh = True
+        reasons.append("mapping changed since the last build: full refresh of incremental models")
+    code_steps = full_refresh
+    if built is None or built[1] != code_fingerprint():
+        code_steps = True
+        reasons.append("first build, or the dbt code changed since the last build: views re-created, unit tests run")
+    elif present < len(views):
+        code_steps = True
+        reasons.append("a staging view is missing: views re-created, unit tests run")
+    return BuildPlan(full_refresh=full_refresh, code_steps=code_steps, reasons=tuple(reasons))
 
 
 def record_build(url: str | None = None) -> None:
-    """Remember which mapping the marts were built with (after a successful full build)."""
+    """Remember the mapping and the dbt code a complete, successful build used (see `plan_build`)."""
     with psycopg.connect(libpq_url(url or database_url())) as conn:
-        conn.execute(f"create table if not exists {CONFIG_SCHEMA}.build_state (fingerprint text not null, built_at timestamptz not null default now())")
+        conn.execute(BUILD_STATE_DDL)
         conn.execute(f"delete from {CONFIG_SCHEMA}.build_state")
-        conn.execute(f"insert into {CONFIG_SCHEMA}.build_state (fingerprint) select fingerprint from {CONFIG_SCHEMA}.settings")
+        conn.execute(f"insert into {CONFIG_SCHEMA}.build_state (fingerprint, code_fingerprint)"
+                     f" select fingerprint, %s from {CONFIG_SCHEMA}.settings", (code_fingerprint(),))
         conn.commit()
 
 
@@ -130,8 +217,8 @@ def dbt_build(
 ) -> DbtResult:
     """Prepare the database and run `dbt build` (models, unit tests and data tests) in-process.
 
-    A mapping that changed since the last build forces a full refresh: incremental models would
-    otherwise keep rows classified under the old accounts.
+    A `build` follows `plan_build`: a mapping that changed since the last build forces a full
+    refresh; the staging views and the unit tests are skipped while the dbt code is unchanged.
     """
     from dbt.cli.main import dbtRunner
 
@@ -139,9 +226,11 @@ def dbt_build(
     if prepare:
         prepare_database(url, mapping)
     apply_dbt_env(url)
-    if not full_refresh and mapping_changed_since_last_build(url):
-        full_refresh = True
-    res = dbtRunner().invoke(dbt_args(command, select, exclude, full_refresh, vars))
+    extra: list[str] = []
+    if command == "build":
+        plan = plan_build(url, full_refresh)
+        full_refresh, extra = plan.full_refresh, [f for f in plan.flags() if f != "--full-refresh"]
+    res = dbtRunner().invoke(dbt_args(command, select, exclude, full_refresh, vars) + extra)
     statuses: dict[str, str] = {}
     failures: dict[str, str] = {}
     results = getattr(res.result, "results", None) or []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import psycopg
 
@@ -15,14 +15,14 @@ HOUR = 3600
 def window_of(summary: dict) -> tuple[int, int]:
     """[first hour, last hour + 1h) covering every object the emulator serves."""
     hours = [h for per in summary["counts_by_hour"].values() for h in per]
-    first = datetime.strptime(min(hours), "%Y-%m-%dT%H").replace(tzinfo=timezone.utc)
-    last = datetime.strptime(max(hours), "%Y-%m-%dT%H").replace(tzinfo=timezone.utc)
+    first = datetime.strptime(min(hours), "%Y-%m-%dT%H").replace(tzinfo=UTC)
+    last = datetime.strptime(max(hours), "%Y-%m-%dT%H").replace(tzinfo=UTC)
     return int(first.timestamp()), int(last.timestamp()) + HOUR
 
 
 def partition_key(ts: int) -> str:
     """Dagster hourly partition key of an epoch."""
-    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d-%H:00")
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d-%H:00")
 
 
 def snapshot(url: str) -> dict[str, list[tuple]]:

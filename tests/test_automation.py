@@ -12,7 +12,6 @@ import threading
 import time
 from datetime import UTC, datetime
 from decimal import Decimal
-from pathlib import Path
 
 import dagster as dg
 import psycopg
@@ -41,6 +40,7 @@ class Pipeline:
         self.conninfo, self.emulator, self.state, self.sage, self.receiver = conninfo, emulator, state, sage, receiver
         self.defs = defs()
         self.instance = dg.DagsterInstance.ephemeral()
+        self.transforms: list[dg.ExecuteInProcessResult] = []
 
     def run(self, job: str, **kwargs) -> dg.ExecuteInProcessResult:
         result = self.defs.resolve_job_def(job).execute_in_process(instance=self.instance, **kwargs)
@@ -58,6 +58,7 @@ class Pipeline:
         from stripe_sage_pipeline.defs.automation import load_after_transform_sensor
 
         transform = self.run("transform_job")
+        self.transforms.append(transform)
         ctx = dg.build_run_status_sensor_context(
             sensor_name="load_after_transform_sensor", dagster_instance=self.instance,
             dagster_run=transform.dagster_run, dagster_event=transform.get_run_success_event(),
@@ -116,6 +117,8 @@ def test_payout_failed_event_reverses_its_bank_leg_through_the_payout_sensor(pip
 
     pipeline.first_load()
     assert pipeline.gl()["1010"] == "322.79"  # both golden payouts, as the bank statement shows
+    built = {e.asset_key for e in pipeline.transforms[0].get_asset_materialization_events()}
+    assert dg.AssetKey(["finance_staging", "stg_stripe__payouts"]) in built  # first build: views too
 
     import httpx
 
@@ -151,6 +154,16 @@ def test_payout_failed_event_reverses_its_bank_leg_through_the_payout_sensor(pip
             "select failure_balance_transaction_id from stripe_staging.payouts where id = 'po_GOLD0001'").fetchone()[0]
     assert ledger["po_GOLD0001"] == "posted"  # the original entry stays: corrections never edit
     assert ledger[failure_bt] == "posted"  # the reversing entry, keyed by the payout_failure transaction
+    # The second transform run (same dbt code) rebuilt the tables, not the views, and the first
+    # complete build was recorded with the code it ran.
+    rebuilt = {e.asset_key for e in pipeline.transforms[1].get_asset_materialization_events()}
+    assert dg.AssetKey(["finance", "fct_journal_lines"]) in rebuilt
+    assert not any(k.path[0] == "finance_staging" for k in rebuilt)
+    from stripe_sage_pipeline import transform
+
+    with psycopg.connect(pipeline.conninfo) as conn:
+        code = conn.execute("select code_fingerprint from finance_config.build_state").fetchone()[0]
+    assert code == transform.code_fingerprint()
     # Running the chain again posts nothing more.
     pipeline.after_staging_changed()
     assert pipeline.gl() == gl

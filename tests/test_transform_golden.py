@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from transform_helpers import bt, charge, golden, load_stripe_objects, movement, payout, query
+from transform_helpers import bt, charge, execute, golden, load_stripe_objects, movement, payout, query
 
 from stripe_sage_pipeline import transform
 from stripe_sage_pipeline.mapping import parse_mapping
@@ -197,3 +197,40 @@ def test_custno_is_short_stable_and_unique(fresh_db: str, golden_path: Path) -> 
     assert second == {**first, "cus_GOLD0003": "ACMEC-0002"}
     import re
     assert all(re.fullmatch(r"[A-Z0-9][A-Z0-9-]{0,9}", c) for c in second.values())
+
+
+def test_views_and_unit_tests_run_only_when_the_code_or_the_views_changed(fresh_db: str, golden_path: Path, monkeypatch) -> None:
+    load_stripe_objects(fresh_db, golden(golden_path)["stripe"])
+    views = {f"model.stripe_sage.{v}" for v in transform.staging_views()[1]}
+
+    def ran(result: transform.DbtResult, prefix: str) -> set[str]:
+        return {k for k in result.statuses if k.startswith(prefix)}
+
+    first = transform.dbt_build(url=fresh_db)  # first build: everything
+    assert views <= ran(first, "model.") and ran(first, "unit_test.")
+
+    # Same code, views present: the hourly run rebuilds the tables and runs their data tests only.
+    assert transform.plan_build(fresh_db) == transform.BuildPlan(full_refresh=False, code_steps=False)
+    second = transform.dbt_build(url=fresh_db)
+    assert not views & ran(second, "model.") and not ran(second, "unit_test.")
+    assert {"model.stripe_sage.int_balance_transactions__classified", "model.stripe_sage.fct_journal_lines"} <= ran(second, "model.")
+    assert any("fct_journal_lines" in t for t in ran(second, "test."))
+    assert query(fresh_db, "select count(*) as n from finance.fct_journal_lines")[0]["n"] > 0
+
+    # A missing view, changed dbt code, or a changed mapping brings the code steps back.
+    execute(fresh_db, "drop view finance_staging.stg_stripe__events")
+    plan = transform.plan_build(fresh_db)
+    assert plan.code_steps and not plan.full_refresh and "missing" in plan.reasons[0]
+    third = transform.dbt_build(url=fresh_db)
+    assert views <= ran(third, "model.") and ran(third, "unit_test.")
+    assert not transform.plan_build(fresh_db).code_steps
+
+    real = transform.code_fingerprint()
+    monkeypatch.setattr(transform, "code_fingerprint", lambda: real + "-edited")
+    plan = transform.plan_build(fresh_db)
+    assert plan.code_steps and not plan.full_refresh and "code changed" in plan.reasons[0]
+    monkeypatch.setattr(transform, "code_fingerprint", lambda: real)
+
+    execute(fresh_db, "update finance_config.settings set fingerprint = 'edited'")
+    plan = transform.plan_build(fresh_db)
+    assert plan.full_refresh and plan.code_steps and plan.flags() == ["--full-refresh"]

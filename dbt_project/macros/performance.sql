@@ -7,9 +7,12 @@
 {#- Model transactions (pre-hook, `set local`): room for the big hash joins and aggregates; no JIT
     compilation, which costs more than it saves on these queries (PostgreSQL 18); and index look-ups
     priced as what they are when the data is cached, so that a small incremental window probes the
-    keys instead of hashing a whole staging table. -#}
+    keys instead of hashing a whole staging table. An incremental run also plans without parallel
+    workers: its windows are small, its models build side by side on few cores, and a parallel
+    sequential scan priced as cheap would read a whole staging table to find a window's rows. -#}
 {% macro session_settings() -%}
     set local work_mem = '256MB'; set local jit = off; set local random_page_cost = 1.1
+    {%- if is_incremental() %}; set local max_parallel_workers_per_gather = 0{% endif %}
 {%- endmacro %}
 
 {#- Indexes on the staging tables (on-run-start, idempotent): every incremental window reads rows

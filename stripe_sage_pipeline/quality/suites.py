@@ -8,10 +8,11 @@ query in Postgres and returns the offending rows, so nothing large is pulled int
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from ..mapping import BT_TYPES
@@ -200,6 +201,14 @@ def _with_session_options(url: str) -> str:
 
 
 def _expectation(check: Check):
+    """The GX expectation of a check, tagged with the check's name (meta.check) to read its result back."""
+
+    exp = _gx_expectation(check)
+    exp.meta = {**(exp.meta or {}), "check": check.name}
+    return exp
+
+
+def _gx_expectation(check: Check):
     import great_expectations as gx
 
     if check.kind == "unexpected_rows":
@@ -218,13 +227,16 @@ def _expectation(check: Check):
     raise ValueError(f"unknown check kind {check.kind!r}")
 
 
-def _context():
+@functools.lru_cache(maxsize=4)
+def _datasource(url: str):
+    """An ephemeral GX context's Postgres data source for `url`, kept for the process: the suites of
+    one run (and the checks of one Dagster run) share its engine instead of each building one."""
     import great_expectations as gx
     from great_expectations.data_context.types.base import ProgressBarsConfig
 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
-    return ctx
+    return ctx.data_sources.add_postgres("stripe_sage", connection_string=_with_session_options(url))
 
 
 def _rows_from(result: dict[str, Any], check: Check, n: int) -> list[dict[str, Any]]:
@@ -255,48 +267,147 @@ def _jsonable(v: Any) -> Any:
     return str(v)
 
 
-def run_suite(name: str, url: str, since: datetime | None = None, first_n: int = 20) -> Result:
+# Per check, the newest row time a passing run validated (its high-water mark).
+STATE_TABLE = "finance_config.quality_state"
+STATE_DDL = (
+    "create schema if not exists finance_config;"
+    f" create table if not exists {STATE_TABLE} (check_name text primary key,"
+    " validated_through timestamptz not null, updated_at timestamptz not null default now())"
+)
+
+SCOPES = ("changed", "all")
+
+
+def _lookback(check: Check) -> timedelta:
+    """How far before its mark a check re-reads: extraction transactions can commit rows stamped a
+    little earlier than rows already validated (the dbt models' `extracted_lookback_minutes`);
+    a mart's rows are stamped by the one dbt transaction that wrote them, so none there."""
+    if check.time_column != "_extracted_at":
+        return timedelta(0)
+    from ..transform import dbt_vars
+
+    return timedelta(minutes=int(dbt_vars()["extracted_lookback_minutes"]))
+
+
+def _marks(url: str, checks: list[Check]) -> tuple[dict[str, datetime], dict[tuple[str, str, str], datetime | None]]:
+    """The stored marks of `checks`, and the newest row time of each table they read (now)."""
+    import psycopg
+
+    from ..db import libpq_url
+
+    tables = sorted({(c.schema, c.table, c.time_column) for c in checks})
+    with psycopg.connect(libpq_url(url)) as conn:
+        conn.execute(STATE_DDL)
+        marks = dict(conn.execute(f"select check_name, validated_through from {STATE_TABLE}"
+                                  " where check_name = any(%s)", ([c.name for c in checks],)).fetchall())
+        newest = {t: conn.execute(f"select max({t[2]}) from {t[0]}.{t[1]}").fetchone()[0] for t in tables}
+        conn.commit()
+    return marks, newest
+
+
+def _save_marks(url: str, marks: dict[str, datetime]) -> None:
+    import psycopg
+
+    from ..db import libpq_url
+
+    with psycopg.connect(libpq_url(url)) as conn:
+        conn.cursor().executemany(
+            f"insert into {STATE_TABLE} (check_name, validated_through) values (%s, %s) on conflict (check_name)"
+            " do update set validated_through = greatest(excluded.validated_through,"
+            f" {STATE_TABLE}.validated_through), updated_at = now()",
+            list(marks.items()),
+        )
+        conn.commit()
+
+
+def run_suite(
+    name: str,
+    url: str,
+    since: datetime | None = None,
+    first_n: int = 20,
+    *,
+    scope: str = "all",
+    checks: list[str] | None = None,
+) -> Result:
     """Run one suite against the database at `url` (SQLAlchemy URL, TCP host).
 
-    `since` limits every check to rows loaded (marts) or extracted (staging) after it: an
-    incremental run only needs to check what it rebuilt.
+    Which rows each check reads:
+      * `since` given: the rows loaded (marts) or extracted (staging) at or after it;
+      * `scope="changed"`: the rows newer than what the last passing run of that check validated
+        (its mark in finance_config.quality_state, less the check's look-back) -- every row the
+        first time, and every rebuilt row after a full refresh;
+      * `scope="all"`: every row.
+    Without `since`, a passing check moves its mark to the newest row time it saw, and a failing one
+    keeps it, so its rows are read again until they pass. `checks` limits the run to those names.
     """
+    import great_expectations as gx
+
+    if scope not in SCOPES:
+        raise ValueError(f"unknown scope {scope!r}; known: {', '.join(SCOPES)}")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
-    checks = suite_checks(name)
-    ctx = _context()
-    ds = ctx.data_sources.add_postgres(f"pg_{name}", connection_string=_with_session_options(url))
-    batches: dict[str, Any] = {}
-    results: list[CheckResult] = []
-    for check in checks:
-        key = f"{check.schema}.{check.table}"
-        if key not in batches:
-            if since is None:
-                asset = ds.add_table_asset(key, table_name=check.table, schema_name=check.schema)
-            else:
-                asset = ds.add_query_asset(
-                    key, query=f"select * from {check.schema}.{check.table} where {check.time_column} >= "
-                               f"'{since.isoformat()}'::timestamptz")
-            batches[key] = asset.add_batch_definition_whole_table("all").get_batch()
+    selected = [c for c in suite_checks(name) if checks is None or c.name in checks]
+    marks, newest = _marks(url, selected) if since is None else ({}, {})
+
+    def window(check: Check) -> tuple[str, datetime] | None:
+        if since is not None:
+            return (">=", since)
+        if scope == "changed" and check.name in marks:
+            return (">", marks[check.name] - _lookback(check))
+        return None
+
+    # One GX batch per table and window; the checks on it are validated together as one suite.
+    groups: dict[tuple[str, tuple[str, datetime] | None], list[Check]] = {}
+    for check in selected:
+        groups.setdefault((f"{check.schema}.{check.table}", window(check)), []).append(check)
+    ds = _datasource(url)
+    by_name: dict[str, CheckResult] = {}
+    for i, ((key, win), group) in enumerate(groups.items()):
+        first = group[0]
+        asset_name = f"{name}:{key}#{i}"
+        suite = gx.ExpectationSuite(name=asset_name, expectations=[_expectation(c) for c in group])
         try:
-            r = batches[key].validate(_expectation(check), result_format="COMPLETE")
+            if win is None:
+                asset = ds.add_table_asset(asset_name, table_name=first.table, schema_name=first.schema)
+            else:
+                asset = ds.add_query_asset(asset_name, query=f"select * from {key} where {first.time_column}"
+                                                             f" {win[0]} '{win[1].isoformat()}'::timestamptz")
+            try:
+                validation = asset.add_batch_definition_whole_table("all").get_batch().validate(
+                    suite, result_format="COMPLETE")
+            finally:
+                ds.delete_asset(asset_name)
+            outcomes = {(r.expectation_config.meta or {}).get("check"): r for r in validation.results}
         except Exception as exc:  # a check that cannot run must fail, never pass silently
-            results.append(CheckResult(check.name, False, -1, [], f"{type(exc).__name__}: {exc}"))
+            for c in group:
+                by_name[c.name] = CheckResult(c.name, False, -1, [], f"{type(exc).__name__}: {exc}")
             continue
-        res = r.result or {}
-        error = _raised(r.exception_info)
-        if error:
-            results.append(CheckResult(check.name, False, -1, [], error))
-            continue
-        count = res.get("unexpected_count")
-        if count is None:
-            count = res.get("observed_value") if check.kind in ROW_QUERY_KINDS else 0
-        results.append(CheckResult(check.name, bool(r.success), int(count or 0), _rows_from(res, check, first_n)))
+        for c in group:
+            r = outcomes.get(c.name)
+            if r is None:
+                by_name[c.name] = CheckResult(c.name, False, -1, [], "no result from Great Expectations")
+                continue
+            res = r.result or {}
+            error = _raised(r.exception_info)
+            if error:
+                by_name[c.name] = CheckResult(c.name, False, -1, [], error)
+                continue
+            count = res.get("unexpected_count")
+            if count is None:
+                count = res.get("observed_value") if c.kind in ROW_QUERY_KINDS else 0
+            by_name[c.name] = CheckResult(c.name, bool(r.success), int(count or 0), _rows_from(res, c, first_n))
+    results = [by_name[c.name] for c in selected]
+    if since is None:
+        _save_marks(url, {c.name: newest[(c.schema, c.table, c.time_column)] for c, r in zip(selected, results, strict=True)
+                          if r.passed and newest[(c.schema, c.table, c.time_column)] is not None})
     failing = [row for c in results for row in c.failing_rows][:first_n]
+    windows = {c.name: window(c) for c in selected}
     stats = {
         "evaluated": len(results),
         "failed": [c.name for c in results if not c.passed],
         "unexpected_counts": {c.name: c.unexpected_count for c in results},
         "errors": {c.name: c.error for c in results if c.error},
+        "scope": "since" if since is not None else scope,
         "window_since": since.isoformat() if since else None,
+        "windows": {k: (f"{w[0]} {w[1].isoformat()}" if w else "all rows") for k, w in windows.items()},
     }
     return Result(name, all(c.passed for c in results), failing, stats, results)

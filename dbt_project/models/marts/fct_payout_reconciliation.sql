@@ -52,8 +52,18 @@ members as (
     from payouts as p
     inner join {{ ref('stg_stripe__payout_balance_transactions') }} as m
         on m.stripe_account = p.stripe_account and m.payout_id = p.payout_id
+    {% if is_incremental() -%}
+    -- A few payouts: look each member up by key. (The planner cannot know how few payouts the
+    -- window holds and would hash the whole staging table; `limit 1` keeps this a keyed look-up.)
+    left join lateral (
+        select bt.* from {{ ref('stg_stripe__balance_transactions') }} as bt
+        where bt.stripe_account = m.stripe_account and bt.balance_transaction_id = m.balance_transaction_id
+        limit 1
+    ) as b on true
+    {%- else -%}
     left join {{ ref('stg_stripe__balance_transactions') }} as b
         on b.stripe_account = m.stripe_account and b.balance_transaction_id = m.balance_transaction_id
+    {%- endif %}
 ),
 
 totals as (

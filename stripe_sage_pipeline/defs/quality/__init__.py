@@ -3,15 +3,26 @@
 Each suite (stripe_sage_pipeline.quality) becomes one multi-asset check that reports one result
 per property (`journal_lines_balance`, `staging_net_equals_amount_minus_fee`, ...), on the asset
 of the table it reads; failing rows (first N, with ids) are in the check's metadata.
+
+By default a check reads the rows written since it last passed (`scope: changed`): an hourly run
+validates its window, a full refresh everything it rebuilt. `scope: all` (run config, e.g. from the
+launchpad) validates every row.
 """
 
 
 from collections.abc import Iterator
+from typing import Literal
 
 import dagster as dg
 
 from ...quality import Check, run_suite, suite_checks
 from ..resources import PostgresResource
+
+
+class SuiteScope(dg.Config):
+    """Which rows a suite reads: `changed` (since each check last passed) or `all`."""
+
+    scope: Literal["changed", "all"] = "changed"
 
 
 def _asset_key(check: Check) -> dg.AssetKey:
@@ -30,14 +41,16 @@ def _suite_check(suite: str, description: str) -> dg.AssetChecksDefinition:
         ],
         can_subset=True,  # a job that selects one staging table runs only that table's checks
     )
-    def _run(context: dg.AssetCheckExecutionContext, postgres: PostgresResource) -> Iterator[dg.AssetCheckResult]:
-        result = run_suite(suite, postgres.url())
-        by_name = {c.name: c for c in checks}
+    def _run(
+        context: dg.AssetCheckExecutionContext, config: SuiteScope, postgres: PostgresResource
+    ) -> Iterator[dg.AssetCheckResult]:
+        """Run the selected checks of the suite; one result per check, failing rows in metadata."""
         selected = context.selected_asset_check_keys
+        names = [c.name for c in checks if dg.AssetCheckKey(_asset_key(c), c.name) in selected]
+        result = run_suite(suite, postgres.url(), scope=config.scope, checks=names)
+        by_name = {c.name: c for c in checks}
         for r in result.checks:
             c = by_name[r.name]
-            if dg.AssetCheckKey(_asset_key(c), r.name) not in selected:
-                continue
             yield dg.AssetCheckResult(
                 asset_key=_asset_key(c),
                 check_name=r.name,
@@ -45,6 +58,7 @@ def _suite_check(suite: str, description: str) -> dg.AssetChecksDefinition:
                 severity=dg.AssetCheckSeverity.ERROR,
                 metadata={
                     "unexpected_count": r.unexpected_count,
+                    "rows_read": result.stats["windows"][r.name],
                     "failing_rows": dg.MetadataValue.json(r.failing_rows),
                     **({"error": r.error} if r.error else {}),
                 },

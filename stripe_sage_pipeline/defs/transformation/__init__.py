@@ -16,7 +16,7 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
 
 from ...mapping import load_mapping, mapping_markdown, mapping_rows
-from ...transform import DBT_PROJECT_DIR, apply_dbt_env, mapping_changed_since_last_build, prepare_database
+from ...transform import DBT_PROJECT_DIR, apply_dbt_env, plan_build, prepare_database, record_build
 from ..resources import PostgresResource
 
 MAPPING_KEY = dg.AssetKey(["finance", "mapping"])
@@ -84,16 +84,23 @@ def finance_mapping(context: dg.AssetExecutionContext, postgres: PostgresResourc
 def finance_dbt_models(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, postgres: PostgresResource
 ) -> Iterator[Any]:
-    """The finance dbt models (staging views, classification, journal lines, invoice lines, payouts, customers)."""
+    """The finance dbt models (staging views, classification, journal lines, invoice lines, payouts, customers).
+
+    The build follows `plan_build`: a changed mapping forces a full refresh; dbt unit tests run when
+    the dbt code changed since the last complete build (or on a full refresh). A complete, successful
+    build is recorded so the next run can tell.
+    """
     url = postgres.url()
     # The mapping in finance_config must match the file, whichever asset ran last.
     prepare_database(url)
     apply_dbt_env(url)
-    args = ["build"]
-    if mapping_changed_since_last_build(url):
-        context.log.info("mapping changed since the last build: full refresh of incremental models")
-        args.append("--full-refresh")
-    yield from dbt.cli(args, context=context).stream()
+    plan = plan_build(url)
+    for reason in plan.reasons:
+        context.log.info(reason)
+    invocation = dbt.cli(["build", *plan.flags()], context=context)
+    yield from invocation.stream()
+    if not context.is_subset:
+        record_build(url)
 
 
 defs = dg.Definitions(
