@@ -115,10 +115,18 @@ def test_payout_failed_event_reverses_its_bank_leg_through_the_payout_sensor(pip
     """payout.failed → webhook → inbox → payout sensor → update path → marts → Sage: the bank leg is reversed."""
     from stripe_sage_pipeline.defs.automation import payout_paid_sensor, stripe_webhook_inbox_sensor
 
+    targets = set((PROJECT_ROOT / "dbt_project" / "target").glob("finance_dbt_models-*"))
     pipeline.first_load()
     assert pipeline.gl()["1010"] == "322.79"  # both golden payouts, as the bank statement shows
     built = {e.asset_key for e in pipeline.transforms[0].get_asset_materialization_events()}
     assert dg.AssetKey(["finance_staging", "stg_stripe__payouts"]) in built  # first build: views too
+    # ... and the unit test of the classification, reported as its asset check.
+    unit = [e for e in pipeline.transforms[0].get_asset_check_evaluations()
+            if e.check_name == "classify_categories_fallback_and_suspense"]
+    assert [(e.asset_key, e.passed) for e in unit] == [
+        (dg.AssetKey(["finance_intermediate", "int_balance_transactions__classified"]), True)]
+    # A successful dbt invocation leaves no per-run target folder behind.
+    assert set((PROJECT_ROOT / "dbt_project" / "target").glob("finance_dbt_models-*")) <= targets
 
     import httpx
 
@@ -159,6 +167,8 @@ def test_payout_failed_event_reverses_its_bank_leg_through_the_payout_sensor(pip
     rebuilt = {e.asset_key for e in pipeline.transforms[1].get_asset_materialization_events()}
     assert dg.AssetKey(["finance", "fct_journal_lines"]) in rebuilt
     assert not any(k.path[0] == "finance_staging" for k in rebuilt)
+    assert "classify_categories_fallback_and_suspense" not in {
+        e.check_name for e in pipeline.transforms[1].get_asset_check_evaluations()}
     from stripe_sage_pipeline import transform
 
     with psycopg.connect(pipeline.conninfo) as conn:

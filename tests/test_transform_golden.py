@@ -234,3 +234,20 @@ def test_views_and_unit_tests_run_only_when_the_code_or_the_views_changed(fresh_
     execute(fresh_db, "update finance_config.settings set fingerprint = 'edited'")
     plan = transform.plan_build(fresh_db)
     assert plan.full_refresh and plan.code_steps and plan.flags() == ["--full-refresh"]
+
+
+def test_a_failing_dbt_unit_test_is_reported_as_a_failed_blocking_check() -> None:
+    from stripe_sage_pipeline.defs.transformation import UNIT_TEST_CHECK_SPECS, unit_test_results
+
+    spec = next(s for s in UNIT_TEST_CHECK_SPECS if s.name == "classify_categories_fallback_and_suspense")
+    assert spec.blocking and spec.asset_key.path == ["finance_intermediate", "int_balance_transactions__classified"]
+    uid = "unit_test.stripe_sage.int_balance_transactions__classified.classify_categories_fallback_and_suspense"
+    run_results = {"results": [
+        {"unique_id": uid, "status": "fail", "message": "actual differs from expected: counter_account 9999 != 4000",
+         "execution_time": 0.61},
+        {"unique_id": "model.stripe_sage.fct_journal_lines", "status": "skipped", "message": None},
+    ]}
+    [result] = unit_test_results(run_results, UNIT_TEST_CHECK_SPECS)
+    assert (result.check_name, result.passed) == ("classify_categories_fallback_and_suspense", False)
+    assert "9999 != 4000" in result.metadata["message"].value
+    assert list(unit_test_results({"results": []}, UNIT_TEST_CHECK_SPECS)) == []  # skipped: nothing reported

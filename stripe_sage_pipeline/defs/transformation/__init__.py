@@ -3,17 +3,23 @@
 dbt sources map onto the ingestion assets' keys (`stripe_staging/<table>`) and onto
 `finance/mapping`, so the graph is one lineage from Stripe to the marts; models keep their
 Postgres `schema/table` as key (`finance/fct_journal_lines`, `finance_staging/stg_stripe__charges`).
+dbt data tests become blocking asset checks through dagster-dbt; dbt unit tests, which dagster-dbt
+leaves out, become blocking asset checks on the model they test here, reported from the build's
+run results.
 """
 
 
 import functools
+import json
+import shutil
 import sys
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import dagster as dg
-from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject, dbt_assets
+from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject
+from dagster_dbt.asset_utils import DAGSTER_DBT_SELECT_METADATA_KEY, DBT_DEFAULT_SELECT, build_dbt_specs
 
 from ...mapping import load_mapping, mapping_markdown, mapping_rows
 from ...transform import DBT_PROJECT_DIR, apply_dbt_env, plan_build, prepare_database, record_build
@@ -79,16 +85,61 @@ def finance_mapping(context: dg.AssetExecutionContext, postgres: PostgresResourc
     )
 
 
-@dbt_assets(manifest=dbt_project().manifest_path, project=dbt_project(), dagster_dbt_translator=TRANSLATOR,
-            name="finance_dbt_models")
+def unit_test_check_specs(manifest: Mapping[str, Any]) -> list[dg.AssetCheckSpec]:
+    """One blocking check per dbt unit test, on the asset of the model it tests (named as the test)."""
+    specs = []
+    for ut in manifest.get("unit_tests", {}).values():
+        model = manifest["nodes"][f"model.{ut['package_name']}.{ut['model']}"]
+        specs.append(dg.AssetCheckSpec(
+            name=ut["name"], asset=dg.AssetKey([model["schema"], model["name"]]), blocking=True,
+            description=f"dbt unit test of {ut['model']}: {(ut.get('description') or '').strip()}"[:1000],
+        ))
+    return specs
+
+
+def unit_test_results(run_results: Mapping[str, Any], specs: list[dg.AssetCheckSpec]) -> Iterator[dg.AssetCheckResult]:
+    """The check results of the unit tests a dbt invocation ran (none when the build skipped them)."""
+    by_name = {s.name: s for s in specs}
+    for r in run_results.get("results", []):
+        uid = r.get("unique_id", "")
+        name = uid.rsplit(".", 1)[-1]
+        if not uid.startswith("unit_test.") or name not in by_name:
+            continue
+        yield dg.AssetCheckResult(
+            asset_key=by_name[name].asset_key, check_name=name, passed=r.get("status") == "pass",
+            severity=dg.AssetCheckSeverity.ERROR,
+            metadata={"status": str(r.get("status")), "message": (r.get("message") or "")[:2000],
+                      "execution_time_s": round(float(r.get("execution_time") or 0), 3)},
+        )
+
+
+_MANIFEST = json.loads(dbt_project().manifest_path.read_text())
+_SPECS, _TEST_CHECK_SPECS = build_dbt_specs(
+    translator=TRANSLATOR, manifest=_MANIFEST, select=DBT_DEFAULT_SELECT, exclude="", selector="",
+    io_manager_key=None, project=dbt_project(),
+)
+UNIT_TEST_CHECK_SPECS = unit_test_check_specs(_MANIFEST)
+
+
+# What @dbt_assets builds, plus the unit-test checks it has no place for.
+@dg.multi_asset(
+    name="finance_dbt_models",
+    specs=_SPECS,
+    check_specs=[*_TEST_CHECK_SPECS, *UNIT_TEST_CHECK_SPECS],
+    can_subset=True,
+    op_tags={DAGSTER_DBT_SELECT_METADATA_KEY: DBT_DEFAULT_SELECT},
+    allow_arbitrary_check_specs=True,
+)
 def finance_dbt_models(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, postgres: PostgresResource
 ) -> Iterator[Any]:
     """The finance dbt models (staging views, classification, journal lines, invoice lines, payouts, customers).
 
-    The build follows `plan_build`: a changed mapping forces a full refresh; dbt unit tests run when
-    the dbt code changed since the last complete build (or on a full refresh). A complete, successful
-    build is recorded so the next run can tell.
+    The build follows `plan_build`: a changed mapping forces a full refresh; the staging views and
+    the unit tests run when the dbt code changed since the last complete build (or on a full
+    refresh). A complete, successful build is recorded so the next run can tell. The unit tests'
+    outcomes are reported as their checks (also when one fails, before the run fails); a successful
+    invocation's target folder (compiled SQL, logs) is removed, a failed one's kept for diagnosis.
     """
     url = postgres.url()
     # The mapping in finance_config must match the file, whichever asset ran last.
@@ -97,8 +148,15 @@ def finance_dbt_models(
     plan = plan_build(url)
     for reason in plan.reasons:
         context.log.info(reason)
-    invocation = dbt.cli(["build", *plan.flags()], context=context)
+    invocation = dbt.cli(["build", *plan.flags()], context=context, raise_on_error=False)
     yield from invocation.stream()
+    selected = context.selected_asset_check_keys
+    run_results = invocation.get_artifact("run_results.json")
+    yield from (r for r in unit_test_results(run_results, UNIT_TEST_CHECK_SPECS)
+                if dg.AssetCheckKey(r.asset_key, r.check_name) in selected)
+    if not invocation.is_successful():
+        raise invocation.get_error() or RuntimeError("dbt build failed")
+    shutil.rmtree(invocation.target_path, ignore_errors=True)
     if not context.is_subset:
         record_build(url)
 
