@@ -251,3 +251,38 @@ def test_a_failing_dbt_unit_test_is_reported_as_a_failed_blocking_check() -> Non
     assert (result.check_name, result.passed) == ("classify_categories_fallback_and_suspense", False)
     assert "9999 != 4000" in result.metadata["message"].value
     assert list(unit_test_results({"results": []}, UNIT_TEST_CHECK_SPECS)) == []  # skipped: nothing reported
+
+
+def test_a_reread_transaction_that_did_not_change_is_not_rebuilt_downstream(fresh_db: str, golden_path: Path) -> None:
+    load_stripe_objects(fresh_db, golden(golden_path)["stripe"])
+    transform.dbt_build(url=fresh_db)
+    classified = "select balance_transaction_id, _classified_at from finance_intermediate.int_balance_transactions__classified"
+    lines = "select journal_line_id, entry_id, _loaded_at from finance.fct_journal_lines"
+    before_c = {r["balance_transaction_id"]: r["_classified_at"] for r in query(fresh_db, classified)}
+    before_l = {r["journal_line_id"]: r["_loaded_at"] for r in query(fresh_db, lines)}
+
+    # Nothing new, but every transaction is inside the 72-hour look-back: re-read, unchanged, not
+    # rebuilt. (The 10-minute extraction look-back is off: it would re-read the payouts just loaded.)
+    created_lookback_only = {"extracted_lookback_minutes": 0}
+    transform.dbt_build(url=fresh_db, vars=created_lookback_only)
+    assert {r["balance_transaction_id"]: r["_classified_at"] for r in query(fresh_db, classified)} == before_c
+    assert {r["journal_line_id"]: r["_loaded_at"] for r in query(fresh_db, lines)} == before_l
+
+    # One charge gets tax metadata and is extracted again: only its transaction and the entries it is in.
+    execute(fresh_db, "update stripe_staging.charges set metadata = '{\"tax_amount\": \"100\"}'::jsonb, "
+                      "_extracted_at = now() where id = 'ch_GOLD0002'")
+    transform.dbt_build(url=fresh_db, vars=created_lookback_only)
+    after_c = {r["balance_transaction_id"]: r["_classified_at"] for r in query(fresh_db, classified)}
+    changed_bt = {k for k, v in after_c.items() if before_c[k] != v}
+    bt_of_charge = query(fresh_db, "select balance_transaction_id from stripe_staging.charges where id = 'ch_GOLD0002'")[0]
+    assert changed_bt == {bt_of_charge["balance_transaction_id"]}
+    rebuilt = {r["entry_id"] for r in query(fresh_db, lines) if before_l.get(r["journal_line_id"]) != r["_loaded_at"]}
+    bt_id = bt_of_charge["balance_transaction_id"]
+    payout_id = query(fresh_db, "select payout_id from finance_intermediate.int_balance_transactions__classified "
+                                "where balance_transaction_id = %s", (bt_id,))[0]["payout_id"]
+    assert rebuilt == {f"detail:{bt_id}", f"summary:{payout_id}", f"detail:{payout_id}"}  # its entry, its payout's
+    # ... and the result equals a full refresh.
+    state = "select journal_line_id, debit, credit, account_code from finance.fct_journal_lines order by 1"
+    incremental = query(fresh_db, state)
+    transform.dbt_build(url=fresh_db, full_refresh=True)
+    assert query(fresh_db, state) == incremental

@@ -5,7 +5,8 @@
   that swept it, its posting date, and its journal legs netted per account (the leg_* arrays, in
   line order; computed once here, read by fct_journal_lines for both posting modes).
   Incremental: a run re-reads only the transactions whose own row, payout membership, charge or
-  invoice was extracted since the last run, plus those created within the look-back.
+  invoice was extracted since the last run, plus those created within the look-back; a re-read
+  row that comes out unchanged keeps its `_classified_at` (what the journal lines rebuild by).
 -#}
 {{
     config(
@@ -195,6 +196,7 @@ left join {{ source('finance_config', 'currency_accounts') }} as cur
     on cur.currency = w.currency
 )
 
+{% if is_incremental() %}, rebuilt as ({% endif %}
 select
     c.*,
     legs.leg_accounts,
@@ -222,3 +224,27 @@ cross join lateral (
         group by legs.account_code
     ) as n
 ) as legs
+{%- if is_incremental() %}
+)
+
+{#- A re-read transaction whose row comes out as it was keeps its `_classified_at`: the journal lines
+    rebuild only what changed, not the whole look-back. Every column but the two timestamps is
+    compared (the list is read from the table, so a new column is compared too). -#}
+{%- set columns = adapter.get_columns_in_relation(this) | map(attribute='name') | list %}
+{%- set compared = columns | reject('in', ['_source_extracted_at', '_classified_at']) | list %}
+select
+{%- for col in columns %}
+    {% if col == '_classified_at' -%}
+    case
+        when (p.{{ compared | join(', p.') }}) is not distinct from (n.{{ compared | join(', n.') }})
+            then p._classified_at
+        else n._classified_at
+    end as _classified_at
+    {%- else -%}
+    n.{{ col }}
+    {%- endif %}{{ ',' if not loop.last }}
+{%- endfor %}
+from rebuilt as n
+left join {{ this }} as p
+    on p.stripe_account = n.stripe_account and p.balance_transaction_id = n.balance_transaction_id
+{%- endif %}
