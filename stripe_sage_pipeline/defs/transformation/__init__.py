@@ -109,7 +109,7 @@ def unit_test_results(run_results: Mapping[str, Any], specs: list[dg.AssetCheckS
             asset_key=by_name[name].asset_key, check_name=name, passed=r.get("status") == "pass",
             severity=dg.AssetCheckSeverity.ERROR,
             metadata={"status": str(r.get("status")), "message": (r.get("message") or "")[:2000],
-                      "execution_time_s": round(float(r.get("execution_time") or 0), 3)},
+                      "execution_time_s": round(r.get("execution_time") or 0, 3)},
         )
 
 
