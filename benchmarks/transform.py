@@ -35,7 +35,7 @@ os.environ.setdefault("DBT_TARGET_PATH", os.path.join(tempfile.gettempdir(), "st
 from stripe_sage_pipeline.db import database_url, libpq_url  # noqa: E402
 from stripe_sage_pipeline.quality import run_suite  # noqa: E402
 from stripe_sage_pipeline.stripe_extract.staging import ensure_schema  # noqa: E402
-from stripe_sage_pipeline.transform import BuildPlan, dbt_build, plan_build, prepare_database  # noqa: E402
+from stripe_sage_pipeline.transform import BuildPlan, dbt_build, prepare_database  # noqa: E402
 
 BENCH_DB = "bench_transform"
 SUITES = ("staging", "journal_lines", "payout_reconciliation", "invoice_lines")
@@ -158,9 +158,8 @@ def build(url: str, full_refresh: bool) -> tuple[float, float, dict[str, bool], 
     """One build as the transform job runs it: dbt build (models + tests, as `plan_build` decides),
     then the GE suites over the rows written since they last passed; returns (dbt s, GE s, suite
     results, the plan)."""
-    plan = plan_build(url, full_refresh)
     t = time.perf_counter()
-    dbt_build(url=url, full_refresh=full_refresh, prepare=False)
+    plan = dbt_build(url=url, full_refresh=full_refresh, prepare=False).plan
     t_dbt = time.perf_counter() - t
     t = time.perf_counter()
     results = {name: run_suite(name, url, scope="changed").passed for name in SUITES}

@@ -28,11 +28,16 @@ MARTS_SCHEMA = "finance"
 
 
 @functools.cache
-def dbt_vars() -> dict[str, Any]:
-    """The project variables of dbt_project.yml (look-backs, currency exponents, test scope)."""
+def dbt_project_config() -> dict[str, Any]:
+    """dbt_project.yml, parsed once per process."""
     import yaml
 
-    return dict(yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())["vars"])
+    return yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())
+
+
+def dbt_vars() -> dict[str, Any]:
+    """The project variables of dbt_project.yml (look-backs, currency exponents, test scope)."""
+    return dict(dbt_project_config()["vars"])
 
 
 def dbt_env(url: str | None = None) -> dict[str, str]:
@@ -89,10 +94,7 @@ def code_fingerprint(project_dir: Path = DBT_PROJECT_DIR) -> str:
 
 def staging_views() -> tuple[str, list[str]]:
     """The schema of the dbt staging views and their names (models/staging/*.sql)."""
-    import yaml
-
-    project = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())
-    schema = project["models"]["stripe_sage"]["staging"]["+schema"]
+    schema = dbt_project_config()["models"]["stripe_sage"]["staging"]["+schema"]
     return schema, sorted(p.stem for p in (DBT_PROJECT_DIR / "models" / "staging").glob("*.sql"))
 
 
@@ -170,6 +172,7 @@ class DbtResult:
     statuses: dict[str, str] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     full_refresh: bool = False
+    plan: BuildPlan | None = None  # how a `build` was planned (None for other commands)
 
     def raise_on_failure(self) -> DbtResult:
         """Raise with every failing node's message when the run did not succeed."""
@@ -227,6 +230,7 @@ def dbt_build(
         prepare_database(url, mapping)
     apply_dbt_env(url)
     extra: list[str] = []
+    plan = None
     if command == "build":
         plan = plan_build(url, full_refresh)
         full_refresh, extra = plan.full_refresh, [f for f in plan.flags() if f != "--full-refresh"]
@@ -242,7 +246,8 @@ def dbt_build(
             failures[name] = (r.message or "").strip()[:2000]
     if res.exception is not None:
         failures["<dbt>"] = str(res.exception)
-    out = DbtResult(success=bool(res.success), statuses=statuses, failures=failures, full_refresh=full_refresh)
+    out = DbtResult(success=bool(res.success), statuses=statuses, failures=failures, full_refresh=full_refresh,
+                    plan=plan)
     if out.success and command == "build" and not select and not exclude:
         record_build(url)
     return out.raise_on_failure() if raise_on_failure else out

@@ -212,6 +212,7 @@ def test_views_and_unit_tests_run_only_when_the_code_or_the_views_changed(fresh_
     # Same code, views present: the hourly run rebuilds the tables and runs their data tests only.
     assert transform.plan_build(fresh_db) == transform.BuildPlan(full_refresh=False, code_steps=False)
     second = transform.dbt_build(url=fresh_db)
+    assert second.plan == transform.BuildPlan(full_refresh=False, code_steps=False)
     assert not views & ran(second, "model.") and not ran(second, "unit_test.")
     assert {"model.stripe_sage.int_balance_transactions__classified", "model.stripe_sage.fct_journal_lines"} <= ran(second, "model.")
     assert any("fct_journal_lines" in t for t in ran(second, "test."))
