@@ -1,13 +1,13 @@
 # Two commands for a new user: `make demo` and `make test`. Each builds .venv by itself.
-PYTHON ?= $(shell command -v python3.11 || command -v python3)
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.13 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test ui lint lock clean bench
+.PHONY: demo test test-fast ui lint lock clean bench
 
 $(STAMP): pyproject.toml requirements.lock
-	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (set PYTHON=/path/to/python3.11)")'
+	@$(PYTHON) -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 13) else "Python 3.11, 3.12 or 3.13 is required (set PYTHON=/path/to/python3.x)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c requirements.lock -e '.[dev]'
@@ -19,11 +19,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	GX_ANALYTICS_ENABLED=false DAGSTER_TELEMETRY_ENABLED=false $(BIN)/python -m pytest -q
 
+# The unit tier only: pure rules, no servers.
+test-fast: $(STAMP)
+	GX_ANALYTICS_ENABLED=false DAGSTER_TELEMETRY_ENABLED=false $(BIN)/python -m pytest -q -m unit
+
 ui: $(STAMP)
 	$(BIN)/stripe-sage ui
 
 lint: $(STAMP)
-	$(BIN)/ruff check stripe_sage_pipeline tests benchmarks
+	$(BIN)/ruff check stripe_sage_pipeline stripe_sage_sandboxes tests benchmarks
 
 # Re-pin every package after changing pyproject.toml.
 lock:

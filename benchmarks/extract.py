@@ -23,7 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from stripe_sage_pipeline.embedded_pg import EmbeddedPostgres, free_port  # noqa: E402
+from stripe_sage_pipeline.runtime.embedded_pg import EmbeddedPostgres, free_port  # noqa: E402
 
 KEY = "sk_test_emulator"
 
@@ -31,7 +31,7 @@ KEY = "sk_test_emulator"
 def start_emulator(volume: float, days: int, end: int) -> tuple[subprocess.Popen, str, dict]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stripe_sage_pipeline.sandboxes.stripe_emulator", "--port", str(port),
+        [sys.executable, "-m", "stripe_sage_sandboxes.stripe_emulator", "--port", str(port),
          "--seed", "1", "--days", str(days), "--volume", str(volume), "--end", str(end)],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
@@ -56,9 +56,9 @@ def admin(url: str, path: str, body: dict | None = None) -> dict:
 
 WORKER = r"""
 import json, resource, sys, time
-from stripe_sage_pipeline.stripe_extract import extract
-from stripe_sage_pipeline.stripe_extract.client import StripeReader
-from stripe_sage_pipeline.stripe_extract.staging import ensure_schema
+from stripe_sage_pipeline.extract import extract
+from stripe_sage_pipeline.extract.client import StripeReader
+from stripe_sage_pipeline.extract.staging import ensure_schema
 import psycopg
 args = json.loads(sys.argv[1])
 with psycopg.connect(args["db"]) as c:

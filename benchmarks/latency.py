@@ -51,13 +51,11 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DAGSTER_TELEMETRY_ENABLED", "false")
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 
-from stripe_sage_pipeline.dagster_home import render_instance_config  # noqa: E402
-from stripe_sage_pipeline.embedded_pg import EmbeddedPostgres, free_port  # noqa: E402
+from stripe_sage_pipeline.runtime.dagster_home import render_instance_config  # noqa: E402
+from stripe_sage_pipeline.runtime.embedded_pg import EmbeddedPostgres, free_port  # noqa: E402
 from stripe_sage_pipeline.settings import PROJECT_ROOT  # noqa: E402
 
-GOLDEN = Path("/work/shared/golden/payout_worked_example.json")
-if not GOLDEN.exists():
-    GOLDEN = PROJECT_ROOT.parent / "shared" / "golden" / "payout_worked_example.json"
+GOLDEN = PROJECT_ROOT / "examples" / "payout_worked_example.json"
 KEY, SECRET = "sk_test_emulator", "whsec_emulator"
 SAGE_USER, SAGE_PASSWORD = "pipeline", "pipeline-secret"
 # Golden charges that can take refunds (ch_GOLD0000 is disputed); 1.00 each never exceeds what is left.
@@ -99,9 +97,9 @@ def first_load(log_fn) -> None:
     """The first load in-process (as tests/test_automation.py does), on an ephemeral instance."""
     import dagster as dg
 
-    from stripe_sage_pipeline import automation
-    from stripe_sage_pipeline.db import database_url, libpq_url
+    from stripe_sage_pipeline.automation import rules as automation
     from stripe_sage_pipeline.definitions import defs
+    from stripe_sage_pipeline.runtime.db import database_url, libpq_url
 
     d = defs()
     instance = dg.DagsterInstance.ephemeral()
@@ -180,9 +178,9 @@ def main(argv: list[str] | None = None) -> int:
         mapping["posting_mode"] = "detail"
         (tmp / "mapping.yaml").write_text(yaml.safe_dump(mapping, sort_keys=False))
 
-        from stripe_sage_pipeline import webhooks
-        from stripe_sage_pipeline.sandboxes.sage import SageSandboxConfig, SageSandboxServer
-        from stripe_sage_pipeline.sandboxes.stripe_emulator import (
+        from stripe_sage_pipeline.extract import webhooks
+        from stripe_sage_sandboxes.sage import SageSandboxConfig, SageSandboxServer
+        from stripe_sage_sandboxes.stripe_emulator import (
             EmulatorConfig,
             EmulatorServer,
             EmulatorState,
@@ -292,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         end = time.time()
 
         # -- Sage agrees -----------------------------------------------------------------------------------
-        from stripe_sage_pipeline.posting.post import make_client
+        from stripe_sage_pipeline.load.post import make_client
 
         sage_client, _ = make_client(sage.base_url, SAGE_USER, SAGE_PASSWORD)
         try:

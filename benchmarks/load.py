@@ -31,13 +31,13 @@ import yaml
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DBT_TARGET_PATH", os.path.join(tempfile.gettempdir(), "stripe_sage_bench_load_dbt_target"))
 
-from stripe_sage_pipeline.db import database_url, libpq_url  # noqa: E402
-from stripe_sage_pipeline.mapping import parse_mapping  # noqa: E402
-from stripe_sage_pipeline.posting.post import Poster, load_journal_entries, make_client  # noqa: E402
-from stripe_sage_pipeline.sandboxes.sage import SageSandboxConfig, SageSandboxServer  # noqa: E402
+from stripe_sage_pipeline.extract.staging import ensure_schema, upsert_objects, upsert_payout_members  # noqa: E402
+from stripe_sage_pipeline.load.post import Poster, load_journal_entries, make_client  # noqa: E402
+from stripe_sage_pipeline.runtime.db import database_url, libpq_url  # noqa: E402
 from stripe_sage_pipeline.settings import PROJECT_ROOT  # noqa: E402
-from stripe_sage_pipeline.stripe_extract.staging import ensure_schema, upsert_objects, upsert_payout_members  # noqa: E402
-from stripe_sage_pipeline.transform import dbt_build  # noqa: E402
+from stripe_sage_pipeline.transform.build import dbt_build  # noqa: E402
+from stripe_sage_pipeline.transform.mapping import parse_mapping  # noqa: E402
+from stripe_sage_sandboxes.sage import SageSandboxConfig, SageSandboxServer  # noqa: E402
 
 BENCH_DB = "bench_load"
 SIZES = (1, 10, 100, 1000)

@@ -32,10 +32,10 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 # A target folder of its own, so a benchmark never races a test run over dbt's partial-parse state.
 os.environ.setdefault("DBT_TARGET_PATH", os.path.join(tempfile.gettempdir(), "stripe_sage_bench_dbt_target"))
 
-from stripe_sage_pipeline.db import database_url, libpq_url  # noqa: E402
+from stripe_sage_pipeline.extract.staging import ensure_schema  # noqa: E402
 from stripe_sage_pipeline.quality import run_suite  # noqa: E402
-from stripe_sage_pipeline.stripe_extract.staging import ensure_schema  # noqa: E402
-from stripe_sage_pipeline.transform import BuildPlan, dbt_build, prepare_database  # noqa: E402
+from stripe_sage_pipeline.runtime.db import database_url, libpq_url  # noqa: E402
+from stripe_sage_pipeline.transform.build import BuildPlan, dbt_build, prepare_database  # noqa: E402
 
 BENCH_DB = "bench_transform"
 SUITES = ("staging", "journal_lines", "payout_reconciliation", "invoice_lines")

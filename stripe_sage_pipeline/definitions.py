@@ -6,23 +6,15 @@ import importlib
 
 import dagster as dg
 
-from .defs.resources import default_resources
+from stripe_sage_pipeline.defs.resources import default_resources
 
-# Stages in the order the data flows; a stage that is not built yet is simply absent.
+# Stages in the order the data flows. Every stage must import: a broken stage fails the code location
+# loudly (Dagster shows the error) instead of silently disappearing from the asset graph.
 STAGES = ("ingestion", "transformation", "quality", "loading", "automation")
 
 
 def _stage_defs() -> list[dg.Definitions]:
-    out = []
-    for name in STAGES:
-        try:
-            module = importlib.import_module(f"{__package__}.defs.{name}")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__package__}.defs.{name}":
-                continue
-            raise
-        out.append(module.defs)
-    return out
+    return [importlib.import_module(f"{__package__}.defs.{name}").defs for name in STAGES]
 
 
 @dg.definitions

@@ -13,12 +13,24 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from stripe_sage_pipeline.embedded_pg import EmbeddedPostgres, free_port
+from stripe_sage_pipeline.runtime.embedded_pg import EmbeddedPostgres, free_port
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DAGSTER_TELEMETRY_ENABLED", "false")
 
-GOLDEN = Path(__file__).resolve().parents[1].parent / "shared" / "golden" / "payout_worked_example.json"
+GOLDEN = Path(__file__).resolve().parents[1] / "examples" / "payout_worked_example.json"
+
+
+_TIERS = ("unit", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test with its tier, from its folder: tests/unit, tests/integration, tests/e2e."""
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for tier in _TIERS:
+            if tier in parts:
+                item.add_marker(getattr(pytest.mark, tier))
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +55,6 @@ def fresh_db(pg_server, monkeypatch) -> str:
 
 @pytest.fixture(scope="session")
 def golden_path() -> Path:
-    """The worked example in ../shared/golden."""
+    """The worked example vendored in examples/."""
     assert GOLDEN.exists(), f"missing {GOLDEN}"
     return GOLDEN

@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from stripe_sage_pipeline.db import libpq_url
-from stripe_sage_pipeline.stripe_extract.tables import SCHEMA, TABLES
+from stripe_sage_pipeline.extract.tables import SCHEMA, TABLES
+from stripe_sage_pipeline.runtime.db import libpq_url
 
 HOUR = 3600
 

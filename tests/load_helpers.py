@@ -14,14 +14,14 @@ import psycopg
 import yaml
 from transform_helpers import golden, load_stripe_objects
 
-from stripe_sage_pipeline import transform
-from stripe_sage_pipeline.db import libpq_url
-from stripe_sage_pipeline.mapping import Mapping, parse_mapping
-from stripe_sage_pipeline.posting.customers import push_customers
-from stripe_sage_pipeline.posting.post import LoadStats, Poster, load_partition, make_client
+from stripe_sage_pipeline.load.customers import push_customers
+from stripe_sage_pipeline.load.post import LoadStats, Poster, load_partition, make_client
+from stripe_sage_pipeline.runtime.db import libpq_url
 from stripe_sage_pipeline.sage.client import SageClient
-from stripe_sage_pipeline.sandboxes.sage import SageSandboxConfig, SageSandboxServer
 from stripe_sage_pipeline.settings import PROJECT_ROOT
+from stripe_sage_pipeline.transform import build as transform
+from stripe_sage_pipeline.transform.mapping import Mapping, parse_mapping
+from stripe_sage_sandboxes.sage import SageSandboxConfig, SageSandboxServer
 
 USER, PASSWORD = "pipeline", "pipeline-secret"
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import psycopg
 
-from stripe_sage_pipeline.db import libpq_url
-from stripe_sage_pipeline.stripe_extract.staging import ensure_schema, upsert_objects, upsert_payout_members
+from stripe_sage_pipeline.extract.staging import ensure_schema, upsert_objects, upsert_payout_members
+from stripe_sage_pipeline.runtime.db import libpq_url
 
 STAGED_KEYS = ("customers", "charges", "refunds", "disputes", "payouts", "balance_transactions", "invoices")
 

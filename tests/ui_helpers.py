@@ -26,8 +26,8 @@ import httpx
 import psycopg
 import yaml
 
-from stripe_sage_pipeline.dagster_home import render_instance_config
-from stripe_sage_pipeline.embedded_pg import EmbeddedPostgres, free_port
+from stripe_sage_pipeline.runtime.dagster_home import render_instance_config
+from stripe_sage_pipeline.runtime.embedded_pg import EmbeddedPostgres, free_port
 from stripe_sage_pipeline.settings import PROJECT_ROOT
 
 SAGE_USER, SAGE_PASSWORD = "pipeline", "pipeline-secret"

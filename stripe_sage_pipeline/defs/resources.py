@@ -10,9 +10,9 @@ import os
 import dagster as dg
 from pydantic import PrivateAttr
 
-from ..db import database_url
-from ..settings import SANDBOX_SAGE_PASSWORD, SANDBOX_SAGE_USER, SANDBOX_STRIPE_KEY, load_settings
-from ..stripe_extract.client import StripeReader
+from stripe_sage_pipeline.extract.client import StripeReader
+from stripe_sage_pipeline.runtime.db import database_url
+from stripe_sage_pipeline.settings import SANDBOX_SAGE_PASSWORD, SANDBOX_SAGE_USER, SANDBOX_STRIPE_KEY, load_settings
 
 
 def env_or(name: str, default: str | None) -> str | dg.EnvVar | None:
@@ -67,7 +67,7 @@ class SageResource(dg.ConfigurableResource):
 
     def client(self, **overrides):
         """A `SageClient` plus its request counter (`CountingTransport`), e.g. `client, counter = sage.client()`."""
-        from ..posting.post import make_client
+        from stripe_sage_pipeline.load.post import make_client
 
         base_url = self.base_url or "http://127.0.0.1:8765/sagepro/v1/PRO01"
         return make_client(base_url, self.user, self.password, rate_per_minute=self.rate_per_minute,

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from ..mapping import BT_TYPES
+from stripe_sage_pipeline.transform.mapping import BT_TYPES
 
 log = logging.getLogger(__name__)
 
@@ -284,7 +284,7 @@ def _lookback(check: Check) -> timedelta:
     a mart's rows are stamped by the one dbt transaction that wrote them, so none there."""
     if check.time_column != "_extracted_at":
         return timedelta(0)
-    from ..transform import dbt_vars
+    from stripe_sage_pipeline.transform.build import dbt_vars
 
     return timedelta(minutes=int(dbt_vars()["extracted_lookback_minutes"]))
 
@@ -293,7 +293,7 @@ def _marks(url: str, checks: list[Check]) -> tuple[dict[str, datetime], dict[tup
     """The stored marks of `checks`, and the newest row time of each table they read (now)."""
     import psycopg
 
-    from ..db import libpq_url
+    from stripe_sage_pipeline.runtime.db import libpq_url
 
     tables = sorted({(c.schema, c.table, c.time_column) for c in checks})
     with psycopg.connect(libpq_url(url)) as conn:
@@ -308,7 +308,7 @@ def _marks(url: str, checks: list[Check]) -> tuple[dict[str, datetime], dict[tup
 def _save_marks(url: str, marks: dict[str, datetime]) -> None:
     import psycopg
 
-    from ..db import libpq_url
+    from stripe_sage_pipeline.runtime.db import libpq_url
 
     with psycopg.connect(libpq_url(url)) as conn:
         conn.cursor().executemany(

@@ -11,11 +11,13 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from ... import alerts, automation, webhooks
-from ...db import database_url, libpq_url
-from ..ingestion import extract_job, update_path_job
-from ..loading import daily_partitions, load_job
-from ..resources import StripeResource
+from stripe_sage_pipeline.automation import alerts
+from stripe_sage_pipeline.automation import rules as automation
+from stripe_sage_pipeline.defs.ingestion import extract_job, update_path_job
+from stripe_sage_pipeline.defs.loading import daily_partitions, load_job
+from stripe_sage_pipeline.defs.resources import StripeResource
+from stripe_sage_pipeline.extract import webhooks
+from stripe_sage_pipeline.runtime.db import database_url, libpq_url
 
 # Where Stripe events come from: `webhooks` (the receiver's inbox; needs a public URL) or
 # `events_api` (poll Stripe's Events API; no inbound traffic needed).

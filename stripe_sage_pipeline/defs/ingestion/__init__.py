@@ -7,9 +7,9 @@ from datetime import UTC
 
 import dagster as dg
 
-from ...stripe_extract.extract import ensure_events_cursor, extract_window, sync_events
-from ...stripe_extract.tables import SCHEMA, TABLES
-from ..resources import PostgresResource, StripeResource
+from stripe_sage_pipeline.defs.resources import PostgresResource, StripeResource
+from stripe_sage_pipeline.extract.extract import ensure_events_cursor, extract_window, sync_events
+from stripe_sage_pipeline.extract.tables import SCHEMA, TABLES
 
 START_DATE = os.environ.get("STRIPE_SAGE_START_DATE", "2025-01-01-00:00")
 
@@ -38,7 +38,7 @@ def _count_table(conninfo: str, table: str) -> int:
 def _ensure_schema(conninfo: str) -> None:
     import psycopg
 
-    from ...stripe_extract.staging import ensure_schema
+    from stripe_sage_pipeline.extract.staging import ensure_schema
 
     with psycopg.connect(conninfo) as conn:
         ensure_schema(conn)

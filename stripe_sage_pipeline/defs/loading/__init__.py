@@ -1,6 +1,6 @@
 """Load stage: the finance marts posted to Sage Pro in daily partitions (UTC posting date).
 
-The posting logic lives in `stripe_sage_pipeline.posting` (plain modules); this module only wires it
+The posting logic lives in `stripe_sage_pipeline.load` (plain modules); this module only wires it
 into Dagster: partitioned load assets under `sage/…` downstream of the finance marts, a `load_job`
 that finance backfills a month with (one run per day, so a backfill equals posting day by day), the
 dead-letter re-drive, and the Sage → Stripe customer sync with its schedule. Every Sage call runs in
@@ -15,10 +15,10 @@ from datetime import date
 
 import dagster as dg
 
-from ...mapping import load_mapping
-from ...posting import customers as customer_sync
-from ...posting.ledger import SCHEMA
-from ...posting.post import (
+from stripe_sage_pipeline.defs.resources import PostgresResource, SageResource, StripeResource
+from stripe_sage_pipeline.load import customers as customer_sync
+from stripe_sage_pipeline.load.ledger import SCHEMA
+from stripe_sage_pipeline.load.post import (
     LoadStats,
     PartitionBlocked,
     PlanError,
@@ -27,9 +27,9 @@ from ...posting.post import (
     load_invoices,
     load_journal_entries,
 )
-from ...posting.redrive import redrive
-from ...sage.errors import CredentialsError
-from ..resources import PostgresResource, SageResource, StripeResource
+from stripe_sage_pipeline.load.redrive import redrive
+from stripe_sage_pipeline.sage.errors import CredentialsError
+from stripe_sage_pipeline.transform.mapping import load_mapping
 
 SAGE_POOL = "sage_api"
 START_DATE = os.environ.get("STRIPE_SAGE_START_DATE", "2025-01-01-00:00")[:10]

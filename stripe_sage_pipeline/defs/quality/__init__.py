@@ -15,8 +15,8 @@ from typing import Literal
 
 import dagster as dg
 
-from ...quality import Check, run_suite, suite_checks
-from ..resources import PostgresResource
+from stripe_sage_pipeline.defs.resources import PostgresResource
+from stripe_sage_pipeline.quality import Check, run_suite, suite_checks
 
 
 class SuiteScope(dg.Config):

@@ -21,9 +21,15 @@ import dagster as dg
 from dagster_dbt import DagsterDbtTranslator, DagsterDbtTranslatorSettings, DbtCliResource, DbtProject
 from dagster_dbt.asset_utils import DAGSTER_DBT_SELECT_METADATA_KEY, DBT_DEFAULT_SELECT, build_dbt_specs
 
-from ...mapping import load_mapping, mapping_markdown, mapping_rows
-from ...transform import DBT_PROJECT_DIR, apply_dbt_env, plan_build, prepare_database, record_build
-from ..resources import PostgresResource
+from stripe_sage_pipeline.defs.resources import PostgresResource
+from stripe_sage_pipeline.transform.build import (
+    DBT_PROJECT_DIR,
+    apply_dbt_env,
+    plan_build,
+    prepare_database,
+    record_build,
+)
+from stripe_sage_pipeline.transform.mapping import load_mapping, mapping_markdown, mapping_rows
 
 MAPPING_KEY = dg.AssetKey(["finance", "mapping"])
 

@@ -1,0 +1,280 @@
+"""The main job on embedded defaults: Postgres, both sandboxes and the whole pipeline, then a summary.
+
+Everything runs through the same Dagster definitions (and the same Dagster instance, on Postgres) that
+the UI, the schedules and the sensors use; the demo only starts the servers, points the environment at
+them, runs the jobs in the order the automation chains them, and reports what happened.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from pathlib import Path
+
+import dagster as dg
+import psycopg
+
+from stripe_sage_pipeline.automation import rules as automation
+from stripe_sage_pipeline.extract.tables import SCHEMA, TABLES
+from stripe_sage_pipeline.money import to_decimal_str
+from stripe_sage_pipeline.runtime.dagster_home import prepare_dagster_home
+from stripe_sage_pipeline.runtime.db import database_url, libpq_url
+from stripe_sage_pipeline.settings import SANDBOX_STRIPE_KEY, load_settings
+
+STAGING_TABLES = [*TABLES, "payout_balance_transactions"]
+DEMO_SCHEMAS = ("stripe_staging", "finance", "finance_staging", "finance_intermediate", "finance_config", "sage_sync")
+ACCOUNT_NAMES = {
+    "1010": "Operating Bank", "1150": "Stripe Clearing", "1200": "Accounts Receivable", "2200": "Sales Tax Payable",
+    "4000": "Sales Revenue", "4050": "Sales Refunds", "4060": "Chargebacks", "6100": "Processing Fees",
+    "6110": "Dispute Fees", "7900": "FX Gain/Loss", "9999": "Stripe Suspense",
+}
+
+
+@dataclass
+class DemoResult:
+    """What the demo did, in the shape of `--json`."""
+
+    rows: dict[str, int] = field(default_factory=dict)
+    emulator_counts: dict[str, int] = field(default_factory=dict)
+    window: dict[str, str] = field(default_factory=dict)
+    balance_transactions: dict[str, dict[str, int]] = field(default_factory=dict)
+    emulator_balance_transactions: dict[str, dict[str, int]] = field(default_factory=dict)
+    payouts: dict[str, int] = field(default_factory=dict)
+    payouts_not_reconciled: list[dict] = field(default_factory=list)
+    postings: dict[str, dict[str, int]] = field(default_factory=dict)
+    dead_letters: dict = field(default_factory=lambda: {"count": 0, "reasons": {}})
+    gl_movement: dict[str, dict[str, str]] = field(default_factory=dict)
+    tie_out: dict[str, dict[str, str]] = field(default_factory=dict)
+    posting_mode: str = ""
+    days_loaded: int = 0
+    seconds: dict[str, float] = field(default_factory=dict)
+    psql: str = ""
+    ui: str = "stripe-sage ui  (then open http://127.0.0.1:3000)"
+
+    def as_json(self) -> dict:
+        return dict(self.__dict__)
+
+
+def _partition_key(ts: int) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%d-%H:00")
+
+
+def _run_job(defs: dg.Definitions, job_name: str, instance: dg.DagsterInstance, **kwargs) -> None:
+    # Dagster's step-by-step log goes to the instance (the UI shows it); the console gets warnings only.
+    run_config = kwargs.pop("run_config", {})
+    run_config.setdefault("loggers", {"console": {"config": {"log_level": "WARNING"}}})
+    # dbt prints its progress on stdout; keep it in a log file so the summary stays readable.
+    log_dir = load_settings().data_dir / "demo-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    with open(log_dir / f"{job_name}.log", "a") as log, contextlib.redirect_stdout(log):
+        result = defs.resolve_job_def(job_name).execute_in_process(
+            instance=instance, raise_on_error=False, run_config=run_config, **kwargs)
+    if not result.success:
+        failures = [e.message for e in result.all_events if e.is_failure]
+        raise RuntimeError(f"{job_name} failed: {' | '.join(m for m in failures if m)[:2000]}")
+
+
+def _reset(conninfo: str, sage_dir: Path) -> None:
+    """The demo starts from empty schemas and an empty Sage sandbox, so its numbers are its own."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        for schema in DEMO_SCHEMAS:
+            conn.execute(f"drop schema if exists {schema} cascade")
+    shutil.rmtree(sage_dir, ignore_errors=True)
+
+
+def staging_counts(conninfo: str) -> dict[str, int]:
+    """Rows per staging table."""
+    with psycopg.connect(conninfo) as conn:
+        return {t: conn.execute(f"select count(*) from {SCHEMA}.{t}").fetchone()[0] for t in STAGING_TABLES}
+
+
+def staging_bt_sums(conninfo: str) -> dict[str, dict[str, int]]:
+    """Σ amount, fee and net of staged balance transactions per currency (integers, minor units)."""
+    with psycopg.connect(conninfo) as conn:
+        rows = conn.execute(
+            f"select currency, sum(amount)::bigint, sum(fee)::bigint, sum(net)::bigint from {SCHEMA}.balance_transactions group by 1 order by 1"
+        ).fetchall()
+    return {c: {"amount": a, "fee": f, "net": n} for c, a, f, n in rows}
+
+
+def _finance_summary(conninfo: str, res: DemoResult) -> None:
+    with psycopg.connect(conninfo) as conn:
+        res.payouts = dict(conn.execute(
+            "select reconciliation_status, count(*) from finance.fct_payout_reconciliation group by 1 order by 1").fetchall())
+        res.payouts_not_reconciled = [
+            {"payout": p, "status": s, "currency": c, "difference": to_decimal_str(int(d), c)}
+            for p, s, c, d in conn.execute(
+                "select payout_id, reconciliation_status, currency, difference from finance.fct_payout_reconciliation "
+                "where reconciliation_status <> 'reconciled' order by payout_id limit 20")
+        ]
+        for resource, status, n in conn.execute(
+                "select resource, status, count(*) from sage_sync.posting_ledger group by 1, 2 order by 1, 2"):
+            res.postings.setdefault(resource, {})[status] = n
+        reasons = dict(conn.execute(
+            "select coalesce(reason, 'unknown'), count(*) from sage_sync.dead_letters group by 1 order by 2 desc").fetchall())
+        res.dead_letters = {"count": sum(reasons.values()), "reasons": reasons}
+        # What the bank statement shows: Σ paid payouts, less those that failed after arriving.
+        bank = conn.execute(
+            "select currency, sum(amount) filter (where status = 'paid')::bigint from stripe_staging.payouts group by 1"
+        ).fetchall()
+    for cur, paid in bank:
+        gl = res.gl_movement.get(cur, {})
+        res.tie_out[cur] = {
+            "stripe_paid_payouts": to_decimal_str(int(paid or 0), cur),
+            "sage_bank_movement": gl.get("1010", to_decimal_str(0, cur)),
+            "sage_trial_balance_total": f"{sum((Decimal(v) for v in gl.values()), Decimal(0))}",
+        }
+
+
+def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print) -> DemoResult:
+    """Start everything on embedded defaults, run the pipeline end to end, return the summary."""
+    from stripe_sage_pipeline.load.post import gl_movement
+    from stripe_sage_sandboxes.sage import SageSandboxConfig, SageSandboxServer
+    from stripe_sage_sandboxes.stripe_emulator import (
+        EmulatorConfig,
+        EmulatorServer,
+        EmulatorState,
+        generate,
+        load_golden,
+    )
+
+    settings = load_settings()
+    res = DemoResult()
+    t0 = time.monotonic()
+    conninfo = libpq_url(database_url(settings))
+    res.psql = f"psql {conninfo}"
+    echo(f"PostgreSQL ready on 127.0.0.1: {res.psql}")
+    sage_dir = settings.data_dir / "sage-sandbox-demo"
+    _reset(conninfo, sage_dir)
+
+    state = EmulatorState(EmulatorConfig(seed=seed))
+    if load:
+        load_golden(state, str(load))
+    else:
+        generate(state, seed=seed, days=days)
+    emulator = EmulatorServer(state, host="127.0.0.1", port=0).start()
+    # The demo's sandbox allows more than the default 120/min so a month posts in seconds.
+    sage = SageSandboxServer(SageSandboxConfig(data_dir=sage_dir, rate_per_minute=6000, max_concurrent=8), port=0).start()
+    summary = state.summary()
+    res.emulator_counts = summary["counts"]
+    res.emulator_balance_transactions = summary["balance_transactions"]
+    echo(f"Stripe emulator on {emulator.url} ({sum(res.emulator_counts.values())} objects); "
+         f"Sage Pro sandbox on {sage.base_url}")
+    try:
+        os.environ.update({
+            "STRIPE_API_BASE": emulator.url, "STRIPE_API_KEY": SANDBOX_STRIPE_KEY, "SAGEPRO_BASE_URL": sage.base_url,
+            "SAGEPRO_RATE_PER_MINUTE": "5400",
+        })
+        # The emulator has no limit of its own in the demo; real Stripe keys keep the 22/s default.
+        os.environ.setdefault("STRIPE_RATE_LIMIT_PER_S", "500")
+        prepare_dagster_home(settings)
+        instance = dg.DagsterInstance.get()
+        from stripe_sage_pipeline.definitions import defs as build_defs
+        from stripe_sage_pipeline.transform.mapping import load_mapping
+
+        defs = build_defs()
+        res.posting_mode = load_mapping().posting_mode
+        hours = [k for counts in summary["counts_by_hour"].values() for k in counts]
+        first = datetime.strptime(min(hours), "%Y-%m-%dT%H").replace(tzinfo=UTC)
+        last = datetime.strptime(max(hours), "%Y-%m-%dT%H").replace(tzinfo=UTC)
+        start_key, end_key = _partition_key(int(first.timestamp())), _partition_key(int(last.timestamp()))
+        res.window = {"from": start_key, "to": end_key}
+
+        echo(f"1/4 Extract: Stripe objects created {start_key} .. {end_key} (UTC hours), one history run")
+        t = time.monotonic()
+        _run_job(defs, "stripe_history_job", instance, run_config={
+            "ops": {"extract_history": {"config": {"start": start_key, "end": end_key}}}})
+        _run_job(defs, "update_path_job", instance)
+        res.seconds["extract"] = round(time.monotonic() - t, 1)
+        res.rows = staging_counts(conninfo)
+        res.balance_transactions = staging_bt_sums(conninfo)
+
+        echo("2/4 Transform: mapping, dbt models and tests, blocking Great Expectations checks")
+        t = time.monotonic()
+        _run_job(defs, "transform_job", instance)
+        res.seconds["transform"] = round(time.monotonic() - t, 1)
+
+        today = datetime.now(UTC).date()
+        load_days = automation.days_to_load(conninfo, today=max(today, date(2026, 12, 31)))
+        echo(f"3/4 Load: {len(load_days)} posting day(s) to Sage Pro ({res.posting_mode} mode)")
+        t = time.monotonic()
+        for d in load_days:
+            _run_job(defs, "load_job", instance, partition_key=f"{d:%Y-%m-%d}")
+        res.days_loaded = len(load_days)
+        res.seconds["load"] = round(time.monotonic() - t, 1)
+
+        echo("4/4 Reading the GL back from Sage Pro")
+        from stripe_sage_pipeline.load.post import make_client
+
+        client, _ = make_client(sage.base_url, os.environ.get("SAGEPRO_USER", "pipeline"),
+                                os.environ.get("SAGEPRO_PASSWORD", "pipeline-secret"))
+        try:
+            res.gl_movement = gl_movement(client)
+        finally:
+            client.close()
+        _finance_summary(conninfo, res)
+    finally:
+        emulator.stop()
+        sage.stop()
+    res.seconds["total"] = round(time.monotonic() - t0, 1)
+    return res
+
+
+def format_summary(res: DemoResult) -> str:
+    """The summary a controller reads at the end of the demo."""
+    out = ["", "STRIPE → STAGING  (rows extracted vs objects at Stripe)"]
+    for t in STAGING_TABLES:
+        got, want = res.rows.get(t, 0), res.emulator_counts.get(t)
+        mark = "" if want is None else ("  ✓ matches Stripe" if got == want else f"  ✗ Stripe has {want}")
+        out.append(f"  {t:<30} {got:>8}{mark}")
+    out.append("  balance transactions per currency (Σ amount / fee / net):")
+    for cur, s in sorted(res.balance_transactions.items()):
+        ok = res.emulator_balance_transactions.get(cur) == s
+        out.append(f"    {cur.upper():<4} {to_decimal_str(s['amount'], cur):>14} {to_decimal_str(s['fee'], cur):>12} "
+                   f"{to_decimal_str(s['net'], cur):>14}  {'✓ ties to Stripe' if ok else '✗ differs from Stripe'}")
+    out += ["", "PAYOUTS  (each payout against the sum of what it swept)"]
+    for status, n in sorted(res.payouts.items()):
+        out.append(f"  {status:<12} {n:>6}")
+    for p in res.payouts_not_reconciled[:10]:
+        out.append(f"    {p['payout']}: {p['status']}, difference {p['difference']} {p['currency'].upper()}")
+    out += ["", f"POSTED TO SAGE PRO  ({res.posting_mode} mode, {res.days_loaded} posting days)"]
+    for resource, by_status in sorted(res.postings.items()):
+        out.append(f"  {resource:<18} " + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())))
+    out.append(f"  dead letters: {res.dead_letters['count']}"
+               + ("" if not res.dead_letters["count"] else "  (" + ", ".join(
+                   f"{r}: {n}" for r, n in res.dead_letters["reasons"].items()) + ") — see sage_sync.dead_letters"))
+    out += ["", "GL MOVEMENT IN SAGE PRO  (net debit + / credit −, read back from Sage)"]
+    for cur, accts in sorted(res.gl_movement.items()):
+        out.append(f"  {cur.upper()}")
+        for code, amount in sorted(accts.items()):
+            out.append(f"    {code} {ACCOUNT_NAMES.get(code, ''):<20} {amount:>16}")
+    out += ["", "TIE-OUT"]
+    for cur, t in sorted(res.tie_out.items()):
+        ok_bank = t["stripe_paid_payouts"] == t["sage_bank_movement"]
+        ok_tb = Decimal(t["sage_trial_balance_total"]) == 0
+        out.append(f"  {cur.upper()}: bank 1010 moved {t['sage_bank_movement']} in Sage; Stripe paid out "
+                   f"{t['stripe_paid_payouts']}  {'✓' if ok_bank else '✗'}   trial balance nets to "
+                   f"{t['sage_trial_balance_total']}  {'✓' if ok_tb else '✗'}")
+    out += ["", "NEXT", f"  query the data:   {res.psql}", f"  open the UI:      {res.ui}",
+            "  re-drive dead letters after a fix:  stripe-sage redrive",
+            f"  took {res.seconds.get('total', 0)} s (extract {res.seconds.get('extract')} s, transform "
+            f"{res.seconds.get('transform')} s, load {res.seconds.get('load')} s)"]
+    return "\n".join(out)
+
+
+def main_demo(days: int, seed: int, load: Path | None, as_json: bool) -> int:
+    """Entry point of `stripe-sage demo`."""
+    echo = (lambda *_: None) if as_json else print
+    res = run_demo(days=days, seed=seed, load=load, echo=echo)
+    if as_json:
+        print(json.dumps(res.as_json(), indent=1, sort_keys=True, default=str))
+    else:
+        print(format_summary(res))
+    counts_ok = all(res.rows.get(t) == n for t, n in res.emulator_counts.items() if t in res.rows)
+    return 0 if counts_ok else 1

@@ -1,0 +1,333 @@
+"""The Stripe webhook receiver: verify, de-duplicate, store in an inbox table, answer fast.
+
+The receiver does no processing of its own. A valid event is written to `stripe_staging.webhook_inbox`
+(keyed by event id, so Stripe's retries and replays land once) and answered with 200; a Dagster sensor
+later reads `pending_events()` and turns them into runs, then calls `mark_processed()`. Keeping the
+request path down to one INSERT is what keeps it inside Stripe's delivery timeout.
+
+Run it with `stripe-sage webhooks [--host 127.0.0.1] [--port 8787]`; point a Stripe webhook endpoint (or
+`stripe listen --forward-to`) at `http://HOST:PORT/stripe/webhooks`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterable, Sequence
+from typing import Any
+
+import psycopg
+import stripe
+import uvicorn
+from psycopg.pq import TransactionStatus
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+
+log = logging.getLogger(__name__)
+
+WEBHOOK_PATH = "/stripe/webhooks"
+DEFAULT_MAX_BODY_BYTES = 256 * 1024
+DEFAULT_TOLERANCE_S = 300  # Stripe's own default for signed timestamps
+DEFAULT_PORT = 8787
+
+INBOX_DDL = """
+create schema if not exists stripe_staging;
+create table if not exists stripe_staging.webhook_inbox (
+    event_id text primary key,
+    event_type text not null,
+    object_type text,
+    object_id text,
+    event_created timestamptz,
+    received_at timestamptz not null default now(),
+    payload jsonb not null,
+    processed_at timestamptz null,
+    process_run_id text null
+);
+create index if not exists webhook_inbox_pending_idx
+    on stripe_staging.webhook_inbox (event_created, received_at) where processed_at is null;
+"""
+
+_INSERT = """
+insert into stripe_staging.webhook_inbox (event_id, event_type, object_type, object_id, event_created, payload)
+values (%s, %s, %s, %s, to_timestamp(%s), %s::jsonb)
+on conflict (event_id) do nothing
+returning event_id
+"""
+
+
+def ensure_inbox(conn: psycopg.Connection) -> None:
+    """Create `stripe_staging.webhook_inbox` (and its schema) if missing; commits unless in autocommit."""
+    # Skip the DDL when the table exists: concurrent `create schema if not exists` can still collide.
+    if conn.execute("select to_regclass('stripe_staging.webhook_inbox')").fetchone()[0] is None:
+        conn.execute(INBOX_DDL)
+    if not conn.autocommit:
+        conn.commit()
+
+
+def _error(status: int, message: str) -> JSONResponse:
+    return JSONResponse({"received": False, "error": message}, status_code=status)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+async def _read_bounded(request: Request, limit: int) -> bytes:
+    """The request body, refusing to buffer more than `limit` bytes whatever Content-Length claimed."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise _BodyTooLarge
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+class _AsyncConnPool:
+    """A handful of reusable async connections: psycopg_pool is not a dependency, and one INSERT per
+    request does not justify it, but reconnecting on every delivery would double the latency."""
+
+    def __init__(self, conninfo: str, max_idle: int = 4) -> None:
+        self.conninfo = conninfo
+        self.max_idle = max_idle
+        self._idle: list[psycopg.AsyncConnection] = []
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
+        conn = self._idle.pop() if self._idle else await psycopg.AsyncConnection.connect(self.conninfo, autocommit=True)
+        try:
+            yield conn
+        except BaseException:
+            # The connection's state is unknown after a failure: drop it rather than hand it out again.
+            await conn.close()
+            raise
+        if conn.closed or conn.info.transaction_status != TransactionStatus.IDLE or len(self._idle) >= self.max_idle:
+            await conn.close()
+        else:
+            self._idle.append(conn)
+
+    async def close(self) -> None:
+        while self._idle:
+            await self._idle.pop().close()
+
+
+async def _insert(pool: _AsyncConnPool, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+    async with pool.connection() as conn:
+        cur = await conn.execute(_INSERT, params)
+        return await cur.fetchone()
+
+
+def _event_fields(event: Any) -> tuple[str, str, str | None, str | None, int | None]:
+    """(event_id, type, object_type, object_id, created) of a parsed event; ValueError when it is not one."""
+    if not isinstance(event, dict):
+        raise ValueError("body is not a JSON object")
+    event_id, event_type = event.get("id"), event.get("type")
+    if not isinstance(event_id, str) or not event_id or not isinstance(event_type, str) or not event_type:
+        raise ValueError("event has no id or type")
+    data = event.get("data")
+    obj = data.get("object") if isinstance(data, dict) else None
+    obj = obj if isinstance(obj, dict) else {}
+    created = event.get("created")
+    created = created if isinstance(created, int) and not isinstance(created, bool) else None
+    object_type = obj.get("object") if isinstance(obj.get("object"), str) else None
+    object_id = obj.get("id") if isinstance(obj.get("id"), str) else None
+    return event_id, event_type, object_type, object_id, created
+
+
+def create_app(
+    conninfo: str,
+    secret: str,
+    max_body_bytes: int = DEFAULT_MAX_BODY_BYTES,
+    tolerance_s: int = DEFAULT_TOLERANCE_S,
+) -> Starlette:
+    """The receiver as an ASGI app: `POST /stripe/webhooks` and `GET /health`.
+
+    `conninfo` is a libpq URL (see `db.libpq_url`); `secret` the endpoint's `whsec_…` signing secret.
+    The inbox table is created on startup if missing.
+    """
+    pool = _AsyncConnPool(conninfo)
+
+    async def receive(request: Request) -> JSONResponse:
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            try:
+                if int(declared) > max_body_bytes:
+                    return _error(413, f"body larger than {max_body_bytes} bytes")
+            except ValueError:
+                return _error(400, "invalid Content-Length")
+        try:
+            body = await _read_bounded(request, max_body_bytes)
+        except _BodyTooLarge:
+            return _error(413, f"body larger than {max_body_bytes} bytes")
+
+        try:
+            stripe.WebhookSignature.verify_header(body, request.headers.get("stripe-signature"), secret, tolerance_s)
+        except stripe.SignatureVerificationError as exc:
+            # The SDK's message says which check failed (missing, mismatch, stale) and carries no secret.
+            log.warning("rejected webhook: %s", exc.user_message or "signature verification failed")
+            return _error(400, "invalid Stripe-Signature: " + (exc.user_message or "verification failed"))
+        except UnicodeDecodeError:
+            return _error(400, "body is not UTF-8")
+
+        try:
+            text = body.decode("utf-8")
+            fields = _event_fields(json.loads(text))
+        except ValueError as exc:  # json.JSONDecodeError is a ValueError
+            return _error(400, f"not a Stripe event: {exc}")
+
+        event_id, event_type, object_type, object_id, created = fields
+        try:
+            try:
+                inserted = await _insert(pool, (event_id, event_type, object_type, object_id, created, text))
+            except psycopg.OperationalError:
+                # A pooled connection the server has since closed: one fresh attempt before giving up.
+                inserted = await _insert(pool, (event_id, event_type, object_type, object_id, created, text))
+        except psycopg.DataError as exc:
+            # e.g. a \u0000 escape, which jsonb refuses: retrying would never help, so do not ask Stripe to.
+            log.error("webhook %s not storable: %s", event_id, type(exc).__name__)
+            return _error(400, "payload cannot be stored as jsonb")
+        except psycopg.Error as exc:
+            # Any other database failure: 500 makes Stripe retry the delivery later.
+            log.error("webhook %s not stored: %s", event_id, type(exc).__name__)
+            return _error(500, "could not store the event; retry later")
+
+        duplicate = inserted is None
+        log.info("webhook %s %s %s", event_id, event_type, "duplicate" if duplicate else "stored")
+        return JSONResponse({"received": True, "duplicate": duplicate})
+
+    async def health(request: Request) -> JSONResponse:
+        return JSONResponse({"ok": True})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        def _ensure() -> None:
+            with psycopg.connect(conninfo, autocommit=True) as conn:
+                ensure_inbox(conn)
+
+        await asyncio.to_thread(_ensure)
+        try:
+            yield
+        finally:
+            await pool.close()
+
+    return Starlette(
+        routes=[Route(WEBHOOK_PATH, receive, methods=["POST"]), Route("/health", health, methods=["GET"])],
+        lifespan=lifespan,
+    )
+
+
+def serve(host: str, port: int, conninfo: str, secret: str) -> None:
+    """Run the receiver with uvicorn in the foreground until interrupted."""
+    log.info("webhook receiver on http://%s:%d%s", host, port, WEBHOOK_PATH)
+    uvicorn.run(create_app(conninfo, secret), host=host, port=port, log_level="info")
+
+
+class WebhookServer:
+    """The receiver on a background thread (tests, demos): `start()`, then `url`, then `stop()`."""
+
+    def __init__(self, conninfo: str, secret: str, host: str = "127.0.0.1", port: int = 0, **app_kwargs: Any) -> None:
+        self.host = host
+        self.app = create_app(conninfo, secret, **app_kwargs)
+        # Bind here so that port=0 yields a known free port before the server thread starts.
+        self._sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind((host, port))
+        self.port: int = self._sock.getsockname()[1]
+        self._server = uvicorn.Server(uvicorn.Config(self.app, log_level="warning", lifespan="on"))
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL, e.g. `http://127.0.0.1:54321`; the endpoint is `url + WEBHOOK_PATH`."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    @property
+    def endpoint(self) -> str:
+        """The full webhook endpoint URL."""
+        return self.url + WEBHOOK_PATH
+
+    def start(self, timeout_s: float = 10.0) -> WebhookServer:
+        """Start serving and wait until the server accepts requests."""
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [self._sock]}, name="webhook-receiver", daemon=True
+        )
+        self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("webhook receiver did not start (see the log)")
+            time.sleep(0.02)
+        return self
+
+    def stop(self, timeout_s: float = 10.0) -> None:
+        """Ask the server to exit and wait for its thread."""
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+        self._sock.close()
+
+    def __enter__(self) -> WebhookServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def pending_events(conninfo: str, limit: int = 500) -> list[dict[str, Any]]:
+    """Unprocessed inbox events, oldest first: event_id, event_type, object_type, object_id, event_created, payload."""
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        ensure_inbox(conn)
+        cur = conn.execute(
+            "select event_id, event_type, object_type, object_id, event_created, payload "
+            "from stripe_staging.webhook_inbox where processed_at is null "
+            "order by event_created nulls last, received_at, event_id limit %s",
+            (limit,),
+        )
+        names = [c.name for c in cur.description]
+        return [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
+
+
+def mark_processed(conninfo: str, event_ids: Iterable[str], run_id: str) -> int:
+    """Mark events as handled by `run_id`; returns how many were newly marked (already-marked ones stay as they are)."""
+    ids: Sequence[str] = list(event_ids)
+    if not ids:
+        return 0
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        ensure_inbox(conn)
+        cur = conn.execute(
+            "update stripe_staging.webhook_inbox set processed_at = now(), process_run_id = %s "
+            "where event_id = any(%s) and processed_at is null",
+            (run_id, ids),
+        )
+        return cur.rowcount
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`stripe-sage webhooks [--host 127.0.0.1] [--port 8787]`: the receiver on the configured database and secret."""
+    from stripe_sage_pipeline.runtime.db import database_url, libpq_url
+    from stripe_sage_pipeline.settings import load_settings
+
+    parser = argparse.ArgumentParser(prog="stripe-sage webhooks", description="Stripe webhook receiver (inbox)")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings()
+    serve(args.host, args.port, libpq_url(database_url(settings)), settings.stripe_webhook_secret)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    sys.exit(main())

@@ -1,0 +1,40 @@
+"""Prepares DAGSTER_HOME so that Dagster's instance storage lives in the pipeline's Postgres."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from stripe_sage_pipeline.runtime.db import database_url, libpq_url
+from stripe_sage_pipeline.settings import PROJECT_ROOT, Settings, load_settings
+
+
+def render_instance_config(env: dict[str, str] | None = None) -> str:
+    """The project's dagster.yaml with the queue and pool limits taken from the environment."""
+    env = os.environ if env is None else env
+    config = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
+    if env.get("STRIPE_SAGE_MAX_CONCURRENT_RUNS"):
+        config["concurrency"]["runs"]["max_concurrent_runs"] = int(env["STRIPE_SAGE_MAX_CONCURRENT_RUNS"])
+    if env.get("STRIPE_SAGE_POOL_LIMIT"):
+        config["concurrency"]["pools"]["default_limit"] = int(env["STRIPE_SAGE_POOL_LIMIT"])
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def prepare_dagster_home(settings: Settings | None = None) -> Path:
+    """Set DAGSTER_HOME (default: <data_dir>/dagster_home) with the project's dagster.yaml and its env vars."""
+    s = settings or load_settings()
+    home = Path(os.environ.get("DAGSTER_HOME") or s.data_dir / "dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    target = home / "dagster.yaml"
+    rendered = render_instance_config()
+    if not target.exists() or target.read_text() != rendered:
+        target.write_text(rendered)
+    os.environ["DAGSTER_HOME"] = str(home)
+    # dagster-postgres speaks psycopg2; SQLAlchemy 2.1 would pick psycopg 3 for a bare postgresql:// URL.
+    dagster_url = libpq_url(database_url(s, database="dagster")).replace("postgresql://", "postgresql+psycopg2://", 1)
+    os.environ.setdefault("DAGSTER_POSTGRES_URL", dagster_url)
+    os.environ.setdefault("DAGSTER_TELEMETRY_ENABLED", "false")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+    return home

@@ -1,0 +1,253 @@
+"""Run the dbt project (dbt_project/) against the pipeline's Postgres, without Dagster.
+
+dbt reads its connection from STRIPE_SAGE_DBT_* variables (dbt_project/profiles.yml); `dbt_env`
+derives them from the one database URL so there is a single source of truth. Before dbt runs, the
+mapping is validated and written to the `finance_config` tables, and the staging schema is created
+if the extractor has not run yet, so a build on an empty database works.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+import psycopg
+
+from stripe_sage_pipeline.extract.staging import ensure_schema
+from stripe_sage_pipeline.runtime.db import database_url, libpq_url
+from stripe_sage_pipeline.settings import PROJECT_ROOT
+from stripe_sage_pipeline.transform.mapping import CONFIG_SCHEMA, Mapping, load_mapping, write_config
+
+DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
+MARTS_SCHEMA = "finance"
+
+
+@functools.cache
+def dbt_project_config() -> dict[str, Any]:
+    """dbt_project.yml, parsed once per process."""
+    import yaml
+
+    return yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())
+
+
+def dbt_vars() -> dict[str, Any]:
+    """The project variables of dbt_project.yml (look-backs, currency exponents, test scope)."""
+    return dict(dbt_project_config()["vars"])
+
+
+def dbt_env(url: str | None = None) -> dict[str, str]:
+    """The STRIPE_SAGE_DBT_* variables that profiles.yml reads, derived from a SQLAlchemy/libpq URL."""
+    parts = urlsplit(libpq_url(url or database_url()))
+    return {
+        "STRIPE_SAGE_DBT_HOST": parts.hostname or "127.0.0.1",
+        "STRIPE_SAGE_DBT_PORT": str(parts.port or 5432),
+        "STRIPE_SAGE_DBT_USER": unquote(parts.username or "postgres"),
+        "STRIPE_SAGE_DBT_PASSWORD": unquote(parts.password or ""),
+        "STRIPE_SAGE_DBT_DBNAME": parts.path.lstrip("/") or "stripe_sage",
+    }
+
+
+def apply_dbt_env(url: str | None = None) -> dict[str, str]:
+    """Set the dbt connection variables in this process (dbt subprocesses inherit them)."""
+    env = dbt_env(url)
+    os.environ.update(env)
+    os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
+    return env
+
+
+def prepare_database(url: str | None = None, mapping: Mapping | None = None) -> Mapping:
+    """Create the staging schema if absent and write the (validated) mapping into finance_config."""
+    m = mapping or load_mapping()
+    with psycopg.connect(libpq_url(url or database_url())) as conn:
+        ensure_schema(conn)
+        write_config(conn, m)
+        conn.commit()
+    return m
+
+
+BUILD_STATE_DDL = f"""
+create table if not exists {CONFIG_SCHEMA}.build_state (fingerprint text not null, built_at timestamptz not null default now());
+alter table {CONFIG_SCHEMA}.build_state add column if not exists code_fingerprint text;
+"""
+
+# What dbt's result depends on besides the data: the SQL, macros, tests and project settings.
+_CODE_PATHS = ("dbt_project.yml", "models", "macros", "tests")
+
+
+def code_fingerprint(project_dir: Path = DBT_PROJECT_DIR) -> str:
+    """A hash of the dbt project's code (models, macros, tests, dbt_project.yml): changes on every edit."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for top in _CODE_PATHS:
+        root = project_dir / top
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for f in files:
+            h.update(f.relative_to(project_dir).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def staging_views() -> tuple[str, list[str]]:
+    """The schema of the dbt staging views and their names (models/staging/*.sql)."""
+    schema = dbt_project_config()["models"]["stripe_sage"]["staging"]["+schema"]
+    return schema, sorted(p.stem for p in (DBT_PROJECT_DIR / "models" / "staging").glob("*.sql"))
+
+
+@dataclass(frozen=True)
+class BuildPlan:
+    """How the next `dbt build` runs, decided from what changed since the last complete build.
+
+    * `full_refresh`: asked for, or the mapping changed (incremental models would otherwise keep
+      rows classified under the old accounts);
+    * `code_steps`: the steps whose result depends only on the dbt code -- re-creating the staging
+      views, and dbt's unit tests (fixed inputs, testing the SQL itself) -- run on the first build,
+      when the dbt code changed since the last complete build, on a full refresh, and when a
+      staging view is missing. An hourly run over unchanged code skips them: the views would be
+      re-created identical, and the unit tests cannot give another result (dbt advises running
+      them in development and CI, not on every production run). The data tests on the views'
+      columns go with them; the staging tables' keys and NOT NULL columns and the Great
+      Expectations staging suite hold those properties on every run.
+    """
+
+    full_refresh: bool
+    code_steps: bool
+    reasons: tuple[str, ...] = ()
+
+    def flags(self) -> list[str]:
+        """The `dbt build` flags of this plan."""
+        if self.full_refresh:
+            return ["--full-refresh"]
+        if self.code_steps:
+            return []
+        return ["--exclude", "config.materialized:view", "--exclude-resource-type", "unit_test"]
+
+
+def plan_build(url: str | None = None, full_refresh: bool = False) -> BuildPlan:
+    """Decide full refresh and the code steps of the next build (see `BuildPlan`)."""
+    schema, views = staging_views()
+    with psycopg.connect(libpq_url(url or database_url())) as conn:
+        conn.execute(BUILD_STATE_DDL)
+        built = conn.execute(f"select fingerprint, code_fingerprint from {CONFIG_SCHEMA}.build_state"
+                             " order by built_at desc limit 1").fetchone()
+        active = conn.execute(f"select fingerprint from {CONFIG_SCHEMA}.settings").fetchone()
+        present = conn.execute("select count(*) from information_schema.views where table_schema = %s"
+                               " and table_name = any(%s)", (schema, views)).fetchone()[0]
+        conn.commit()
+    reasons = []
+    if full_refresh:
+        reasons.append("full refresh requested")
+    elif built is not None and active is not None and built[0] != active[0]:
+        full_refresh = True
+        reasons.append("mapping changed since the last build: full refresh of incremental models")
+    code_steps = full_refresh
+    if built is None or built[1] != code_fingerprint():
+        code_steps = True
+        reasons.append("first build, or the dbt code changed since the last build: views re-created, unit tests run")
+    elif present < len(views):
+        code_steps = True
+        reasons.append("a staging view is missing: views re-created, unit tests run")
+    return BuildPlan(full_refresh=full_refresh, code_steps=code_steps, reasons=tuple(reasons))
+
+
+def record_build(url: str | None = None) -> None:
+    """Remember the mapping and the dbt code a complete, successful build used (see `plan_build`)."""
+    with psycopg.connect(libpq_url(url or database_url())) as conn:
+        conn.execute(BUILD_STATE_DDL)
+        conn.execute(f"delete from {CONFIG_SCHEMA}.build_state")
+        conn.execute(f"insert into {CONFIG_SCHEMA}.build_state (fingerprint, code_fingerprint)"
+                     f" select fingerprint, %s from {CONFIG_SCHEMA}.settings", (code_fingerprint(),))
+        conn.commit()
+
+
+@dataclass
+class DbtResult:
+    """Outcome of one dbt invocation: success, per-node statuses, and the failures' messages."""
+
+    success: bool
+    statuses: dict[str, str] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    full_refresh: bool = False
+    plan: BuildPlan | None = None  # how a `build` was planned (None for other commands)
+
+    def raise_on_failure(self) -> DbtResult:
+        """Raise with every failing node's message when the run did not succeed."""
+        if not self.success:
+            detail = "\n".join(f"  {k}: {v}" for k, v in self.failures.items()) or "  (see dbt logs)"
+            raise RuntimeError(f"dbt failed:\n{detail}")
+        return self
+
+
+def dbt_args(
+    command: str = "build",
+    select: str | Sequence[str] | None = None,
+    exclude: str | Sequence[str] | None = None,
+    full_refresh: bool = False,
+    vars: dict[str, Any] | None = None,
+    target_path: str | Path | None = None,
+) -> list[str]:
+    """Command-line arguments for a dbt invocation on this project (pure; unit-tested)."""
+    import json
+
+    args = [command, "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
+    if target_path is not None:
+        args += ["--target-path", str(target_path)]
+    for flag, value in (("--select", select), ("--exclude", exclude)):
+        if value:
+            args += [flag, *([value] if isinstance(value, str) else list(value))]
+    if full_refresh and command in ("build", "run", "seed"):
+        args.append("--full-refresh")
+    if vars:
+        args += ["--vars", json.dumps(vars)]
+    return args
+
+
+def dbt_build(
+    select: str | Sequence[str] | None = None,
+    full_refresh: bool = False,
+    vars: dict[str, Any] | None = None,
+    *,
+    url: str | None = None,
+    mapping: Mapping | None = None,
+    exclude: str | Sequence[str] | None = None,
+    command: str = "build",
+    prepare: bool = True,
+    raise_on_failure: bool = True,
+) -> DbtResult:
+    """Prepare the database and run `dbt build` (models, unit tests and data tests) in-process.
+
+    A `build` follows `plan_build`: a mapping that changed since the last build forces a full
+    refresh; the staging views and the unit tests are skipped while the dbt code is unchanged.
+    """
+    from dbt.cli.main import dbtRunner
+
+    url = url or database_url()
+    if prepare:
+        prepare_database(url, mapping)
+    apply_dbt_env(url)
+    extra: list[str] = []
+    plan = None
+    if command == "build":
+        plan = plan_build(url, full_refresh)
+        full_refresh, extra = plan.full_refresh, [f for f in plan.flags() if f != "--full-refresh"]
+    res = dbtRunner().invoke(dbt_args(command, select, exclude, full_refresh, vars) + extra)
+    statuses: dict[str, str] = {}
+    failures: dict[str, str] = {}
+    results = getattr(res.result, "results", None) or []
+    for r in results:
+        name = r.node.unique_id
+        status = str(r.status)
+        statuses[name] = status
+        if status in ("error", "fail", "runtime error"):
+            failures[name] = (r.message or "").strip()[:2000]
+    if res.exception is not None:
+        failures["<dbt>"] = str(res.exception)
+    out = DbtResult(success=bool(res.success), statuses=statuses, failures=failures, full_refresh=full_refresh,
+                    plan=plan)
+    if out.success and command == "build" and not select and not exclude:
+        record_build(url)
+    return out.raise_on_failure() if raise_on_failure else out

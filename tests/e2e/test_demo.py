@@ -1,0 +1,42 @@
+"""The README's main command, run as a new user runs it: a subprocess on its own embedded defaults."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+from stripe_sage_pipeline.runtime.embedded_pg import EmbeddedPostgres, free_port
+
+
+def test_demo_on_the_golden_example_prints_reconciled_payouts_and_the_golden_gl_movement(tmp_path, golden_path):
+    """`stripe-sage demo --load golden --json`: both payouts reconciled, Sage's GL equals the golden trial balance."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "SAGEPRO_", "DAGSTER_"))}
+    env.update({"STRIPE_SAGE_DATA_DIR": str(tmp_path / "data"), "STRIPE_SAGE_PG_PORT": str(port)})
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "stripe_sage_pipeline.cli", "demo", "--load", str(golden_path), "--json"],
+            env=env, capture_output=True, text=True, timeout=600,
+        )
+    finally:
+        EmbeddedPostgres(tmp_path / "data", port).stop()
+    assert out.returncode == 0, out.stderr[-3000:]
+    summary = json.loads(out.stdout)
+    expected = json.loads(Path(golden_path).read_text())["expected"]
+    stripe = json.loads(Path(golden_path).read_text())["stripe"]
+
+    for table in ("customers", "charges", "refunds", "disputes", "payouts", "balance_transactions"):
+        assert summary["rows"][table] == len(stripe[table]), table
+    assert summary["payouts"] == {"reconciled": 2}
+    assert summary["dead_letters"]["count"] == 0
+    assert summary["postings"]["journal-entries"] == {"posted": 2}  # payout summary mode: one entry per payout
+    tb = {k: v for k, v in expected["trial_balance_change_after_both_payouts"].items() if k != "note"}
+    gl = summary["gl_movement"]["usd"]
+    for account, amount in tb.items():
+        assert Decimal(gl.get(account, "0.00")) == Decimal(amount), account
+    assert sum(Decimal(v) for v in gl.values()) == 0
+    assert summary["tie_out"]["usd"]["sage_bank_movement"] == summary["tie_out"]["usd"]["stripe_paid_payouts"] == "322.79"

@@ -1,0 +1,91 @@
+"""The finance mapping: loads, validates with errors naming the key and value, renders, matches money.py."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from stripe_sage_pipeline import money
+from stripe_sage_pipeline.settings import PROJECT_ROOT
+from stripe_sage_pipeline.transform.build import DBT_PROJECT_DIR, dbt_args, dbt_env
+from stripe_sage_pipeline.transform.mapping import MappingError, load_mapping, mapping_markdown, parse_mapping
+
+DEFAULT = yaml.safe_load((PROJECT_ROOT / "mapping.yaml").read_text())
+
+
+def test_default_mapping_loads() -> None:
+    m = load_mapping(PROJECT_ROOT / "mapping.yaml")
+    assert m.posting_mode == "payout_summary"
+    assert m.clearing_account("usd") == "1150" and m.bank_account("jpy") == "1010"
+    assert m.categories["refund"] == "4050" and m.fees.by_category["dispute"] == "6110"
+
+
+def _broken(path: list[str], value) -> dict:
+    data = copy.deepcopy(DEFAULT)
+    node = data
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return data
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "key", "bad", "message"),
+    [
+        (["categories", "refund"], "4051", "categories.refund", "4051", "not in chart_of_accounts"),
+        (["categories", "refnd"], "4050", "categories.refnd", "refnd", "unknown Stripe reporting category"),
+        (["posting_date", "timezone"], "Mars/Olympus", "posting_date.timezone", "Mars/Olympus", "unknown time zone"),
+        (["posting_mode"], "weekly", "posting_mode", "weekly", "'detail' or 'payout_summary'"),
+        (["fees", "by_fee_type", "stripe_fee"], "61OO", "fees.by_fee_type.stripe_fee", "61OO", "not in chart_of_accounts"),
+        (["currencies", "eur"], {"clearing": "1150", "bank": "1019"}, "currencies.eur.bank", "1019", "not in chart_of_accounts"),
+        (["type_fallback", "payment"], "chrge", "type_fallback.payment", "chrge", "no mapping"),
+        (["colour"], "blue", "colour", "blue", "unknown key"),
+    ],
+)
+def test_errors_name_the_key_and_the_bad_value(path, value, key, bad, message) -> None:
+    with pytest.raises(MappingError) as err:
+        parse_mapping(_broken(path, value), "mapping.yaml")
+    text = str(err.value)
+    assert f"  {key}: " in text and message in text and repr(bad) in text
+    assert any(p[0] == key and p[1] == bad for p in err.value.problems)
+
+
+def test_bad_yaml_file_is_reported(tmp_path: Path) -> None:
+    p = tmp_path / "mapping.yaml"
+    p.write_text("posting_mode: [unclosed\n")
+    with pytest.raises(MappingError, match="not valid YAML"):
+        load_mapping(p)
+    with pytest.raises(MappingError, match="not found"):
+        load_mapping(tmp_path / "missing.yaml")
+
+
+def test_markdown_table_shows_accounts_with_names() -> None:
+    md = mapping_markdown(parse_mapping(DEFAULT))
+    assert md.splitlines()[0] == "| section | key | value | account name |"
+    assert "| category | refund | 4050 | Sales Refunds (contra-revenue) |" in md
+    assert "| clearing | default | 1150 | Stripe Clearing |" in md
+
+
+def test_dbt_currency_exponents_match_money_module() -> None:
+    vars_ = yaml.safe_load((DBT_PROJECT_DIR / "dbt_project.yml").read_text())["vars"]
+    assert set(vars_["zero_decimal_currencies"]) == money.ZERO_DECIMAL
+    assert set(vars_["three_decimal_currencies"]) == money.THREE_DECIMAL
+
+
+def test_no_account_code_in_sql() -> None:
+    codes = set(DEFAULT["chart_of_accounts"])
+    for sql in (DBT_PROJECT_DIR / "models").rglob("*.sql"):
+        text = sql.read_text()
+        assert not any(f"'{c}'" in text for c in codes), sql
+
+
+def test_dbt_env_and_args() -> None:
+    env = dbt_env("postgresql+psycopg://u%40x:p%3Aw@db.example:6543/fin")
+    assert env == {"STRIPE_SAGE_DBT_HOST": "db.example", "STRIPE_SAGE_DBT_PORT": "6543", "STRIPE_SAGE_DBT_USER": "u@x",
+                   "STRIPE_SAGE_DBT_PASSWORD": "p:w", "STRIPE_SAGE_DBT_DBNAME": "fin"}
+    args = dbt_args("build", select=["a", "b"], full_refresh=True, vars={"lookback_hours": 0})
+    assert args[0] == "build" and args[args.index("--select") + 1 : args.index("--select") + 3] == ["a", "b"]
+    assert "--full-refresh" in args and '{"lookback_hours": 0}' in args
