@@ -10,7 +10,7 @@ from stripe_sage_pipeline.defs.resources import default_resources
 
 # Stages in the order the data flows. Every stage must import: a broken stage fails the code location
 # loudly (Dagster shows the error) instead of silently disappearing from the asset graph.
-STAGES = ("ingestion", "transformation", "quality", "loading", "automation")
+STAGES = ("ingestion", "transformation", "quality", "loading", "automation", "reporting")
 
 
 def _stage_defs() -> list[dg.Definitions]:

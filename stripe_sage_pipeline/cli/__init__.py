@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     sandbox.add_argument("which", choices=["stripe", "sage"])
     sub.add_parser("webhooks", help="the Stripe webhook receiver (stores events in the inbox)", add_help=False)
     sub.add_parser("redrive", help="re-drive the dead letters after a fix (each posts once)", add_help=False)
+    sub.add_parser("mapping", help="the mapping studio in the browser (127.0.0.1:3100)", add_help=False)
 
     if argv[:1] == ["sandbox"] and len(argv) >= 2:
         # The sandboxes own their flags; pass everything after the name straight through.
@@ -55,6 +56,11 @@ def main(argv: list[str] | None = None) -> int:
         from stripe_sage_pipeline.cli.redrive import redrive_main
 
         return redrive_main(argv[1:]) or 0
+
+    if argv[:1] == ["mapping"]:
+        from stripe_sage_pipeline.studio.server import main as studio_main
+
+        return studio_main(argv[1:]) or 0
 
     args = parser.parse_args(argv)
     if args.command == "demo":

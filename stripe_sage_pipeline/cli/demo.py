@@ -55,6 +55,7 @@ class DemoResult:
     days_loaded: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     psql: str = ""
+    close_pack: str = ""
     ui: str = "stripe-sage ui  (then open http://127.0.0.1:3000)"
 
     def as_json(self) -> dict:
@@ -219,6 +220,16 @@ def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print
         finally:
             client.close()
         _finance_summary(conninfo, res)
+        if load_days:
+            # The month-end close pack (HTML + chart) of the month with the most posting days, through Dagster.
+            from collections import Counter
+
+            from stripe_sage_pipeline.reporting import default_out_dir
+
+            month = max(Counter(f"{d:%Y-%m}" for d in load_days).items(), key=lambda kv: (kv[1], kv[0]))[0]
+            echo(f"Close pack for {month}")
+            _run_job(defs, "close_pack_job", instance, partition_key=f"{month}-01")
+            res.close_pack = str(default_out_dir(month) / "close_pack.html")
     finally:
         emulator.stop()
         sage.stop()
@@ -262,6 +273,8 @@ def format_summary(res: DemoResult) -> str:
                    f"{t['stripe_paid_payouts']}  {'✓' if ok_bank else '✗'}   trial balance nets to "
                    f"{t['sage_trial_balance_total']}  {'✓' if ok_tb else '✗'}")
     out += ["", "NEXT", f"  query the data:   {res.psql}", f"  open the UI:      {res.ui}",
+            *([f"  close pack:       {res.close_pack}"] if res.close_pack else []),
+            "  map in a browser: stripe-sage mapping  (then open http://127.0.0.1:3100)",
             "  re-drive dead letters after a fix:  stripe-sage redrive",
             f"  took {res.seconds.get('total', 0)} s (extract {res.seconds.get('extract')} s, transform "
             f"{res.seconds.get('transform')} s, load {res.seconds.get('load')} s)"]
