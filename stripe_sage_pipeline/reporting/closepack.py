@@ -220,17 +220,20 @@ def _booked(conn: psycopg.Connection, first: date, last: date) -> dict[Key, int]
     return {(c, a): int(v) for c, a, v in rows}
 
 
-def _suspense(conn: psycopg.Connection, first: date, last: date, suspense_account: str) -> list[dict[str, Any]]:
+def _suspense(conn: psycopg.Connection, first: date, last: date) -> list[dict[str, Any]]:
+    """Every balance transaction whose amount went to suspense in an entry of the month (either mode)."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(
-            "select l.external_ref, l.posting_date, l.currency, l.account_code, (l.debit - l.credit)::bigint as amount,"
-            " l.accounting_category, l.memo, c.reporting_category, c.balance_transaction_type"
-            " from finance.fct_journal_lines as l"
-            " left join finance_intermediate.int_balance_transactions__classified as c"
-            "   on c.stripe_account = l.stripe_account and c.balance_transaction_id = l.balance_transaction_id"
-            " where l.is_selected_mode and l.posting_date between %s and %s"
-            "   and (l.is_unmapped or l.account_code = %s)"
-            " order by l.posting_date, l.external_ref", (first, last, suspense_account)).fetchall()
+            "select l.external_ref, c.balance_transaction_id, l.posting_date, c.currency, c.reporting_category,"
+            " c.balance_transaction_type, c.accounting_category, (-c.amount)::bigint as amount, c.source_id"
+            " from (select distinct external_ref, posting_date, entry_type, stripe_account, payout_id,"
+            "       balance_transaction_id from finance.fct_journal_lines"
+            "       where is_selected_mode and is_unmapped and posting_date between %s and %s) as l"
+            " inner join finance_intermediate.int_balance_transactions__classified as c"
+            "   on c.stripe_account = l.stripe_account and c.is_unmapped and not c.is_payout_movement"
+            "   and (c.balance_transaction_id = l.balance_transaction_id"
+            "        or (l.entry_type = 'payout_summary' and c.payout_id = l.payout_id))"
+            " order by l.posting_date, l.external_ref, c.balance_transaction_id", (first, last)).fetchall()
 
 
 def _dead_letters(conn: psycopg.Connection, first: date, last: date) -> list[dict[str, Any]]:
@@ -306,7 +309,7 @@ def collect(conn: psycopg.Connection, sage_postings: list[dict[str, Any]] | None
         days=daily_rows(currencies, month_days(first, last), stripe_days, sage_days),
         payouts=payouts,
         gl=gl_rows(sage_mv, booked, names),
-        suspense=_suspense(conn, first, last, mapping.accounts.suspense),
+        suspense=_suspense(conn, first, last),
         dead_letters=_dead_letters(conn, first, last),
         held=_held(conn, first, last, mapping),
         tie_out=tie_out(currencies, sage_mv, stripe_days, banks),

@@ -70,9 +70,9 @@ def test_a_clean_month_says_so_and_the_report_is_written_with_its_chart(tmp_path
 
 
 def test_suspense_dead_letters_and_held_entries_make_the_month_need_attention(tmp_path):
-    pack = _pack(suspense=[{"external_ref": "po_a", "posting_date": date(2026, 7, 2), "currency": "usd",
-                            "reporting_category": "dispute", "accounting_category": "dispute",
-                            "balance_transaction_type": "adjustment", "amount": 5000, "memo": "x"}],
+    pack = _pack(suspense=[{"external_ref": "po_a", "balance_transaction_id": "txn_d", "posting_date": date(2026, 7, 2),
+                            "currency": "usd", "reporting_category": "dispute", "accounting_category": "dispute",
+                            "balance_transaction_type": "adjustment", "amount": 5000, "source_id": "dp_1"}],
                  held=[{"external_ref": "po_b", "posting_date": date(2026, 7, 3), "currency": "usd",
                         "reason": "PayoutNotReconciled:incomplete", "difference": 0, "missing_count": 1}])
     assert not pack.ok

@@ -19,6 +19,9 @@ from stripe_sage_pipeline.studio.server import BindRefused, check_bind
 from stripe_sage_pipeline.studio.yamlfile import apply_draft, load_document, plain, unified_diff
 from stripe_sage_pipeline.transform.mapping import parse_mapping
 
+# Starlette's TestClient prefers `httpx2`; the project uses httpx.
+pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
+
 TEXT = (PROJECT_ROOT / "mapping.yaml").read_text()
 BASE = yaml.safe_load(TEXT)
 CHART = {code: {"glacnt": code, "description": name, "active": True, "postable": True}
