@@ -177,11 +177,28 @@ class ClosePack:
     sage_read: bool = True
     notes: list[str] = field(default_factory=list)
 
+    def attention(self) -> list[str]:
+        """What keeps the month from closing clean, one sentence each (empty when it closes clean)."""
+        out = list(self.notes)
+        for t in self.tie_out:
+            if not t.bank_ties:
+                out.append(f"{t.currency.upper()}: bank {t.bank_account} in Sage differs from what Stripe paid out")
+            if not t.balanced:
+                out.append(f"{t.currency.upper()}: the trial balance does not net to zero")
+        bad = [p for p in self.payouts if p["reconciliation_status"] != "reconciled"]
+        if bad:
+            kinds = ", ".join(sorted({p["reconciliation_status"] for p in bad}))
+            out.append(f"{len(bad)} payout(s) not reconciled ({kinds})")
+        for items, what in ((self.suspense, "transaction(s) in suspense"), (self.dead_letters, "dead letter(s)"),
+                            (self.held, "held entr(y/ies)")):
+            if items:
+                out.append(f"{len(items)} {what}")
+        return out
+
     @property
     def ok(self) -> bool:
         """The month closes clean: ties out, nothing in suspense, dead-lettered or held, every payout reconciled."""
-        return (self.sage_read and all(t.ok for t in self.tie_out) and not self.suspense and not self.dead_letters
-                and not self.held and all(p["reconciliation_status"] == "reconciled" for p in self.payouts))
+        return self.sage_read and not self.attention()
 
     def summary(self) -> dict[str, Any]:
         """Small figures for the Dagster materialization and the demo."""

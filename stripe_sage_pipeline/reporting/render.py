@@ -42,9 +42,14 @@ def payouts_chart(pack: ClosePack) -> bytes:
         by_ccy[r.currency].append(r)
     currencies = sorted(by_ccy) or [pack.base_currency]
     banks = {t.currency: t.bank_account for t in pack.tie_out}
-    fig, axes = plt.subplots(len(currencies), 1, figsize=(11, 2.4 * len(currencies) + 0.6), squeeze=False,
-                             sharex=True)
-    for ax, cur in zip(axes[:, 0], currencies, strict=True):
+    ncols = 2 if len(currencies) > 2 else 1
+    nrows = -(-len(currencies) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(12, 2.1 * nrows + 0.5), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        if i >= len(currencies):
+            ax.set_visible(False)
+            continue
+        cur = currencies[i]
         rows = by_ccy.get(cur, [])
         scale = 10 ** exponent(cur)
         xs = [r.day.day for r in rows]
@@ -54,17 +59,19 @@ def payouts_chart(pack: ClosePack) -> bytes:
                label=f"Sage bank account {banks.get(cur, '')}")
         for r in rows:
             if r.difference:
-                ax.annotate("≠", (r.day.day, max(r.stripe, r.sage) / scale), ha="center", va="bottom", color="#c62a2a",
-                            fontsize=13, fontweight="bold")
+                ax.annotate("x", (r.day.day, max(r.stripe, r.sage) / scale), ha="center", va="bottom",
+                            color="#c62a2a", fontsize=11, fontweight="bold")
         ax.axhline(0, color="#999", linewidth=0.6)
-        ax.set_ylabel(cur.upper())
+        ax.set_title(cur.upper(), loc="left", fontsize=10, fontweight="bold")
+        ax.set_xlim(0.3, pack.last.day + 0.7)
+        ax.set_xticks([d for d in range(1, pack.last.day + 1) if d == 1 or d % 5 == 0])
+        ax.tick_params(labelsize=8)
         ax.grid(axis="y", alpha=0.3)
         ax.spines[["top", "right"]].set_visible(False)
-        ax.legend(loc="upper left", fontsize=8, frameon=False)
-    axes[-1, 0].set_xlabel(f"day of {pack.month}")
-    axes[-1, 0].set_xticks(range(1, pack.last.day + 1))
-    axes[-1, 0].tick_params(axis="x", labelsize=7)
-    fig.suptitle(f"Payouts against bank deposits, {pack.month}", fontsize=11, x=0.01, ha="left")
+        if i == 0:
+            ax.legend(loc="upper left", fontsize=8, frameon=False)
+    fig.suptitle(f"Payouts against bank deposits per day of {pack.month} (major units)", fontsize=11, x=0.01,
+                 ha="left")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)

@@ -32,9 +32,15 @@ def launch_transform(dagster_url: str | None, tags: dict[str, str] | None = None
     if not dagster_url:
         return LaunchResult(None, "no Dagster webserver configured: run the transform from Dagster "
                                   "(materialize the finance assets, or `transform_job`).")
+    import httpx
     from dagster_graphql import DagsterGraphQLClient
 
     parts = urlsplit(dagster_url)
+    try:
+        httpx.get(dagster_url.rstrip("/") + "/server_info", timeout=3).raise_for_status()
+    except httpx.HTTPError:
+        return LaunchResult(None, f"no Dagster webserver answers at {dagster_url}: the mapping is saved; run "
+                                  f"{TRANSFORM_JOB} from Dagster (`stripe-sage ui`) to apply it.")
     try:
         client = DagsterGraphQLClient(parts.hostname or "127.0.0.1", port_number=parts.port,
                                       use_https=parts.scheme == "https", timeout=timeout_s,

@@ -137,14 +137,14 @@ def test_studio_inventory_preview_and_save(golden_marts, studio):
     assert [ln for ln in after.splitlines() if ln.lstrip().startswith("#")] == \
         [ln for ln in before.splitlines() if ln.lstrip().startswith("#")]
     assert yaml.safe_load(after)["categories"]["dispute"] == "4060"
-    assert not saved["transform"]["started"] and "did not start transform_job" in saved["transform"]["message"]
+    assert not saved["transform"]["started"] and "no Dagster webserver answers" in saved["transform"]["message"]
 
     with psycopg.connect(libpq_url(golden_marts["url"])) as conn:
         row = conn.execute("select saved_by, client, changes, diff, transform from studio.mapping_audit"
                            " where id = %s", (saved["audit_id"],)).fetchone()
     assert row[0] == "ana (controller)" and row[1] == "127.0.0.1"
     assert row[2] == [{"key": "categories.dispute", "old": None, "new": "4060"}]
-    assert '+  dispute: "4060"' in row[3] and "did not start" in row[4]
+    assert '+  dispute: "4060"' in row[3] and "no Dagster webserver answers" in row[4]
 
     # The page the user still has open is now stale: saving from it again is refused.
     again = c.post("/api/save", json={"draft": draft, "saved_by": "bo", "file_hash": state["file_hash"]})
@@ -181,3 +181,4 @@ def test_close_pack_agrees_with_sages_gl_and_stripes_payouts(golden_marts, tmp_p
     assert pack.dead_letters == [] and pack.held == [] and not pack.ok  # suspense keeps it from closing clean
     html = written.html.read_text()
     assert "322.79" in html and "txn_GOLDd1" in html
+

@@ -189,9 +189,11 @@ function renderEditor() {
 
 // -- inventory ----------------------------------------------------------------------------------
 
-function money(s) { return s; }
+const KIND = {reporting_category: "category", balance_transaction_type: "BT type", fee_type: "fee type", currency: "currency"};
+let inventoryRows = STATE.inventory, inventoryMonth = STATE.month;
 
 function renderInventory(rows, month) {
+  inventoryRows = rows; inventoryMonth = month;
   $("#inventory-period").textContent = month || "";
   const body = $("#inventory tbody");
   body.replaceChildren();
@@ -200,7 +202,7 @@ function renderInventory(rows, month) {
   if (!rows.length) sum.replaceChildren(el("div", {class: "summary-box"}, "Nothing staged for this period (or the marts are not built yet)."));
   else if (susp.length) {
     sum.replaceChildren(el("div", {class: "summary-box bad", id: "suspense-total"},
-      `${susp.length} categor${susp.length === 1 ? "y falls" : "ies fall"} to suspense: `,
+      "Falls to suspense today: ",
       ...susp.map(r => el("span", {class: "pill bad"}, `${r.value} ${r.amount_text} ${r.currency.toUpperCase()} (${r.count})`))));
   } else sum.replaceChildren(el("div", {class: "summary-box good"}, "Nothing falls to suspense in this period."));
   for (const r of rows) {
@@ -211,7 +213,7 @@ function renderInventory(rows, month) {
     }
     body.append(el("tr", {class: r.suspense ? "suspense" : "", "data-kind": r.kind, "data-value": r.value, "data-currency": r.currency,
                           "data-amount": r.amount},
-      el("td", {}, r.kind.replace(/_/g, " ")), el("td", {}, el("code", {}, r.value)), el("td", {}, r.currency.toUpperCase()),
+      el("td", {}, KIND[r.kind] || r.kind), el("td", {}, el("code", {}, r.value)), el("td", {}, r.currency.toUpperCase()),
       el("td", {class: "num"}, r.count), el("td", {class: "num"}, r.amount_text),
       el("td", {}, r.account ? `${r.account} ${r.account_name || ""}` : ""), el("td", {class: "muted"}, r.route),
       el("td", {}, mapTo)));
@@ -251,7 +253,7 @@ function renderProblems() {
 
 let timer = null;
 function changed(rerender = true) {
-  if (rerender) renderEditor();
+  if (rerender) { renderEditor(); renderInventory(inventoryRows, inventoryMonth); }
   $("#save").disabled = true;
   clearTimeout(timer);
   timer = setTimeout(validate, 250);
@@ -291,13 +293,14 @@ function renderPreview(res) {
     `Entries touching suspense: today ${p.unmapped_current}, draft ${p.unmapped_draft}. `,
     p.current_mode !== p.draft_mode ? `Posting mode changes from ${p.current_mode} to ${p.draft_mode}: every entry of the period is re-booked.` : "",
     ...Object.entries(p.actions).map(([a, n]) => el("span", {class: "pill"}, `${n} × ${ACTIONS[a] || a}`)));
+  const ordered = [...p.rows.filter(r => r.changed), ...p.rows.filter(r => !r.changed)];  // differences first
   const table = el("table", {class: "grid", id: "preview-table"},
     el("thead", {}, el("tr", {}, ...["Ccy", "Account", "Name", "Today", "Draft", "Difference"].map((h, i) => el("th", {class: i >= 3 ? "num" : ""}, h)))),
-    el("tbody", {}, ...p.rows.map(r => el("tr", {class: r.changed ? "changed" : "", "data-account": r.account, "data-currency": r.currency,
+    el("tbody", {}, ...ordered.map(r => el("tr", {class: r.changed ? "changed" : "", "data-account": r.account, "data-currency": r.currency,
                                                   "data-difference": r.difference_minor},
       el("td", {}, r.currency.toUpperCase()), el("td", {}, r.account), el("td", {}, r.name),
       el("td", {class: "num"}, r.current), el("td", {class: "num"}, r.draft), el("td", {class: "num"}, r.changed ? signed(r.difference) : "")))));
-  const parts = [head, table];
+  const parts = [head, el("div", {class: "scroll"}, table)];
   if (p.model_gap.length) {
     parts.push(el("div", {class: "summary-box bad", id: "model-gap"}, "Warning: under today's mapping the preview's rules differ from the built marts by ",
       p.model_gap.map(g => `${g.account} ${g.amount} ${g.currency.toUpperCase()}`).join(", "), ": run the transform, then preview again."));
