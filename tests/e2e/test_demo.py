@@ -40,3 +40,6 @@ def test_demo_on_the_golden_example_prints_reconciled_payouts_and_the_golden_gl_
         assert Decimal(gl.get(account, "0.00")) == Decimal(amount), account
     assert sum(Decimal(v) for v in gl.values()) == 0
     assert summary["tie_out"]["usd"]["sage_bank_movement"] == summary["tie_out"]["usd"]["stripe_paid_payouts"] == "322.79"
+    # The month's close pack, written by the reporting asset: both payouts reconciled and tied out.
+    pack = Path(summary["close_pack"]).read_text()
+    assert "/2026-07/" in summary["close_pack"] and "The month closes clean" in pack and "322.79" in pack
