@@ -7,7 +7,7 @@ from typing import Any
 
 import psycopg
 
-from stripe_sage_pipeline.reporting.closepack import ClosePack, collect, read_sage_postings
+from stripe_sage_pipeline.reporting.closepack import ClosePack, collect, month_bounds, read_sage_postings
 from stripe_sage_pipeline.reporting.render import Written, write_close_pack
 from stripe_sage_pipeline.runtime.db import libpq_url
 from stripe_sage_pipeline.settings import load_settings
@@ -22,8 +22,6 @@ def default_out_dir(month: str) -> Path:
 def build_close_pack(url: str, sage_client: Any, month: str, out_dir: Path | None = None,
                      mapping: Mapping | None = None) -> tuple[ClosePack, Written]:
     """Collect the month (database + Sage's GL read back) and write the HTML report with its charts."""
-    from stripe_sage_pipeline.studio.data import month_bounds
-
     mapping = mapping or load_mapping()
     first, last = month_bounds(month)
     postings, error = read_sage_postings(sage_client, first, last) if sage_client is not None else (None, "no client")

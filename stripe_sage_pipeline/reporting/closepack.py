@@ -15,8 +15,10 @@ Amounts are integers in minor units throughout; decimals appear only when render
 
 from __future__ import annotations
 
+import calendar
 from collections import defaultdict
-from collections.abc import Iterable, Mapping as MappingT
+from collections.abc import Iterable
+from collections.abc import Mapping as MappingT
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -31,6 +33,15 @@ Key = tuple[str, str]  # (currency, account) or (currency, day)
 
 
 # -- rules ---------------------------------------------------------------------------------------
+
+
+def month_bounds(month: str) -> tuple[date, date]:
+    """First and last day of a 'YYYY-MM' month (ValueError names the bad value)."""
+    try:
+        y, m = (int(x) for x in month.split("-"))
+        return date(y, m, 1), date(y, m, calendar.monthrange(y, m)[1])
+    except (ValueError, TypeError):
+        raise ValueError(f"month must be YYYY-MM, got {month!r}") from None
 
 
 def month_days(first: date, last: date) -> list[date]:
@@ -295,8 +306,6 @@ def collect(conn: psycopg.Connection, sage_postings: list[dict[str, Any]] | None
 
     `sage_postings`: `GET /gl-postings?from=&to=` of the month (None when Sage could not be read:
     the pack then says so and does not tie out)."""
-    from stripe_sage_pipeline.studio.data import month_bounds
-
     first, last = month_bounds(month)
     payouts = _payouts(conn, first, last)
     # A payout's entry is referenced by the payout (summary mode) or its balance transaction (detail mode).

@@ -37,12 +37,13 @@ from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse, PlainTextResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from stripe_sage_pipeline.money import to_decimal_str
+from stripe_sage_pipeline.reporting.closepack import month_bounds
 from stripe_sage_pipeline.runtime.db import libpq_url
 from stripe_sage_pipeline.studio import audit, data, rules
 from stripe_sage_pipeline.studio.launch import launch_transform
@@ -252,7 +253,7 @@ class Studio:
             client.close()
 
     def inventory(self, m: Mapping, month: str) -> list[dict[str, Any]]:
-        first, last = data.month_bounds(month)
+        first, last = month_bounds(month)
         with self.conn() as conn:
             if not data.marts_ready(conn):
                 return []
@@ -315,7 +316,7 @@ class Studio:
             return JSONResponse({"ok": False, "problems": problems}, status_code=422)
         try:
             month = str(body.get("month") or "")
-            data.month_bounds(month)
+            month_bounds(month)
         except ValueError as err:
             return JSONResponse({"ok": False, "problems": [{"key": "month", "value": body.get("month"),
                                                             "message": str(err)}]}, status_code=422)

@@ -6,27 +6,18 @@ Read-only queries; the preview never writes and never calls Sage. Schemas are th
 
 from __future__ import annotations
 
-import calendar
 from datetime import date, timedelta
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
+from stripe_sage_pipeline.reporting.closepack import month_bounds
 from stripe_sage_pipeline.studio.rules import MonthData
 
 MARTS = "finance"
 INTERMEDIATE = "finance_intermediate"
 STAGING_VIEWS = "finance_staging"
-
-
-def month_bounds(month: str) -> tuple[date, date]:
-    """First and last day of a 'YYYY-MM' month (ValueError names the bad value)."""
-    try:
-        y, m = (int(x) for x in month.split("-"))
-        return date(y, m, 1), date(y, m, calendar.monthrange(y, m)[1])
-    except (ValueError, TypeError):
-        raise ValueError(f"month must be YYYY-MM, got {month!r}") from None
 
 
 def _exists(conn: psycopg.Connection, relation: str) -> bool:

@@ -14,7 +14,8 @@ Amounts are integers in minor units, positive = debit, negative = credit.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping as MappingT, Sequence
+from collections.abc import Iterable, Sequence
+from collections.abc import Mapping as MappingT
 from dataclasses import dataclass, field
 from datetime import date, datetime
 from decimal import ROUND_HALF_UP, Decimal
