@@ -201,6 +201,9 @@ def preview_json(p: rules.Preview, current: Mapping, draft: Mapping, chart: dict
         "actions": actions,
         "model_gap": [{"currency": c, "account": a, "amount": _money(v, c)} for (c, a), v in sorted(p.model_gap.items())],
         "unmapped_current": p.unmapped_current, "unmapped_draft": p.unmapped_draft,
+        "notes": ["revenue_mode invoice_driven: charges post as Sage invoices and cash receipts; the preview shows"
+                  " them as the journal entries they replace (the same accounts, receivable aside)"]
+        if draft.revenue_mode == "invoice_driven" else [],
     }
 
 

@@ -300,7 +300,7 @@ function renderPreview(res) {
                                                   "data-difference": r.difference_minor},
       el("td", {}, r.currency.toUpperCase()), el("td", {}, r.account), el("td", {}, r.name),
       el("td", {class: "num"}, r.current), el("td", {class: "num"}, r.draft), el("td", {class: "num"}, r.changed ? signed(r.difference) : "")))));
-  const parts = [head, el("div", {class: "scroll"}, table)];
+  const parts = [head, ...p.notes.map(n => el("div", {class: "summary-box"}, n)), el("div", {class: "scroll"}, table)];
   if (p.model_gap.length) {
     parts.push(el("div", {class: "summary-box bad", id: "model-gap"}, "Warning: under today's mapping the preview's rules differ from the built marts by ",
       p.model_gap.map(g => `${g.account} ${g.amount} ${g.currency.toUpperCase()}`).join(", "), ": run the transform, then preview again."));
