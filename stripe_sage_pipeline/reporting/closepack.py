@@ -169,6 +169,10 @@ def tie_out(currencies: Iterable[str], sage: MappingT[Key, int], stripe_by_day: 
 # -- the pack --------------------------------------------------------------------------------------
 
 
+def _count(n: int, one: str, many: str | None = None) -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
 @dataclass
 class ClosePack:
     """Everything the rendered report shows for one month."""
@@ -199,11 +203,12 @@ class ClosePack:
         bad = [p for p in self.payouts if p["reconciliation_status"] != "reconciled"]
         if bad:
             kinds = ", ".join(sorted({p["reconciliation_status"] for p in bad}))
-            out.append(f"{len(bad)} payout(s) not reconciled ({kinds})")
-        for items, what in ((self.suspense, "transaction(s) in suspense"), (self.dead_letters, "dead letter(s)"),
-                            (self.held, "held entr(y/ies)")):
+            out.append(f"{_count(len(bad), 'payout')} not reconciled ({kinds})")
+        for items, one, many in ((self.suspense, "transaction in suspense", "transactions in suspense"),
+                                 (self.dead_letters, "dead letter", "dead letters"),
+                                 (self.held, "held entry", "held entries")):
             if items:
-                out.append(f"{len(items)} {what}")
+                out.append(_count(len(items), one, many))
         return out
 
     @property

@@ -1,11 +1,15 @@
-"""Close pack rules and rendering without servers: per-day payouts vs bank, GL movement, tie-out, HTML."""
+"""Close pack rules and its HTML without servers: per-day payouts vs bank, GL movement, tie-out, verdict.
+
+(The PNG chart is drawn by matplotlib in the integration test, which writes the whole pack.)"""
 
 from __future__ import annotations
 
 from datetime import date
 
 from stripe_sage_pipeline.reporting import closepack as cp
-from stripe_sage_pipeline.reporting.render import write_close_pack
+from stripe_sage_pipeline.reporting.render import render_html
+
+CHART = {"payouts_vs_bank": b"\x89PNG-not-drawn-here"}
 
 
 def posting(glacnt, day, debit, credit, currency="USD"):
@@ -60,21 +64,20 @@ def _pack(**kw):
     return cp.ClosePack(**base)
 
 
-def test_a_clean_month_says_so_and_the_report_is_written_with_its_chart(tmp_path):
+def test_a_clean_month_says_so_with_its_chart_embedded():
     pack = _pack()
-    assert pack.ok and pack.summary()["ties_out"]
-    written = write_close_pack(pack, tmp_path / "2026-07")
-    html = written.html.read_text()
-    assert "The month closes clean" in html and "100.00" in html and "data:image/png;base64," in html
-    assert written.charts[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert pack.ok and pack.attention() == [] and pack.summary()["ties_out"]
+    html = render_html(pack, CHART)
+    assert "The month closes clean" in html and "100.00" in html and "data:image/png;base64,iVBOR" in html
 
 
-def test_suspense_dead_letters_and_held_entries_make_the_month_need_attention(tmp_path):
+def test_suspense_dead_letters_and_held_entries_make_the_month_need_attention():
     pack = _pack(suspense=[{"external_ref": "po_a", "balance_transaction_id": "txn_d", "posting_date": date(2026, 7, 2),
                             "currency": "usd", "reporting_category": "dispute", "accounting_category": "dispute",
                             "balance_transaction_type": "adjustment", "amount": 5000, "source_id": "dp_1"}],
                  held=[{"external_ref": "po_b", "posting_date": date(2026, 7, 3), "currency": "usd",
                         "reason": "PayoutNotReconciled:incomplete", "difference": 0, "missing_count": 1}])
-    assert not pack.ok
-    html = write_close_pack(pack, tmp_path).html.read_text()
-    assert "needs attention" in html and "PayoutNotReconciled:incomplete" in html and "50.00" in html
+    assert not pack.ok and pack.attention() == ["1 transaction in suspense", "1 held entry"]
+    html = render_html(pack, CHART)
+    assert "needs attention: 1 transaction in suspense; 1 held entry" in html
+    assert "PayoutNotReconciled:incomplete" in html and "50.00" in html and "txn_d" in html

@@ -62,6 +62,11 @@ def close_pack(context: dg.AssetExecutionContext, postgres: PostgresResource, sa
     })
 
 
-close_pack_job = dg.define_asset_job("close_pack_job", selection=[CLOSE_PACK_KEY], partitions_def=monthly_partitions)
+close_pack_job = dg.define_asset_job(
+    "close_pack_job",
+    selection=[CLOSE_PACK_KEY],
+    partitions_def=monthly_partitions,
+    description="Write the close pack of one month (HTML report + chart, attached to the materialization).",
+)
 
 defs = dg.Definitions(assets=[close_pack], jobs=[close_pack_job])

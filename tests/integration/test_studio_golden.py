@@ -180,5 +180,7 @@ def test_close_pack_agrees_with_sages_gl_and_stripes_payouts(golden_marts, tmp_p
         [("txn_GOLDd1", DISPUTE, "po_GOLD0001")]
     assert pack.dead_letters == [] and pack.held == [] and not pack.ok  # suspense keeps it from closing clean
     html = written.html.read_text()
-    assert "322.79" in html and "txn_GOLDd1" in html
+    assert "322.79" in html and "txn_GOLDd1" in html and "data:image/png;base64," in html
+    assert [p.name for p in written.charts] == ["payouts_vs_bank.png"]
+    assert written.charts[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
