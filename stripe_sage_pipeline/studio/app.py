@@ -136,13 +136,21 @@ def sage_problems(m: Mapping, chart: dict[str, dict[str, Any]] | None) -> list[d
     return out
 
 
+def mode_problems(m: Mapping) -> list[dict[str, Any]]:
+    """Combinations the load refuses at posting time (load.post), caught before they are saved."""
+    if m.revenue_mode == "invoice_driven" and m.posting_mode != "detail":
+        return [{"key": "revenue_mode", "value": m.revenue_mode,
+                 "message": "invoice_driven needs posting_mode detail (a payout summary already books revenue)"}]
+    return []
+
+
 def validate_draft(draft: Any, chart: dict[str, dict[str, Any]] | None) -> tuple[Mapping | None, list[dict[str, Any]]]:
-    """The pipeline's validator on the draft, then Sage's chart; (mapping or None, problems)."""
+    """The pipeline's validator on the draft, then the load's mode rule and Sage's chart; (mapping or None, problems)."""
     try:
         m = parse_mapping(draft, "draft")
     except MappingError as err:
         return None, [{"key": k, "value": _jsonable(v), "message": msg} for k, v, msg in err.problems]
-    return m, sage_problems(m, chart)
+    return m, mode_problems(m) + sage_problems(m, chart)
 
 
 def _jsonable(v: Any) -> Any:

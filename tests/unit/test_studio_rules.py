@@ -218,6 +218,14 @@ def test_validation_names_key_value_and_message():
     assert ("categories.made_up", "made_up", "unknown Stripe reporting category") in got
 
 
+def test_invoice_driven_revenue_needs_detail_posting_as_the_load_does():
+    _, problems = validate_draft({**copy.deepcopy(BASE), "revenue_mode": "invoice_driven"}, CHART)
+    assert problems == [{"key": "revenue_mode", "value": "invoice_driven",
+                         "message": "invoice_driven needs posting_mode detail (a payout summary already books revenue)"}]
+    assert validate_draft({**copy.deepcopy(BASE), "revenue_mode": "invoice_driven", "posting_mode": "detail"},
+                          CHART)[1] == []
+
+
 def test_an_inactive_or_header_or_missing_sage_account_cannot_be_used():
     chart = {**CHART, "4060": {**CHART["4060"], "active": False}, "6110": {**CHART["6110"], "postable": False}}
     del chart["7900"]
