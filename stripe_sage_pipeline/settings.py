@@ -18,8 +18,12 @@ SANDBOX_STRIPE_KEY = "sk_test_emulator"
 SANDBOX_WEBHOOK_SECRET = "whsec_emulator"
 SANDBOX_SAGE_USER = "pipeline"
 SANDBOX_SAGE_PASSWORD = "pipeline-secret"
+SANDBOX_INTACCT_CLIENT_ID = "pipeline.app.sandbox"
+SANDBOX_INTACCT_CLIENT_SECRET = "intacct-sandbox-secret"
+SANDBOX_INTACCT_USERNAME = "pipeline@STRIPESAGE"
 
-_SECRET_FIELDS = {"stripe_api_key", "stripe_webhook_secret", "sagepro_password", "database_url"}
+_SECRET_FIELDS = {"stripe_api_key", "stripe_webhook_secret", "sagepro_password", "database_url",
+                  "intacct_client_secret", "intacct_refresh_token"}
 
 
 def _env(name: str, default: str | None = None) -> str | None:
@@ -43,6 +47,14 @@ class Settings:
     sagepro_user: str
     sagepro_password: str
     mapping_file: Path
+    # Which accounting system the load stage posts to: "sagepro" (the REST contract) or "intacct".
+    sage_target: str = "sagepro"
+    intacct_base_url: str | None = None  # None: the emulator's default address
+    intacct_client_id: str = SANDBOX_INTACCT_CLIENT_ID
+    intacct_client_secret: str = SANDBOX_INTACCT_CLIENT_SECRET
+    intacct_username: str = SANDBOX_INTACCT_USERNAME  # userId@companyId[|entityId], client-credentials grant
+    intacct_refresh_token: str | None = None  # authorization-code grant: refresh instead of client credentials
+    intacct_rate_per_minute: int = 110
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -79,4 +91,11 @@ def load_settings() -> Settings:
         sagepro_user=_env("SAGEPRO_USER", SANDBOX_SAGE_USER),
         sagepro_password=_env("SAGEPRO_PASSWORD", SANDBOX_SAGE_PASSWORD),
         mapping_file=Path(_env("STRIPE_SAGE_MAPPING", str(PROJECT_ROOT / "mapping.yaml"))),
+        sage_target=(_env("SAGE_TARGET", "sagepro") or "sagepro").lower(),
+        intacct_base_url=_env("INTACCT_BASE_URL"),
+        intacct_client_id=_env("INTACCT_CLIENT_ID", SANDBOX_INTACCT_CLIENT_ID),
+        intacct_client_secret=_env("INTACCT_CLIENT_SECRET", SANDBOX_INTACCT_CLIENT_SECRET),
+        intacct_username=_env("INTACCT_USERNAME", SANDBOX_INTACCT_USERNAME),
+        intacct_refresh_token=_env("INTACCT_REFRESH_TOKEN"),
+        intacct_rate_per_minute=int(_env("INTACCT_RATE_PER_MINUTE", "110")),
     )

@@ -12,7 +12,15 @@ from pydantic import PrivateAttr
 
 from stripe_sage_pipeline.extract.client import StripeReader
 from stripe_sage_pipeline.runtime.db import database_url
-from stripe_sage_pipeline.settings import SANDBOX_SAGE_PASSWORD, SANDBOX_SAGE_USER, SANDBOX_STRIPE_KEY, load_settings
+from stripe_sage_pipeline.settings import (
+    SANDBOX_INTACCT_CLIENT_ID,
+    SANDBOX_INTACCT_CLIENT_SECRET,
+    SANDBOX_INTACCT_USERNAME,
+    SANDBOX_SAGE_PASSWORD,
+    SANDBOX_SAGE_USER,
+    SANDBOX_STRIPE_KEY,
+    load_settings,
+)
 
 
 def env_or(name: str, default: str | None) -> str | dg.EnvVar | None:
@@ -57,21 +65,50 @@ class StripeResource(dg.ConfigurableResource):
 
 
 class SageResource(dg.ConfigurableResource):
-    """The Sage Pro REST facade (the sandbox in the demo)."""
+    """The accounting target the load posts to (SAGE_TARGET): the Sage Pro REST facade or Sage Intacct."""
 
+    target: str = "sagepro"
     base_url: str | None = None
     user: str = SANDBOX_SAGE_USER
     password: str = SANDBOX_SAGE_PASSWORD
     rate_per_minute: int | None = 110
     max_concurrency: int = 4
+    intacct_base_url: str | None = None
+    intacct_client_id: str = SANDBOX_INTACCT_CLIENT_ID
+    intacct_client_secret: str = SANDBOX_INTACCT_CLIENT_SECRET
+    intacct_username: str = SANDBOX_INTACCT_USERNAME
+    intacct_refresh_token: str | None = None
 
     def client(self, **overrides):
-        """A `SageClient` plus its request counter (`CountingTransport`), e.g. `client, counter = sage.client()`."""
-        from stripe_sage_pipeline.load.post import make_client
+        """The target's client plus its request counter, e.g. `client, counter = sage.client()`.
 
-        base_url = self.base_url or "http://127.0.0.1:8765/sagepro/v1/PRO01"
-        return make_client(base_url, self.user, self.password, rate_per_minute=self.rate_per_minute,
-                           max_concurrency=self.max_concurrency, **overrides)
+        `sagepro`: a `SageClient`; `intacct`: an `IntacctTarget`. The load stage takes either.
+        """
+        from stripe_sage_pipeline.sage.factory import make_target_client
+
+        return make_target_client(self, rate_per_minute=self.rate_per_minute, max_concurrency=self.max_concurrency,
+                                  **overrides)
+
+    # The factory reads settings-shaped attributes.
+    @property
+    def sage_target(self) -> str:
+        """The target's name."""
+        return self.target
+
+    @property
+    def sagepro_base_url(self) -> str | None:
+        """Sage Pro facade URL."""
+        return self.base_url
+
+    @property
+    def sagepro_user(self) -> str:
+        """Sage Pro user."""
+        return self.user
+
+    @property
+    def sagepro_password(self) -> str:
+        """Sage Pro password."""
+        return self.password
 
 
 def default_resources() -> dict[str, dg.ConfigurableResource]:
@@ -86,10 +123,17 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             rate_limit_per_s=s.stripe_rate_limit_per_s,
         ),
         "sage": SageResource(
+            target=s.sage_target,
+            intacct_base_url=s.intacct_base_url,
+            intacct_client_id=env_or("INTACCT_CLIENT_ID", s.intacct_client_id),
+            intacct_client_secret=env_or("INTACCT_CLIENT_SECRET", s.intacct_client_secret),
+            intacct_username=env_or("INTACCT_USERNAME", s.intacct_username),
+            intacct_refresh_token=env_or("INTACCT_REFRESH_TOKEN", None),
             base_url=os.environ.get("SAGEPRO_BASE_URL") or None,
             user=env_or("SAGEPRO_USER", SANDBOX_SAGE_USER),
             password=env_or("SAGEPRO_PASSWORD", SANDBOX_SAGE_PASSWORD),
             # Keep under Sage's per-user limit (the sandbox's default is 120/min).
-            rate_per_minute=int(os.environ.get("SAGEPRO_RATE_PER_MINUTE", "110")),
+            rate_per_minute=(s.intacct_rate_per_minute if s.sage_target == "intacct"
+                             else int(os.environ.get("SAGEPRO_RATE_PER_MINUTE", "110"))),
         ),
     }

@@ -32,11 +32,12 @@ from stripe_sage_pipeline.load.plan import (
     owned_fields,
     plan_customer,
 )
-from stripe_sage_pipeline.load.post import CountingTransport, LoadStats, _reason
+from stripe_sage_pipeline.load.engine import LoadStats, error_reason
 from stripe_sage_pipeline.runtime.db import libpq_url
-from stripe_sage_pipeline.sage.client import SageClient
+from stripe_sage_pipeline.sage.factory import CountingTransport
 from stripe_sage_pipeline.sage.errors import CredentialsError, NotFound, SageError, TransientError
 from stripe_sage_pipeline.sage.keys import idempotency_key
+from stripe_sage_pipeline.sage.target import Target, as_target
 from stripe_sage_pipeline.transform.mapping import Mapping, load_mapping
 
 log = logging.getLogger(__name__)
@@ -78,12 +79,13 @@ def _row(item: PlannedItem, version: int, attempt: int, payload: dict[str, Any])
     )
 
 
-def push_customers(url: str, client: SageClient, *, up_to: date | None = None, mapping: Mapping | None = None,
+def push_customers(url: str, client: Any, *, up_to: date | None = None, mapping: Mapping | None = None,
                    customer_ids: list[str] | None = None, redrive: bool = False,
                    transport: CountingTransport | None = None) -> LoadStats:
     """Create or update the Sage customer of every Stripe customer created on or before `up_to`."""
     mapping = mapping or load_mapping()
     owns = mapping.customer_sync.sage_owns
+    target = as_target(client)
     stats = LoadStats()
     before = transport.count if transport else 0
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
@@ -114,7 +116,7 @@ def push_customers(url: str, client: SageClient, *, up_to: date | None = None, m
                     L.replace_attempt(conn, row)
                 if cur is None or row.version != cur.version:
                     L.insert_computed(conn, [row])
-                _push_one(conn, client, row, item, owns, stats)
+                _push_one(conn, target, row, item, owns, stats)
         finally:
             conn.execute("select pg_advisory_unlock(hashtext('sage_load:customers'))")
     if transport:
@@ -122,23 +124,23 @@ def push_customers(url: str, client: SageClient, *, up_to: date | None = None, m
     return stats
 
 
-def _push_one(conn: psycopg.Connection, client: SageClient, row: L.LedgerRow, item: PlannedItem,
+def _push_one(conn: psycopg.Connection, target: Target, row: L.LedgerRow, item: PlannedItem,
               owns: Iterable[str], stats: LoadStats) -> None:
     custno = item.payload.get("custno", "")
     try:
         if row.version == 1:
-            result = client.post(CUSTOMERS, row.payload, idempotency_key=row.idempotency_key,
+            result = target.post(CUSTOMERS, row.payload, idempotency_key=row.idempotency_key,
                                  external_ref=item.external_ref)
             record, outcome, request_id = result.record, result.status, result.request_id
         else:
             body = {k: v for k, v in row.payload.items() if k != "custno"}
             try:
-                record = client.patch_customer(custno, body, row.idempotency_key)
+                record = target.update_customer(custno, body, row.idempotency_key)
                 outcome, request_id = "created", ""
             except NotFound:
                 # Deleted in Sage (or never there): create it whole.
                 key = idempotency_key(CUSTOMERS, f"{item.external_ref}:recreate:{row.version}", row.content_hash)
-                result = client.post(CUSTOMERS, item.payload, idempotency_key=key, external_ref=item.external_ref)
+                result = target.post(CUSTOMERS, item.payload, idempotency_key=key, external_ref=item.external_ref)
                 record, outcome, request_id = result.record, result.status, result.request_id
     except CredentialsError:
         raise
@@ -147,7 +149,7 @@ def _push_one(conn: psycopg.Connection, client: SageClient, row: L.LedgerRow, it
         stats.errors.append(f"customer {item.external_ref}: {err}")
         return
     except SageError as err:  # 422 (e.g. a custno Sage cannot take), an unresolvable 409
-        code, message, details, request_id = _reason(err)
+        code, message, details, request_id = error_reason(err)
         L.mark_dead_lettered(conn, row, code, message, details, request_id)
         stats.dead_lettered += 1
         log.warning("dead letter: customer %s (custno %r): %s %s", item.external_ref, custno, code, message)
@@ -202,7 +204,7 @@ def stripe_client(api_key: str, api_base: str | None = None, stripe_account: str
     return stripe.StripeClient(api_key, max_network_retries=3, **kwargs)
 
 
-def pull_sage_changes(url: str, client: SageClient, stripe_sdk: stripe.StripeClient,
+def pull_sage_changes(url: str, client: Any, stripe_sdk: stripe.StripeClient,
                       mapping: Mapping | None = None) -> PullStats:
     """Copy Sage-side changes of Sage-owned fields to the Stripe customers, once each."""
     mapping = mapping or load_mapping()
@@ -216,8 +218,7 @@ def pull_sage_changes(url: str, client: SageClient, stripe_sdk: stripe.StripeCli
         try:
             cursor = L.get_cursor(conn, CURSOR)
             newest = cursor
-            params = {"updated_since": cursor} if cursor else {}
-            for rec in client.list_all("/customers", params):
+            for rec in as_target(client).changed_customers(cursor):
                 out.read += 1
                 updated_at = rec.get("updated_at")
                 if updated_at and (newest is None or updated_at > newest):

@@ -29,9 +29,9 @@ from stripe_sage_pipeline.load.plan import (
     plan_invoices,
     plan_journal_entries,
 )
-from stripe_sage_pipeline.load.post import LoadStats, Poster, _block_if_broken, plan_partition_receipts
+from stripe_sage_pipeline.load.engine import LoadStats, Poster
+from stripe_sage_pipeline.load.loaders import block_if_broken, plan_partition_receipts
 from stripe_sage_pipeline.runtime.db import libpq_url
-from stripe_sage_pipeline.sage.client import SageClient
 from stripe_sage_pipeline.transform.mapping import Mapping, load_mapping
 
 
@@ -60,7 +60,7 @@ def _replan(conn: psycopg.Connection, resource: str, rows: list[L.LedgerRow], ma
         statuses = payout_status(conn, [ln["payout_id"] for ln in lines if ln["entry_type"] == "payout_summary"])
         items = plan_journal_entries(lines, statuses)
         for item in items:
-            _block_if_broken(item.partition_date, [item])
+            block_if_broken(item.partition_date, [item])
         return items
     if resource == INVOICES:
         return plan_invoices(invoice_lines(conn, charge_ids=[r.external_ref for r in rows]))
@@ -73,7 +73,7 @@ def _replan(conn: psycopg.Connection, resource: str, rows: list[L.LedgerRow], ma
     return []
 
 
-def redrive(url: str, client: SageClient, *, mapping: Mapping | None = None, resources: list[str] | None = None,
+def redrive(url: str, client: Any, *, mapping: Mapping | None = None, resources: list[str] | None = None,
             refs: list[str] | None = None, poster: Poster | None = None) -> RedriveResult:
     """Re-plan and post every dead letter (optionally only some resources or external refs)."""
     mapping = mapping or load_mapping()

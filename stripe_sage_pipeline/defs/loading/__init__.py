@@ -18,15 +18,8 @@ import dagster as dg
 from stripe_sage_pipeline.defs.resources import PostgresResource, SageResource, StripeResource
 from stripe_sage_pipeline.load import customers as customer_sync
 from stripe_sage_pipeline.load.ledger import SCHEMA
-from stripe_sage_pipeline.load.post import (
-    LoadStats,
-    PartitionBlocked,
-    PlanError,
-    Poster,
-    load_cash_receipts,
-    load_invoices,
-    load_journal_entries,
-)
+from stripe_sage_pipeline.load.engine import LoadStats, PartitionBlocked, PlanError, Poster
+from stripe_sage_pipeline.load.loaders import load_cash_receipts, load_invoices, load_journal_entries
 from stripe_sage_pipeline.load.redrive import redrive
 from stripe_sage_pipeline.sage.errors import CredentialsError
 from stripe_sage_pipeline.transform.mapping import load_mapping
@@ -86,7 +79,7 @@ def _credentials_stop_the_run() -> Iterator[None]:
     try:
         yield
     except CredentialsError as err:
-        raise dg.Failure(description=f"Sage Pro credentials: {err}", allow_retries=False) from err
+        raise dg.Failure(description=f"Sage credentials: {err}", allow_retries=False) from err
 
 
 def _poster(postgres: PostgresResource, sage: SageResource) -> Poster:
