@@ -25,13 +25,15 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=7)
     demo.add_argument("--load", type=Path, help="Stripe objects in the layout of examples/payout_worked_example.json")
     demo.add_argument("--json", action="store_true", help="print the summary as one JSON object")
+    demo.add_argument("--target", choices=["sagepro", "intacct"], default=None,
+                      help="post to the Sage Pro sandbox (default) or the Sage Intacct emulator (SAGE_TARGET)")
 
     ui = sub.add_parser("ui", help="Dagster webserver and daemon on the embedded defaults")
     ui.add_argument("--port", type=int, default=3000)
     ui.add_argument("--host", default="127.0.0.1")
 
     sandbox = sub.add_parser("sandbox", help="run a sandbox server in the foreground")
-    sandbox.add_argument("which", choices=["stripe", "sage"])
+    sandbox.add_argument("which", choices=["stripe", "sage", "intacct"])
     sub.add_parser("webhooks", help="the Stripe webhook receiver (stores events in the inbox)", add_help=False)
     sub.add_parser("redrive", help="re-drive the dead letters after a fix (each posts once)", add_help=False)
     sub.add_parser("mapping", help="the mapping studio in the browser (127.0.0.1:3100)", add_help=False)
@@ -47,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
             from stripe_sage_sandboxes.sage.server import main as sage_main
 
             return sage_main(rest) or 0
+        if which == "intacct":
+            from stripe_sage_sandboxes.intacct.server import main as intacct_main
+
+            return intacct_main(rest) or 0
 
     if argv[:1] == ["webhooks"]:
         from stripe_sage_pipeline.extract.webhooks import main as webhooks_main
@@ -66,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from stripe_sage_pipeline.cli.demo import main_demo
 
-        return main_demo(args.days, args.seed, args.load, args.json)
+        return main_demo(args.days, args.seed, args.load, args.json, target=args.target)
     if args.command == "ui":
         from stripe_sage_pipeline.cli.ui import run_ui
 

@@ -52,6 +52,7 @@ class DemoResult:
     gl_movement: dict[str, dict[str, str]] = field(default_factory=dict)
     tie_out: dict[str, dict[str, str]] = field(default_factory=dict)
     posting_mode: str = ""
+    target: str = "sagepro"
     days_loaded: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     psql: str = ""
@@ -133,10 +134,27 @@ def _finance_summary(conninfo: str, res: DemoResult) -> None:
         }
 
 
-def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print) -> DemoResult:
-    """Start everything on embedded defaults, run the pipeline end to end, return the summary."""
-    from stripe_sage_pipeline.load.post import gl_movement
+def _start_target(target: str, sage_dir: Path):
+    """The demo's accounting server and the environment that points the pipeline at it."""
+    if target == "intacct":
+        from stripe_sage_sandboxes.intacct import IntacctEmulatorConfig, IntacctEmulatorServer
+
+        srv = IntacctEmulatorServer(IntacctEmulatorConfig(rate_per_minute=60_000)).start()
+        return srv, "Sage Intacct emulator", {"SAGE_TARGET": "intacct", "INTACCT_BASE_URL": srv.base_url,
+                                              "INTACCT_RATE_PER_MINUTE": "30000"}
     from stripe_sage_sandboxes.sage import SageSandboxConfig, SageSandboxServer
+
+    # The demo's sandbox allows more than the default 120/min so a month posts in seconds.
+    srv = SageSandboxServer(SageSandboxConfig(data_dir=sage_dir, rate_per_minute=6000, max_concurrent=8), port=0).start()
+    return srv, "Sage Pro sandbox", {"SAGE_TARGET": "sagepro", "SAGEPRO_BASE_URL": srv.base_url,
+                                     "SAGEPRO_RATE_PER_MINUTE": "5400"}
+
+
+def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print, target: str | None = None
+             ) -> DemoResult:
+    """Start everything on embedded defaults, run the pipeline end to end, return the summary."""
+    from stripe_sage_pipeline.sage.factory import make_target_client
+    from stripe_sage_pipeline.sage.readback import gl_movement
     from stripe_sage_sandboxes.stripe_emulator import (
         EmulatorConfig,
         EmulatorServer,
@@ -146,7 +164,7 @@ def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print
     )
 
     settings = load_settings()
-    res = DemoResult()
+    res = DemoResult(target=target or settings.sage_target)
     t0 = time.monotonic()
     conninfo = libpq_url(database_url(settings))
     res.psql = f"psql {conninfo}"
@@ -160,18 +178,14 @@ def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print
     else:
         generate(state, seed=seed, days=days)
     emulator = EmulatorServer(state, host="127.0.0.1", port=0).start()
-    # The demo's sandbox allows more than the default 120/min so a month posts in seconds.
-    sage = SageSandboxServer(SageSandboxConfig(data_dir=sage_dir, rate_per_minute=6000, max_concurrent=8), port=0).start()
+    sage, sage_name, sage_env = _start_target(res.target, sage_dir)
     summary = state.summary()
     res.emulator_counts = summary["counts"]
     res.emulator_balance_transactions = summary["balance_transactions"]
     echo(f"Stripe emulator on {emulator.url} ({sum(res.emulator_counts.values())} objects); "
-         f"Sage Pro sandbox on {sage.base_url}")
+         f"{sage_name} on {sage.base_url}")
     try:
-        os.environ.update({
-            "STRIPE_API_BASE": emulator.url, "STRIPE_API_KEY": SANDBOX_STRIPE_KEY, "SAGEPRO_BASE_URL": sage.base_url,
-            "SAGEPRO_RATE_PER_MINUTE": "5400",
-        })
+        os.environ.update({"STRIPE_API_BASE": emulator.url, "STRIPE_API_KEY": SANDBOX_STRIPE_KEY, **sage_env})
         # The emulator has no limit of its own in the demo; real Stripe keys keep the 22/s default.
         os.environ.setdefault("STRIPE_RATE_LIMIT_PER_S", "500")
         prepare_dagster_home(settings)
@@ -203,18 +217,15 @@ def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print
 
         today = datetime.now(UTC).date()
         load_days = automation.days_to_load(conninfo, today=max(today, date(2026, 12, 31)))
-        echo(f"3/4 Load: {len(load_days)} posting day(s) to Sage Pro ({res.posting_mode} mode)")
+        echo(f"3/4 Load: {len(load_days)} posting day(s) to {sage_name} ({res.posting_mode} mode)")
         t = time.monotonic()
         for d in load_days:
             _run_job(defs, "load_job", instance, partition_key=f"{d:%Y-%m-%d}")
         res.days_loaded = len(load_days)
         res.seconds["load"] = round(time.monotonic() - t, 1)
 
-        echo("4/4 Reading the GL back from Sage Pro")
-        from stripe_sage_pipeline.load.post import make_client
-
-        client, _ = make_client(sage.base_url, os.environ.get("SAGEPRO_USER", "pipeline"),
-                                os.environ.get("SAGEPRO_PASSWORD", "pipeline-secret"))
+        echo(f"4/4 Reading the GL back from {sage_name}")
+        client, _ = make_target_client(load_settings())
         try:
             res.gl_movement = gl_movement(client)
         finally:
@@ -254,13 +265,14 @@ def format_summary(res: DemoResult) -> str:
         out.append(f"  {status:<12} {n:>6}")
     for p in res.payouts_not_reconciled[:10]:
         out.append(f"    {p['payout']}: {p['status']}, difference {p['difference']} {p['currency'].upper()}")
-    out += ["", f"POSTED TO SAGE PRO  ({res.posting_mode} mode, {res.days_loaded} posting days)"]
+    label = "SAGE INTACCT" if res.target == "intacct" else "SAGE PRO"
+    out += ["", f"POSTED TO {label}  ({res.posting_mode} mode, {res.days_loaded} posting days)"]
     for resource, by_status in sorted(res.postings.items()):
         out.append(f"  {resource:<18} " + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())))
     out.append(f"  dead letters: {res.dead_letters['count']}"
                + ("" if not res.dead_letters["count"] else "  (" + ", ".join(
                    f"{r}: {n}" for r, n in res.dead_letters["reasons"].items()) + ") — see sage_sync.dead_letters"))
-    out += ["", "GL MOVEMENT IN SAGE PRO  (net debit + / credit −, read back from Sage)"]
+    out += ["", f"GL MOVEMENT IN {label}  (net debit + / credit −, read back from Sage)"]
     for cur, accts in sorted(res.gl_movement.items()):
         out.append(f"  {cur.upper()}")
         for code, amount in sorted(accts.items()):
@@ -281,10 +293,10 @@ def format_summary(res: DemoResult) -> str:
     return "\n".join(out)
 
 
-def main_demo(days: int, seed: int, load: Path | None, as_json: bool) -> int:
-    """Entry point of `stripe-sage demo`."""
+def main_demo(days: int, seed: int, load: Path | None, as_json: bool, target: str | None = None) -> int:
+    """Entry point of `stripe-sage demo` (`target`: sagepro or intacct; default SAGE_TARGET)."""
     echo = (lambda *_: None) if as_json else print
-    res = run_demo(days=days, seed=seed, load=load, echo=echo)
+    res = run_demo(days=days, seed=seed, load=load, echo=echo, target=target)
     if as_json:
         print(json.dumps(res.as_json(), indent=1, sort_keys=True, default=str))
     else:

@@ -8,9 +8,9 @@ import sys
 from collections.abc import Sequence
 
 from stripe_sage_pipeline.load.ledger import SCHEMA
-from stripe_sage_pipeline.load.post import make_client
 from stripe_sage_pipeline.load.redrive import redrive
 from stripe_sage_pipeline.runtime.db import database_url
+from stripe_sage_pipeline.sage.factory import make_target_client
 from stripe_sage_pipeline.settings import load_settings
 
 DEFAULT_SAGE_URL = "http://127.0.0.1:8765/sagepro/v1/PRO01"
@@ -33,8 +33,8 @@ def redrive_main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     s = load_settings()
     url = database_url(s)
-    client, transport = make_client(s.sagepro_base_url or DEFAULT_SAGE_URL, s.sagepro_user, s.sagepro_password,
-                                    rate_per_minute=110)
+    client, transport = make_target_client(s, rate_per_minute=s.intacct_rate_per_minute if s.sage_target == "intacct"
+                                           else 110)
     try:
         res = redrive(url, client, resources=args.resource, refs=args.ref)
     finally:
