@@ -61,7 +61,7 @@ def resolve(doc: dict[str, Any], node: Any, depth: int = 0) -> Any:
 
 def find_operation(method: str, path: str) -> tuple[dict[str, Any], dict[str, Any], str]:
     """(document, operation, spec path) for a request path under /ia/api/v1."""
-    local = path[len(PREFIX):] if path.startswith(PREFIX) else path
+    local = path[len(PREFIX) :] if path.startswith(PREFIX) else path
     for group in GROUPS:
         doc = spec(group)
         for template, item in doc["paths"].items():
@@ -118,8 +118,9 @@ def _check(schema: dict[str, Any], instance: Any, what: str, strict: bool) -> No
         assert not extra, f"{what} has fields Sage's schema does not declare: {extra}"
 
 
-def validate_exchange(method: str, path: str, request_body: Any, status: int, response_body: Any,
-                      strict: bool = True) -> str:
+def validate_exchange(
+    method: str, path: str, request_body: Any, status: int, response_body: Any, strict: bool = True
+) -> str:
     """Validate one exchange; returns the spec path it matched."""
     doc, op, template = find_operation(method, path)
     if method.upper() in ("POST", "PATCH") and "requestBody" in op:

@@ -24,6 +24,7 @@ import psycopg
 import stripe
 
 from stripe_sage_pipeline.load import ledger as L
+from stripe_sage_pipeline.load.engine import LoadStats, error_reason
 from stripe_sage_pipeline.load.plan import (
     CUSTOMER_FIELD_GROUPS,
     CUSTOMERS,
@@ -32,10 +33,9 @@ from stripe_sage_pipeline.load.plan import (
     owned_fields,
     plan_customer,
 )
-from stripe_sage_pipeline.load.engine import LoadStats, error_reason
 from stripe_sage_pipeline.runtime.db import libpq_url
-from stripe_sage_pipeline.sage.factory import CountingTransport
 from stripe_sage_pipeline.sage.errors import CredentialsError, NotFound, SageError, TransientError
+from stripe_sage_pipeline.sage.factory import CountingTransport
 from stripe_sage_pipeline.sage.keys import idempotency_key
 from stripe_sage_pipeline.sage.target import Target, as_target
 from stripe_sage_pipeline.transform.mapping import Mapping, load_mapping

@@ -23,14 +23,14 @@ outdated (then the posted/changed rule applies); not found → NEW_ATTEMPT under
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 from typing import Protocol
 
 # Resources whose posted records the target can reverse (a journal entry); others need a credit memo.
 REVERSIBLE = frozenset({"journal-entries"})
 
 
-class Kind(str, Enum):
+class Kind(StrEnum):
     """What the engine does with one planned item."""
 
     HOLD = "hold"

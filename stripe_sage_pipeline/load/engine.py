@@ -122,7 +122,9 @@ def account_problems(chart: dict[str, dict[str, Any]], item: PlannedItem) -> lis
     for fld, code in item.accounts:
         acct = chart.get(code)
         if acct is None:
-            out.append({"field": fld, "code": "AccountNotFound", "message": f"GL account {code!r} does not exist in Sage"})
+            out.append(
+                {"field": fld, "code": "AccountNotFound", "message": f"GL account {code!r} does not exist in Sage"}
+            )
         elif not acct.get("active", True):
             out.append({"field": fld, "code": "AccountInactive", "message": f"GL account {code} is inactive"})
         elif not acct.get("postable", True):
@@ -144,7 +146,11 @@ class AccountBook:
 def error_reason(err: Exception) -> tuple[str, str, list[dict[str, Any]], str | None]:
     """(reason code, message, details, request id) of a target error, for the dead-letter table."""
     details = list(getattr(err, "details", None) or [])
-    code = next((d.get("code") for d in details if d.get("code")), None) or getattr(err, "code", None) or type(err).__name__
+    code = (
+        next((d.get("code") for d in details if d.get("code")), None)
+        or getattr(err, "code", None)
+        or type(err).__name__
+    )
     return code, getattr(err, "message", str(err)), details, getattr(err, "request_id", None)
 
 
@@ -199,18 +205,35 @@ def with_new_attempt(row: L.LedgerRow, item: PlannedItem) -> L.LedgerRow:
     """The same version, re-planned, under the next attempt's key (the last one may be stored as a 422)."""
     attempt = row.attempt + 1
     return L.LedgerRow(
-        **{**row.__dict__, "status": "computed", "content_hash": item.content_hash, "payload": item.payload,
-           "attempt": attempt, "item_key": item.item_key, "partition_date": item.partition_date,
-           "posting_mode": item.posting_mode,
-           "idempotency_key": L.item_idempotency_key(row.resource, row.sage_ref, L.content_hash(item.payload), attempt)}
+        **{
+            **row.__dict__,
+            "status": "computed",
+            "content_hash": item.content_hash,
+            "payload": item.payload,
+            "attempt": attempt,
+            "item_key": item.item_key,
+            "partition_date": item.partition_date,
+            "posting_mode": item.posting_mode,
+            "idempotency_key": L.item_idempotency_key(
+                row.resource, row.sage_ref, L.content_hash(item.payload), attempt
+            ),
+        }
     )
 
 
 class Poster:
     """Posts planned items of any resource through the ledger to one target; one instance per run."""
 
-    def __init__(self, url: str, client: Any, *, workers: int = 4, accounts: AccountBook | None = None,
-                 transport: CountingTransport | None = None, logger: logging.Logger | Any = None) -> None:
+    def __init__(
+        self,
+        url: str,
+        client: Any,
+        *,
+        workers: int = 4,
+        accounts: AccountBook | None = None,
+        transport: CountingTransport | None = None,
+        logger: logging.Logger | Any = None,
+    ) -> None:
         self.url = url
         self.client = client
         self.target: Target = as_target(client)
@@ -235,8 +258,7 @@ class Poster:
 
     # -- planning against the ledger ---------------------------------------------------------------
 
-    def sync(self, items: Sequence[PlannedItem], *, redrive: bool = False, stats: LoadStats | None = None
-             ) -> LoadStats:
+    def sync(self, items: Sequence[PlannedItem], *, redrive: bool = False, stats: LoadStats | None = None) -> LoadStats:
         """Make the target hold every item (posting only what is missing); returns the counts."""
         stats = stats or LoadStats()
         stats.planned += len(items)
@@ -263,9 +285,17 @@ class Poster:
         self._run(todo, stats)
         return stats
 
-    def _apply(self, kind: Kind, version: int, cur: L.LedgerRow | None, item: PlannedItem,
-               conn: psycopg.Connection, new_rows: list[L.LedgerRow], todo: list[tuple[L.LedgerRow, PlannedItem]],
-               stats: LoadStats) -> None:
+    def _apply(
+        self,
+        kind: Kind,
+        version: int,
+        cur: L.LedgerRow | None,
+        item: PlannedItem,
+        conn: psycopg.Connection,
+        new_rows: list[L.LedgerRow],
+        todo: list[tuple[L.LedgerRow, PlannedItem]],
+        stats: LoadStats,
+    ) -> None:
         if kind is Kind.HOLD:
             stats.add(held=1)
         elif kind is Kind.UNCHANGED:
@@ -316,28 +346,46 @@ class Poster:
         if self.transport:
             stats.add(requests=self.transport.count - before)
 
-    def _dead_letter(self, row: L.LedgerRow, reason: str, message: str, details: list[dict[str, Any]] | None,
-                     request_id: str | None, stats: LoadStats) -> None:
+    def _dead_letter(
+        self,
+        row: L.LedgerRow,
+        reason: str,
+        message: str,
+        details: list[dict[str, Any]] | None,
+        request_id: str | None,
+        stats: LoadStats,
+    ) -> None:
         L.mark_dead_lettered(self.conns.get(), row, reason, message, details, request_id)
         stats.add(dead_lettered=1)
-        self.log.warning("dead letter: %s %s v%d: %s (%s)", row.resource, row.external_ref, row.version, reason, message)
+        self.log.warning(
+            "dead letter: %s %s v%d: %s (%s)", row.resource, row.external_ref, row.version, reason, message
+        )
 
     def _post_one(self, row: L.LedgerRow, item: PlannedItem, stats: LoadStats) -> None:
         conn = self.conns.get()
         if item.hold_reason == "ManualCorrectionRequired":
-            self._dead_letter(row, "ManualCorrectionRequired",
-                              f"{row.resource} {row.external_ref} changed after it was posted; Sage has no reversal"
-                              " for it: post a credit memo or adjustment, then re-drive", [], None, stats)
+            self._dead_letter(
+                row,
+                "ManualCorrectionRequired",
+                f"{row.resource} {row.external_ref} changed after it was posted; Sage has no reversal"
+                " for it: post a credit memo or adjustment, then re-drive",
+                [],
+                None,
+                stats,
+            )
             return
         problems = self.accounts.problems(item)
         if problems:
-            self._dead_letter(row, problems[0]["code"], "pre-post check: " + problems[0]["message"], problems, None, stats)
+            self._dead_letter(
+                row, problems[0]["code"], "pre-post check: " + problems[0]["message"], problems, None, stats
+            )
             return
         try:
             if row.version > 1 and row.resource == JE and not self._reverse_previous(row, stats):
                 return
-            result = self.target.post(row.resource, row.payload, idempotency_key=row.idempotency_key,
-                                      external_ref=row.sage_ref)
+            result = self.target.post(
+                row.resource, row.payload, idempotency_key=row.idempotency_key, external_ref=row.sage_ref
+            )
         except CredentialsError:
             raise
         except TransientError as err:
@@ -361,16 +409,25 @@ class Poster:
     def _reverse_previous(self, row: L.LedgerRow, stats: LoadStats) -> bool:
         """Reverse version n-1 before posting version n; False when the reversal was dead-lettered."""
         conn = self.conns.get()
-        prev = L.rows_where(conn, "resource = %s and external_ref = %s and version = %s",
-                            (row.resource, row.external_ref, row.version - 1))
+        prev = L.rows_where(
+            conn,
+            "resource = %s and external_ref = %s and version = %s",
+            (row.resource, row.external_ref, row.version - 1),
+        )
         if not prev or prev[0].status != "posted":
             return True
         try:
             self.reverse(prev[0], stats)
         except (RecordInvalid, NotFound) as err:
             code, message, details, request_id = error_reason(err)
-            self._dead_letter(row, code, f"reversal of {prev[0].sage_ref} ({prev[0].sage_id}) failed: {message}",
-                              details, request_id, stats)
+            self._dead_letter(
+                row,
+                code,
+                f"reversal of {prev[0].sage_ref} ({prev[0].sage_id}) failed: {message}",
+                details,
+                request_id,
+                stats,
+            )
             return False
         return True
 

@@ -35,8 +35,10 @@ from stripe_sage_pipeline.transform.mapping import Mapping, load_mapping
 def check_modes(mapping: Mapping) -> None:
     """Refuse a mapping whose revenue and posting modes contradict each other."""
     if mapping.revenue_mode == "invoice_driven" and mapping.posting_mode != "detail":
-        raise PlanError("revenue_mode invoice_driven needs posting_mode detail (a payout summary already books"
-                        " revenue); change one of them in mapping.yaml")
+        raise PlanError(
+            "revenue_mode invoice_driven needs posting_mode detail (a payout summary already books"
+            " revenue); change one of them in mapping.yaml"
+        )
 
 
 def block_if_broken(day: date, items: Sequence[PlannedItem]) -> None:
@@ -46,8 +48,9 @@ def block_if_broken(day: date, items: Sequence[PlannedItem]) -> None:
         raise PartitionBlocked(day, problems)
 
 
-def _invoiced_charges(conn: psycopg.Connection, day: date | None = None, charge_ids: Sequence[str] | None = None
-                      ) -> dict[str, str]:
+def _invoiced_charges(
+    conn: psycopg.Connection, day: date | None = None, charge_ids: Sequence[str] | None = None
+) -> dict[str, str]:
     return {ln["charge_id"]: ln["custno"] for ln in invoice_lines(conn, day, charge_ids) if ln["custno"]}
 
 
@@ -123,8 +126,13 @@ def load_cash_receipts(url: str, poster: Poster, day: date, mapping: Mapping | N
     return poster.sync(items)
 
 
-def load_partition(url: str, poster: Poster, day: date, mapping: Mapping | None = None,
-                   customers: Callable[[], LoadStats] | None = None) -> dict[str, LoadStats]:
+def load_partition(
+    url: str,
+    poster: Poster,
+    day: date,
+    mapping: Mapping | None = None,
+    customers: Callable[[], LoadStats] | None = None,
+) -> dict[str, LoadStats]:
     """Everything of one date in dependency order: customers, invoices, receipts, journal entries."""
     mapping = mapping or load_mapping()
     out: dict[str, LoadStats] = {}

@@ -17,6 +17,8 @@ import psycopg
 
 from stripe_sage_pipeline.load import ledger as L
 from stripe_sage_pipeline.load.customers import push_customers
+from stripe_sage_pipeline.load.engine import LoadStats, Poster
+from stripe_sage_pipeline.load.loaders import block_if_broken, plan_partition_receipts
 from stripe_sage_pipeline.load.plan import (
     CUSTOMERS,
     INVOICES,
@@ -29,8 +31,6 @@ from stripe_sage_pipeline.load.plan import (
     plan_invoices,
     plan_journal_entries,
 )
-from stripe_sage_pipeline.load.engine import LoadStats, Poster
-from stripe_sage_pipeline.load.loaders import block_if_broken, plan_partition_receipts
 from stripe_sage_pipeline.runtime.db import libpq_url
 from stripe_sage_pipeline.transform.mapping import Mapping, load_mapping
 

@@ -9,8 +9,12 @@ from typing import Any
 from stripe_sage_pipeline.sage.target import as_target
 
 
-def gl_movement(client: Any, accounts: Iterable[str] | None = None, from_date: date | str | None = None,
-                to_date: date | str | None = None) -> dict[str, dict[str, str]]:
+def gl_movement(
+    client: Any,
+    accounts: Iterable[str] | None = None,
+    from_date: date | str | None = None,
+    to_date: date | str | None = None,
+) -> dict[str, dict[str, str]]:
     """Net debit − credit per currency and account as the target reports it (a `SageClient` or a `Target`)."""
     return as_target(client).gl_movement(accounts, from_date, to_date)
 

@@ -34,11 +34,19 @@ class SageProTarget:
             return None
         return None if rec is None else str(rec[ID_FIELDS[resource]])
 
-    def reverse_journal_entry(self, sage_id: str, idempotency_key: str, *, posting_date: date | str | None,
-                              external_ref: str, description: str) -> PostResult:
+    def reverse_journal_entry(
+        self,
+        sage_id: str,
+        idempotency_key: str,
+        *,
+        posting_date: date | str | None,
+        external_ref: str,
+        description: str,
+    ) -> PostResult:
         """`POST /journal-entries/{batch_no}/reverse` (a second reversal answers with the first)."""
-        return self.client.reverse_journal_entry(sage_id, idempotency_key, posting_date=posting_date,
-                                                 external_ref=external_ref, description=description)
+        return self.client.reverse_journal_entry(
+            sage_id, idempotency_key, posting_date=posting_date, external_ref=external_ref, description=description
+        )
 
     def accounts(self) -> list[dict[str, Any]]:
         """`GET /accounts`, every page."""
@@ -52,8 +60,12 @@ class SageProTarget:
         """`GET /customers?updated_since=…`, every page."""
         return self.client.list_all("/customers", {"updated_since": updated_since} if updated_since else {})
 
-    def gl_movement(self, accounts: Iterable[str] | None = None, from_date: date | str | None = None,
-                    to_date: date | str | None = None) -> dict[str, dict[str, str]]:
+    def gl_movement(
+        self,
+        accounts: Iterable[str] | None = None,
+        from_date: date | str | None = None,
+        to_date: date | str | None = None,
+    ) -> dict[str, dict[str, str]]:
         """`GET /accounts/{glacnt}/balance` per account: net per currency."""
         codes = list(accounts) if accounts is not None else [a["glacnt"] for a in self.accounts()]
         out: dict[str, dict[str, str]] = {}

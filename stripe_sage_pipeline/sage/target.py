@@ -48,8 +48,15 @@ class Target(Protocol):
         """The target's id of the record carrying `external_ref`, or None."""
         ...
 
-    def reverse_journal_entry(self, sage_id: str, idempotency_key: str, *, posting_date: date | str | None,
-                              external_ref: str, description: str) -> PostResult:
+    def reverse_journal_entry(
+        self,
+        sage_id: str,
+        idempotency_key: str,
+        *,
+        posting_date: date | str | None,
+        external_ref: str,
+        description: str,
+    ) -> PostResult:
         """Reverse a posted journal entry at the given date (idempotent: a second call finds the first)."""
         ...
 
@@ -65,8 +72,12 @@ class Target(Protocol):
         """Customers changed since a cursor, in the Sage Pro customer shape (`custno`, `external_ref`, …)."""
         ...
 
-    def gl_movement(self, accounts: Iterable[str] | None = None, from_date: date | str | None = None,
-                    to_date: date | str | None = None) -> dict[str, dict[str, str]]:
+    def gl_movement(
+        self,
+        accounts: Iterable[str] | None = None,
+        from_date: date | str | None = None,
+        to_date: date | str | None = None,
+    ) -> dict[str, dict[str, str]]:
         """Net debit − credit per currency (lower case) and account, as decimal strings."""
         ...
 

@@ -16,9 +16,9 @@ import secrets
 import threading
 import time
 import uuid
-from urllib.parse import parse_qs
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qs
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -68,8 +68,12 @@ class LogEntry:
 
 def envelope_error(err: IaError) -> dict[str, Any]:
     """An `ia::error` envelope."""
-    error: dict[str, Any] = {"code": err.code, "message": err.message, "errorId": err.error_id,
-                             "supportId": uuid.uuid4().hex[:24]}
+    error: dict[str, Any] = {
+        "code": err.code,
+        "message": err.message,
+        "errorId": err.error_id,
+        "supportId": uuid.uuid4().hex[:24],
+    }
     if err.details:
         error["details"] = err.details
     return {"ia::result": {"ia::error": error}, "ia::meta": {"totalCount": 1, "totalSuccess": 0, "totalError": 1}}
@@ -119,7 +123,9 @@ class IntacctEmulatorApp:
             Route(f"{p}/objects/general-ledger/journal-entry", self.api(self.create_entry), methods=["POST"]),
             Route(f"{p}/objects/general-ledger/journal-entry/{{key}}", self.api(self.get_entry), methods=["GET"]),
             Route(f"{p}/objects/accounts-receivable/customer", self.api(self.create_customer), methods=["POST"]),
-            Route(f"{p}/objects/accounts-receivable/customer/{{key}}", self.api(self.customer), methods=["GET", "PATCH"]),
+            Route(
+                f"{p}/objects/accounts-receivable/customer/{{key}}", self.api(self.customer), methods=["GET", "PATCH"]
+            ),
             Route(f"{p}/objects/accounts-receivable/invoice", self.api(self.create_invoice), methods=["POST"]),
             Route(f"{p}/objects/accounts-receivable/invoice/{{key}}", self.api(self.get_invoice), methods=["GET"]),
             Route(f"{p}/objects/accounts-receivable/payment", self.api(self.create_payment), methods=["POST"]),
@@ -167,8 +173,14 @@ class IntacctEmulatorApp:
             self.tokens[access] = (str(client_id), time.time() + self.config.token_ttl_s)
             self.refresh_tokens[refresh] = str(client_id)
         self.request_log.append(LogEntry("POST", "/oauth2/token", 200, {"grant_type": grant}, None, {}))
-        return JSONResponse({"access_token": access, "token_type": "Bearer", "expires_in": self.config.token_ttl_s,
-                             "refresh_token": refresh})
+        return JSONResponse(
+            {
+                "access_token": access,
+                "token_type": "Bearer",
+                "expires_in": self.config.token_ttl_s,
+                "refresh_token": refresh,
+            }
+        )
 
     # -- the API wrapper: auth, limits, faults, envelopes, log ------------------------------------------
 
@@ -180,33 +192,50 @@ class IntacctEmulatorApp:
             except ValueError:
                 body = None
                 if request.method in ("POST", "PATCH"):
-                    return self._answer(request, body, IaError(400, "invalidRequest", "The payload is not valid JSON",
-                                                                  "REST-1026"))
+                    return self._answer(
+                        request, body, IaError(400, "invalidRequest", "The payload is not valid JSON", "REST-1026")
+                    )
             fault = self._next_fault()
             auth = request.headers.get("authorization", "")
             token = auth[7:] if auth.lower().startswith("bearer ") else ""
             with self._lock:
                 holder = self.tokens.get(token)
             if fault == "401" or holder is None or holder[1] < time.time():
-                return self._answer(request, body, IaError(401, "invalidToken",
-                                                           "The access token is missing, invalid or expired", "IA-0401"))
+                return self._answer(
+                    request,
+                    body,
+                    IaError(401, "invalidToken", "The access token is missing, invalid or expired", "IA-0401"),
+                )
             wait = self._bucket.take()
             if fault == "429" or wait is not None:
-                return self._answer(request, body, IaError(429, "tooManyRequests", "Rate limit exceeded", "IA-0429"),
-                                    {"Retry-After": str(wait or self.config.retry_after_s)})
+                return self._answer(
+                    request,
+                    body,
+                    IaError(429, "tooManyRequests", "Rate limit exceeded", "IA-0429"),
+                    {"Retry-After": str(wait or self.config.retry_after_s)},
+                )
             if fault == "503":
-                return self._answer(request, body, IaError(503, "serviceUnavailable", "Service unavailable", "IA-0503"),
-                                    {"Retry-After": str(self.config.retry_after_s)})
+                return self._answer(
+                    request,
+                    body,
+                    IaError(503, "serviceUnavailable", "Service unavailable", "IA-0503"),
+                    {"Retry-After": str(self.config.retry_after_s)},
+                )
             if request.method in ("POST", "PATCH") and not isinstance(body, dict):
-                return self._answer(request, body, IaError(400, "invalidRequest", f"A {request.method} request requires"
-                                                           " a payload", "REST-1028"))
+                return self._answer(
+                    request,
+                    body,
+                    IaError(400, "invalidRequest", f"A {request.method} request requires a payload", "REST-1028"),
+                )
             try:
                 status, result = handler(request, body)
             except IaError as err:
                 return self._answer(request, body, err)
             if fault == "commit-504":
                 # Committed, but the answer never reaches the client.
-                self.request_log.append(LogEntry(request.method, request.url.path, 504, body, result, dict(request.headers)))
+                self.request_log.append(
+                    LogEntry(request.method, request.url.path, 504, body, result, dict(request.headers))
+                )
                 return Response("gateway timeout", 504)
             return self._answer(request, body, (status, result))
 
@@ -227,21 +256,33 @@ class IntacctEmulatorApp:
             return "commit-504"
         return None
 
-    def _answer(self, request: Request, body: Any, outcome: IaError | tuple[int, Any],
-                headers: dict[str, str] | None = None) -> Response:
+    def _answer(
+        self, request: Request, body: Any, outcome: IaError | tuple[int, Any], headers: dict[str, str] | None = None
+    ) -> Response:
         if isinstance(outcome, IaError):
             status, payload = outcome.status, envelope_error(outcome)
         else:
             status, payload = outcome
-        self.request_log.append(LogEntry(request.method, request.url.path, status, body, payload,
-                                         {k.lower(): v for k, v in request.headers.items()}))
+        self.request_log.append(
+            LogEntry(
+                request.method,
+                request.url.path,
+                status,
+                body,
+                payload,
+                {k.lower(): v for k, v in request.headers.items()},
+            )
+        )
         return JSONResponse(payload, status, headers=headers)
 
     # -- handlers (sync: the store has its own lock) -----------------------------------------------------
 
     @staticmethod
     def _created(obj_path: str, rec: dict[str, Any]) -> tuple[int, Any]:
-        return 201, {"ia::result": ref(obj_path, rec), "ia::meta": {"totalCount": 1, "totalSuccess": 1, "totalError": 0}}
+        return 201, {
+            "ia::result": ref(obj_path, rec),
+            "ia::meta": {"totalCount": 1, "totalSuccess": 1, "totalError": 0},
+        }
 
     @staticmethod
     def _one(rec: dict[str, Any] | None, what: str, key: str) -> tuple[int, Any]:
@@ -252,9 +293,10 @@ class IntacctEmulatorApp:
 
     def list_accounts(self, request: Request, body: Any) -> tuple[int, Any]:
         accts = list(self.store.books.accounts.values())
-        return 200, {"ia::result": [ref("general-ledger/account", a) for a in accts],
-                     "ia::meta": {"totalCount": len(accts), "start": 1, "pageSize": len(accts), "next": None,
-                                  "previous": None}}
+        return 200, {
+            "ia::result": [ref("general-ledger/account", a) for a in accts],
+            "ia::meta": {"totalCount": len(accts), "start": 1, "pageSize": len(accts), "next": None, "previous": None},
+        }
 
     def create_entry(self, request: Request, body: Any) -> tuple[int, Any]:
         return self._created("general-ledger/journal-entry", self.store.create_journal_entry(body))
@@ -270,8 +312,10 @@ class IntacctEmulatorApp:
         key = request.path_params["key"]
         if request.method == "PATCH":
             rec = self.store.update_customer(key, body)
-            return 200, {"ia::result": ref("accounts-receivable/customer", rec),
-                         "ia::meta": {"totalCount": 1, "totalSuccess": 1, "totalError": 0}}
+            return 200, {
+                "ia::result": ref("accounts-receivable/customer", rec),
+                "ia::meta": {"totalCount": 1, "totalSuccess": 1, "totalError": 0},
+            }
         return self._one(self.store.books.customers.get(key), "customer", key)
 
     def create_invoice(self, request: Request, body: Any) -> tuple[int, Any]:
@@ -298,19 +342,27 @@ class IntacctEmulatorApp:
             raise invalid("Payload contains errors", [("EMU-QUERY", "/filterExpression", "only 'and' is emulated")])
         rows = self.store.records(obj)
         for i, flt in enumerate(body.get("filters") or []):
-            (op, cond), = flt.items()
-            (path, value), = cond.items()
+            ((op, cond),) = flt.items()
+            ((path, value),) = cond.items()
             rows = [r for r in rows if _match(op, field_value(r, path), value, f"/filters/{i}")]
         for order in reversed(body.get("orderBy") or []):
-            (path, direction), = order.items()
+            ((path, direction),) = order.items()
             rows.sort(key=lambda r, p=path: str(field_value(r, p) or ""), reverse=direction == "desc")
         start = int(body.get("start") or 1)
         size = min(int(body.get("size") or 100), MAX_QUERY_SIZE)
-        page = rows[start - 1:start - 1 + size]
+        page = rows[start - 1 : start - 1 + size]
         result = [{f: field_value(r, f) for f in fields} for r in page]
         nxt = start + size if start - 1 + size < len(rows) else None
-        return 200, {"ia::result": result, "ia::meta": {"totalCount": len(rows), "start": start, "pageSize": size,
-                                                         "next": nxt, "previous": max(1, start - size) if start > 1 else None}}
+        return 200, {
+            "ia::result": result,
+            "ia::meta": {
+                "totalCount": len(rows),
+                "start": start,
+                "pageSize": size,
+                "next": nxt,
+                "previous": max(1, start - size) if start > 1 else None,
+            },
+        }
 
 
 def _match(op: str, have: Any, want: Any, target: str) -> bool:

@@ -37,10 +37,12 @@ class IntacctEmulatorServer:
         sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
         self._sock = sock
-        self._server = uvicorn.Server(uvicorn.Config(self.app.asgi, log_level="warning", access_log=False,
-                                                     lifespan="off"))
-        self._thread = threading.Thread(target=self._server.run, kwargs={"sockets": [sock]},
-                                        name=f"intacct-emulator-{self.port}", daemon=True)
+        self._server = uvicorn.Server(
+            uvicorn.Config(self.app.asgi, log_level="warning", access_log=False, lifespan="off")
+        )
+        self._thread = threading.Thread(
+            target=self._server.run, kwargs={"sockets": [sock]}, name=f"intacct-emulator-{self.port}", daemon=True
+        )
         self._thread.start()
         deadline = time.monotonic() + timeout_s
         while not self._server.started:
@@ -96,12 +98,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         raise SystemExit("the Intacct emulator binds loopback addresses only")
-    app = IntacctEmulatorApp(IntacctEmulatorConfig(
-        rate_per_minute=args.rate_per_minute, token_ttl_s=args.token_ttl, seed=args.seed,
-        fault_429_rate=args.fault_429_rate, fault_503_rate=args.fault_503_rate,
-        fault_commit_504_rate=args.fault_commit_504_rate, closed_periods=list(args.closed_period)))
-    print(f"Sage Intacct emulator: http://{args.host}:{args.port}{API_PREFIX}  (client pipeline.app.sandbox,"
-          " user pipeline@STRIPESAGE; books in memory)")
+    app = IntacctEmulatorApp(
+        IntacctEmulatorConfig(
+            rate_per_minute=args.rate_per_minute,
+            token_ttl_s=args.token_ttl,
+            seed=args.seed,
+            fault_429_rate=args.fault_429_rate,
+            fault_503_rate=args.fault_503_rate,
+            fault_commit_504_rate=args.fault_commit_504_rate,
+            closed_periods=list(args.closed_period),
+        )
+    )
+    print(
+        f"Sage Intacct emulator: http://{args.host}:{args.port}{API_PREFIX}  (client pipeline.app.sandbox,"
+        " user pipeline@STRIPESAGE; books in memory)"
+    )
     uvicorn.run(app.asgi, host=args.host, port=args.port, log_level="info", lifespan="off")
     return 0
 

@@ -16,25 +16,59 @@ from stripe_sage_pipeline.sage.errors import Conflict, CredentialsError, RecordI
 from stripe_sage_pipeline.transform import build as transform
 
 JE_BODY = {
-    "journal": "ST", "posting_date": "2026-07-14", "description": "Stripe charge ch_1", "reference": "txn_1",
+    "journal": "ST",
+    "posting_date": "2026-07-14",
+    "description": "Stripe charge ch_1",
+    "reference": "txn_1",
     "currency": "USD",
-    "lines": [{"glacnt": "1150", "debit": "96.80", "credit": "0.00", "memo": "txn_1 charge"},
-              {"glacnt": "6100", "debit": "3.20", "credit": "0.00", "memo": "txn_1 fee"},
-              {"glacnt": "4000", "debit": "0.00", "credit": "100.00", "memo": "txn_1 revenue"}],
+    "lines": [
+        {"glacnt": "1150", "debit": "96.80", "credit": "0.00", "memo": "txn_1 charge"},
+        {"glacnt": "6100", "debit": "3.20", "credit": "0.00", "memo": "txn_1 fee"},
+        {"glacnt": "4000", "debit": "0.00", "credit": "100.00", "memo": "txn_1 revenue"},
+    ],
 }
-CUSTOMER = {"custno": "ACME-1", "company": "Acme Corp", "email": "ap@acme.example", "city": "Springfield",
-            "country": "US", "currency": "USD"}
-INVOICE = {"doc_type": "invoice", "custno": "ACME-1", "invdate": "2026-07-14", "currency": "USD",
-           "description": "Stripe charge ch_1", "reference": "ch_1",
-           "lines": [{"description": "Widget", "quantity": "2", "unit_price": "50.00", "revenue_glacnt": "4000",
-                      "tax_amount": "8.00", "tax_glacnt": "2200"}]}
+CUSTOMER = {
+    "custno": "ACME-1",
+    "company": "Acme Corp",
+    "email": "ap@acme.example",
+    "city": "Springfield",
+    "country": "US",
+    "currency": "USD",
+}
+INVOICE = {
+    "doc_type": "invoice",
+    "custno": "ACME-1",
+    "invdate": "2026-07-14",
+    "currency": "USD",
+    "description": "Stripe charge ch_1",
+    "reference": "ch_1",
+    "lines": [
+        {
+            "description": "Widget",
+            "quantity": "2",
+            "unit_price": "50.00",
+            "revenue_glacnt": "4000",
+            "tax_amount": "8.00",
+            "tax_glacnt": "2200",
+        }
+    ],
+}
 
 
 def _receipt(invno: str) -> dict:
-    return {"custno": "ACME-1", "receipt_date": "2026-07-14", "amount": "108.00", "fee_amount": "3.43",
-            "currency": "USD", "deposit_glacnt": "1150", "fee_glacnt": "6100", "receipt_type": "receipt",
-            "reference": "ch_1", "description": "Stripe charge ch_1 (txn_c1)",
-            "applications": [{"invno": invno, "amount": "108.00"}]}
+    return {
+        "custno": "ACME-1",
+        "receipt_date": "2026-07-14",
+        "amount": "108.00",
+        "fee_amount": "3.43",
+        "currency": "USD",
+        "deposit_glacnt": "1150",
+        "fee_glacnt": "6100",
+        "receipt_type": "receipt",
+        "reference": "ch_1",
+        "description": "Stripe charge ch_1 (txn_c1)",
+        "applications": [{"invno": invno, "amount": "108.00"}],
+    }
 
 
 def _validate_log(srv) -> set[str]:
@@ -55,38 +89,64 @@ def test_every_exchange_validates_against_sages_openapi():
         inv = target.post("invoices", INVOICE, idempotency_key="k-i", external_ref="ch_1")
         rec = target.post("cash-receipts", _receipt(inv.sage_id), idempotency_key="k-r", external_ref="txn_c1")
         je = target.post("journal-entries", JE_BODY, idempotency_key="k-j", external_ref="txn_1")
-        rev = target.reverse_journal_entry(je.sage_id, "k-rev", posting_date="2026-07-14", external_ref="txn_1~r1",
-                                           description="Reversal of txn_1")
+        rev = target.reverse_journal_entry(
+            je.sage_id, "k-rev", posting_date="2026-07-14", external_ref="txn_1~r1", description="Reversal of txn_1"
+        )
         assert {r.status for r in (inv, rec, je, rev)} == {"created"}
         updated = target.update_customer("ACME-1", {"email": "finance@acme.example"}, "k-u")
         assert updated["email"] == "finance@acme.example" and updated["company"] == "Acme Corp"
         assert [c["custno"] for c in target.changed_customers(None)] == ["ACME-1"]
         with pytest.raises(RecordInvalid):
-            target.post("journal-entries", {**JE_BODY, "posting_date": "2026-06-30"}, idempotency_key="k-x",
-                        external_ref="txn_2")
+            target.post(
+                "journal-entries",
+                {**JE_BODY, "posting_date": "2026-06-30"},
+                idempotency_key="k-x",
+                external_ref="txn_2",
+            )
         gl = target.gl_movement()
         assert gl == {"usd": {"1150": "104.57", "1200": "0.00", "2200": "-8.00", "4000": "-100.00", "6100": "3.43"}}
         assert {a["glacnt"] for a in target.accounts()} >= {"1010", "1150", "4000", "9999"}
         matched = _validate_log(srv)
     assert matched == {
-        "/objects/accounts-receivable/customer", "/objects/accounts-receivable/customer/{key}",
-        "/objects/accounts-receivable/invoice", "/objects/accounts-receivable/payment",
-        "/objects/general-ledger/journal-entry", "/objects/general-ledger/journal-entry/{key}",
-        "/services/core/query"}
+        "/objects/accounts-receivable/customer",
+        "/objects/accounts-receivable/customer/{key}",
+        "/objects/accounts-receivable/invoice",
+        "/objects/accounts-receivable/payment",
+        "/objects/general-ledger/journal-entry",
+        "/objects/general-ledger/journal-entry/{key}",
+        "/services/core/query",
+    }
     target.close()
 
 
 def test_the_contract_check_catches_a_field_sage_does_not_declare():
     with pytest.raises(AssertionError, match="do(es)? not declare"):
-        validate_exchange("POST", "/ia/api/v1/objects/general-ledger/journal-entry",
-                          {"glJournal": {"id": "ST"}, "postingDate": "2026-07-14", "description": "x",
-                           "lines": [{"txnType": "debit", "txnAmount": "1.00", "glAccount": {"id": "1"},
-                                      "debitAmount": "1.00"}] * 2},
-                          201, {"ia::result": {"key": "1", "id": "1", "href": "/x"}})
+        validate_exchange(
+            "POST",
+            "/ia/api/v1/objects/general-ledger/journal-entry",
+            {
+                "glJournal": {"id": "ST"},
+                "postingDate": "2026-07-14",
+                "description": "x",
+                "lines": [{"txnType": "debit", "txnAmount": "1.00", "glAccount": {"id": "1"}, "debitAmount": "1.00"}]
+                * 2,
+            },
+            201,
+            {"ia::result": {"key": "1", "id": "1", "href": "/x"}},
+        )
     with pytest.raises(AssertionError, match="txnType"):
-        validate_exchange("POST", "/ia/api/v1/objects/general-ledger/journal-entry",
-                          {"glJournal": {"id": "ST"}, "postingDate": "2026-07-14", "description": "x",
-                           "lines": [{"txnAmount": "1.00", "glAccount": {"id": "1"}}] * 2}, 201, {})
+        validate_exchange(
+            "POST",
+            "/ia/api/v1/objects/general-ledger/journal-entry",
+            {
+                "glJournal": {"id": "ST"},
+                "postingDate": "2026-07-14",
+                "description": "x",
+                "lines": [{"txnAmount": "1.00", "glAccount": {"id": "1"}}] * 2,
+            },
+            201,
+            {},
+        )
 
 
 def _unbalanced() -> dict:
@@ -95,20 +155,42 @@ def _unbalanced() -> dict:
     return {**JE_BODY, "lines": lines}
 
 
-@pytest.mark.parametrize(("body", "resource", "reason", "field"), [
-    ({**JE_BODY, "posting_date": "2026-06-30"}, "journal-entries", "PeriodClosed", "postingDate"),
-    ({**JE_BODY, "lines": [{**JE_BODY["lines"][0], "glacnt": "1999"}, *JE_BODY["lines"][1:]]}, "journal-entries",
-     "AccountNotFound", "lines.0.glAccount.id"),
-    ({**JE_BODY, "lines": [*JE_BODY["lines"][:2], {**JE_BODY["lines"][2], "glacnt": "7900"}]}, "journal-entries",
-     "AccountInactive", "lines.2.glAccount.id"),
-    ({**JE_BODY, "lines": [{**JE_BODY["lines"][0], "glacnt": "1000"}, *JE_BODY["lines"][1:]]}, "journal-entries",
-     "AccountInactive", "lines.0.glAccount.id"),
-    (None, "journal-entries", "Unbalanced", "lines"),
-    ({**INVOICE, "custno": "NOPE-1"}, "invoices", "CustomerNotFound", "customer.id"),
-    ({**JE_BODY, "currency": "JPY", "lines": [{**ln, "debit": ln["debit"], "credit": ln["credit"]}
-                                               for ln in JE_BODY["lines"]]}, "journal-entries", "InvalidAmount",
-     "lines.0.txnAmount"),
-])
+@pytest.mark.parametrize(
+    ("body", "resource", "reason", "field"),
+    [
+        ({**JE_BODY, "posting_date": "2026-06-30"}, "journal-entries", "PeriodClosed", "postingDate"),
+        (
+            {**JE_BODY, "lines": [{**JE_BODY["lines"][0], "glacnt": "1999"}, *JE_BODY["lines"][1:]]},
+            "journal-entries",
+            "AccountNotFound",
+            "lines.0.glAccount.id",
+        ),
+        (
+            {**JE_BODY, "lines": [*JE_BODY["lines"][:2], {**JE_BODY["lines"][2], "glacnt": "7900"}]},
+            "journal-entries",
+            "AccountInactive",
+            "lines.2.glAccount.id",
+        ),
+        (
+            {**JE_BODY, "lines": [{**JE_BODY["lines"][0], "glacnt": "1000"}, *JE_BODY["lines"][1:]]},
+            "journal-entries",
+            "AccountInactive",
+            "lines.0.glAccount.id",
+        ),
+        (None, "journal-entries", "Unbalanced", "lines"),
+        ({**INVOICE, "custno": "NOPE-1"}, "invoices", "CustomerNotFound", "customer.id"),
+        (
+            {
+                **JE_BODY,
+                "currency": "JPY",
+                "lines": [{**ln, "debit": ln["debit"], "credit": ln["credit"]} for ln in JE_BODY["lines"]],
+            },
+            "journal-entries",
+            "InvalidAmount",
+            "lines.0.txnAmount",
+        ),
+    ],
+)
 def test_ia_errors_map_to_the_dead_letter_reasons(body, resource, reason, field):
     with intacct_emulator(closed_periods=["2026-06"], inactive_accounts=("7900",)) as srv:
         target, _ = target_for(srv)
@@ -170,13 +252,15 @@ def test_a_lost_response_is_found_not_posted_twice_and_limits_are_honoured():
         srv.queue_faults("429")
         first = target.post("journal-entries", JE_BODY, idempotency_key="k1", external_ref="txn_1")
         srv.queue_faults("ok", "503")
-        second = target.post("journal-entries", {**JE_BODY, "reference": "txn_2"}, idempotency_key="k2",
-                             external_ref="txn_2")
+        second = target.post(
+            "journal-entries", {**JE_BODY, "reference": "txn_2"}, idempotency_key="k2", external_ref="txn_2"
+        )
         log_before = len(srv.request_log)
         # The look-up passes, the POST commits and its answer is lost: the retry looks again and finds it.
         srv.queue_faults("ok", "commit-504")
-        third = target.post("journal-entries", {**JE_BODY, "reference": "txn_3"}, idempotency_key="k3",
-                            external_ref="txn_3")
+        third = target.post(
+            "journal-entries", {**JE_BODY, "reference": "txn_3"}, idempotency_key="k3", external_ref="txn_3"
+        )
         assert (first.status, second.status, third.status) == ("created", "created", "already_exists")
         posts = [e for e in srv.request_log[log_before:] if e.method == "POST" and e.path.endswith("journal-entry")]
         assert [e.status for e in posts] == [504]
@@ -193,12 +277,18 @@ def test_the_emulator_refuses_requests_without_a_token():
         assert answer.json()["ia::result"]["ia::error"]["code"] == "invalidToken"
 
 
-@pytest.mark.parametrize(("mode", "revenue"), [("payout_summary", "direct"), ("detail", "invoice_driven")])
-def test_golden_ties_to_the_cent_through_intacct(mode, revenue, fresh_db, golden_path, tmp_path, monkeypatch):
-    """The golden example through the Intacct target: GL read back = golden TB; a re-run posts nothing."""
+FAULTS = {"fault_429_rate": 0.05, "fault_503_rate": 0.05, "fault_commit_504_rate": 0.05, "seed": 3}
+
+
+@pytest.mark.parametrize(
+    ("mode", "revenue", "faults"), [("payout_summary", "direct", {}), ("detail", "invoice_driven", FAULTS)]
+)
+def test_golden_ties_to_the_cent_through_intacct(mode, revenue, faults, fresh_db, golden_path, tmp_path, monkeypatch):
+    """The golden example through the Intacct target (invoice-driven: under 429/503/commit-then-504 faults):
+    GL read back = golden TB, every record once; a re-run posts nothing."""
     mapping = write_mapping(tmp_path, monkeypatch, posting_mode=mode, revenue_mode=revenue)
     g = build_golden(fresh_db, golden_path)
-    with intacct_emulator() as srv:
+    with intacct_emulator(**faults) as srv:
         target, counter = target_for(srv)
         stats = post_everything(fresh_db, target, mapping, counter)
         assert sum(s.dead_lettered + s.transient_failures for s in stats.values()) == 0
@@ -210,6 +300,15 @@ def test_golden_ties_to_the_cent_through_intacct(mode, revenue, fresh_db, golden
             assert len(srv.app.store.books.payments) == 4
         rows = ledger(fresh_db)
         assert rows and {r["status"] for r in rows} == {"posted"}
+        books = srv.app.store.books
+        refs = (
+            [e["referenceNumber"] for e in books.entries.values() if e["moduleName"] == "2.GL"]
+            + [p["documentNumber"] for p in books.payments.values()]
+            + [c["id"] for c in books.customers.values()]
+        )
+        assert len(refs) == len(set(refs))  # nothing twice, whatever the faults
+        if faults:
+            assert {504, 503, 429} <= {e.status for e in srv.request_log}
         books_before = len(srv.app.store.books.entries)
         again = post_everything(fresh_db, target, mapping, counter)
         assert sum(s.posted for s in again.values()) == 0
@@ -225,8 +324,12 @@ def test_changed_mapping_reverses_and_reposts_through_intacct(fresh_db, golden_p
     with intacct_emulator() as srv:
         target, counter = target_for(srv)
         post_everything(fresh_db, target, mapping, counter)
-        changed = write_mapping(tmp_path, monkeypatch, posting_mode="detail",
-                                fees={"default": "6100", "by_category": {}, "by_fee_type": {"stripe_fee": "6100"}})
+        changed = write_mapping(
+            tmp_path,
+            monkeypatch,
+            posting_mode="detail",
+            fees={"default": "6100", "by_category": {}, "by_fee_type": {"stripe_fee": "6100"}},
+        )
         transform.dbt_build(url=fresh_db)
         stats = post_everything(fresh_db, target, changed, counter)["journal-entries"]
         assert (stats.reversed, stats.corrected, stats.created) == (1, 1, 1)
@@ -237,7 +340,8 @@ def test_changed_mapping_reverses_and_reposts_through_intacct(fresh_db, golden_p
         original, mirror = entries["txn_GOLDd1"], entries["txn_GOLDd1~r1"]
         assert mirror["postingDate"] == original["postingDate"]
         assert sorted((ln["glAccount"]["id"], ln["txnType"]) for ln in mirror["lines"]) == sorted(
-            (ln["glAccount"]["id"], "credit" if ln["txnType"] == "debit" else "debit") for ln in original["lines"])
+            (ln["glAccount"]["id"], "credit" if ln["txnType"] == "debit" else "debit") for ln in original["lines"]
+        )
         assert {ln["glAccount"]["id"] for ln in entries["txn_GOLDd1~v2"]["lines"]} == {"1150", "4060", "6100"}
         again = post_everything(fresh_db, target, changed, counter)["journal-entries"]
         assert (again.reversed, again.created, again.requests) == (0, 0, 0)

@@ -30,48 +30,79 @@ MAPPING = load_mapping(PROJECT_ROOT / "mapping.yaml")
 DAY = date(2025, 3, 4)
 
 
-def line(account: str, debit: int = 0, credit: int = 0, *, currency: str = "usd", entry: str = "e1",
-         ref: str = "txn_1", n: int = 1, **kw) -> dict:
-    base = {"entry_id": entry, "posting_mode": "detail", "entry_type": "balance_transaction", "external_ref": ref,
-            "posting_date": DAY, "line_number": n, "account_code": account, "debit": debit, "credit": credit,
-            "currency": currency, "memo": f"Stripe charge {ref}", "accounting_category": "charge",
-            "charge_id": "ch_1", "payout_id": None}
+def line(
+    account: str,
+    debit: int = 0,
+    credit: int = 0,
+    *,
+    currency: str = "usd",
+    entry: str = "e1",
+    ref: str = "txn_1",
+    n: int = 1,
+    **kw,
+) -> dict:
+    base = {
+        "entry_id": entry,
+        "posting_mode": "detail",
+        "entry_type": "balance_transaction",
+        "external_ref": ref,
+        "posting_date": DAY,
+        "line_number": n,
+        "account_code": account,
+        "debit": debit,
+        "credit": credit,
+        "currency": currency,
+        "memo": f"Stripe charge {ref}",
+        "accounting_category": "charge",
+        "charge_id": "ch_1",
+        "payout_id": None,
+    }
     return {**base, **kw}
 
 
 def charge_entry(gross: int = 10000, fee: int = 320, currency: str = "usd", ref: str = "txn_1") -> list[dict]:
     clearing = MAPPING.clearing_account(currency)
-    return [line(clearing, debit=gross - fee, currency=currency, ref=ref, n=1),
-            line("6100", debit=fee, currency=currency, ref=ref, n=2),
-            line("4000", credit=gross, currency=currency, ref=ref, n=3)]
+    return [
+        line(clearing, debit=gross - fee, currency=currency, ref=ref, n=1),
+        line("6100", debit=fee, currency=currency, ref=ref, n=2),
+        line("4000", credit=gross, currency=currency, ref=ref, n=3),
+    ]
 
 
 # -- entry_problems: invariant 3 ---------------------------------------------------------------------
+
 
 def test_a_balanced_entry_has_no_problems() -> None:
     assert entry_problems(charge_entry()) == []
 
 
-@pytest.mark.parametrize(("lines", "needle"), [
-    ([line("1150", debit=100), line("4000", credit=99)], "unbalanced: debits 100 != credits 99"),
-    ([line("1150", debit=100, credit=100), line("4000", credit=0)], "needs exactly one non-negative side"),
-    ([line("1150", debit=-5), line("4000", credit=-5)], "needs exactly one non-negative side"),
-    ([line("1150", debit=0), line("4000", credit=0)], "needs exactly one non-negative side"),
-    ([line("1150", debit=1.5), line("4000", credit=1.5)], "amounts must be integers"),
-    ([line("1150", debit=True), line("4000", credit=True)], "amounts must be integers"),
-    ([line("1150", debit=100)], "fewer than two lines"),
-    ([line("1150", debit=100), line("4000", credit=100, currency="eur")], "more than one currency"),
-])
+@pytest.mark.parametrize(
+    ("lines", "needle"),
+    [
+        ([line("1150", debit=100), line("4000", credit=99)], "unbalanced: debits 100 != credits 99"),
+        ([line("1150", debit=100, credit=100), line("4000", credit=0)], "needs exactly one non-negative side"),
+        ([line("1150", debit=-5), line("4000", credit=-5)], "needs exactly one non-negative side"),
+        ([line("1150", debit=0), line("4000", credit=0)], "needs exactly one non-negative side"),
+        ([line("1150", debit=1.5), line("4000", credit=1.5)], "amounts must be integers"),
+        ([line("1150", debit=True), line("4000", credit=True)], "amounts must be integers"),
+        ([line("1150", debit=100)], "fewer than two lines"),
+        ([line("1150", debit=100), line("4000", credit=100, currency="eur")], "more than one currency"),
+    ],
+)
 def test_entry_problems_names_each_broken_invariant(lines: list[dict], needle: str) -> None:
     assert any(needle in p for p in entry_problems(lines)), entry_problems(lines)
 
 
 # -- plan_journal_entry ------------------------------------------------------------------------------
 
+
 def test_journal_entry_renders_amounts_with_the_currency_exponent() -> None:
     usd = plan_journal_entry(charge_entry(10000, 320, "usd"))
     assert [(ln["glacnt"], ln["debit"], ln["credit"]) for ln in usd.payload["lines"]] == [
-        ("1150", "96.80", "0.00"), ("6100", "3.20", "0.00"), ("4000", "0.00", "100.00")]
+        ("1150", "96.80", "0.00"),
+        ("6100", "3.20", "0.00"),
+        ("4000", "0.00", "100.00"),
+    ]
     jpy = plan_journal_entry(charge_entry(1000, 36, "jpy"))  # zero-decimal: never divided by 100
     assert [ln["debit"] for ln in jpy.payload["lines"]][:2] == ["964", "36"]
     kwd = plan_journal_entry(charge_entry(12345, 5, "kwd"))  # three decimals
@@ -92,8 +123,9 @@ def test_content_hash_covers_what_is_booked_not_the_wording() -> None:
     reworded = plan_journal_entry([{**ln, "memo": "another memo"} for ln in charge_entry()])
     assert reworded.content_hash == a.content_hash
     assert plan_journal_entry(charge_entry(10001)).content_hash != a.content_hash
-    moved = [{**ln, "account_code": "4050" if ln["account_code"] == "4000" else ln["account_code"]}
-             for ln in charge_entry()]
+    moved = [
+        {**ln, "account_code": "4050" if ln["account_code"] == "4000" else ln["account_code"]} for ln in charge_entry()
+    ]
     assert plan_journal_entry(moved).content_hash != a.content_hash
 
 
@@ -105,8 +137,10 @@ def test_a_negative_fee_is_a_credit_and_still_balances() -> None:
 
 
 def test_payout_summary_is_held_until_the_payout_reconciles() -> None:
-    summary = [line("1010", debit=500, entry="po_1", ref="po_1", entry_type="payout_summary", payout_id="po_1"),
-               line("1150", credit=500, entry="po_1", ref="po_1", n=2, entry_type="payout_summary", payout_id="po_1")]
+    summary = [
+        line("1010", debit=500, entry="po_1", ref="po_1", entry_type="payout_summary", payout_id="po_1"),
+        line("1150", credit=500, entry="po_1", ref="po_1", n=2, entry_type="payout_summary", payout_id="po_1"),
+    ]
     held = plan_journal_entries(summary, {"po_1": "incomplete"})
     assert held[0].hold_reason == "PayoutNotReconciled:incomplete"
     assert plan_journal_entries(summary, {})[0].hold_reason == "PayoutNotReconciled:missing"
@@ -116,11 +150,22 @@ def test_payout_summary_is_held_until_the_payout_reconciles() -> None:
 
 # -- receipt_candidates and plan_cash_receipt -------------------------------------------------------
 
+
 def test_receipt_candidates_take_charge_entries_with_an_invoice() -> None:
     facts = receipt_candidates(charge_entry(), {"ch_1": "ACME-1"}, MAPPING)
-    assert facts == {"e1": {"charge_id": "ch_1", "custno": "ACME-1", "external_ref": "txn_1", "posting_date": DAY,
-                            "currency": "usd", "amount": 10000, "fee": 320, "fee_glacnt": "6100",
-                            "deposit_glacnt": "1150"}}
+    assert facts == {
+        "e1": {
+            "charge_id": "ch_1",
+            "custno": "ACME-1",
+            "external_ref": "txn_1",
+            "posting_date": DAY,
+            "currency": "usd",
+            "amount": 10000,
+            "fee": 320,
+            "fee_glacnt": "6100",
+            "deposit_glacnt": "1150",
+        }
+    }
 
 
 @pytest.mark.parametrize("change", ["no_invoice", "refund", "two_fees", "no_deposit"])
@@ -151,9 +196,20 @@ def test_cash_receipt_applies_to_the_posted_invoice_or_is_held() -> None:
 
 # -- plan_customer -----------------------------------------------------------------------------------
 
-CUSTOMER = {"customer_id": "cus_1", "custno": "ACME-1", "customer_name": "A" * 50, "email": "ap@acme.example",
-            "phone": None, "address_line1": "1 Main St", "address_line2": "", "address_city": "Springfield",
-            "address_state": "IL", "address_postal_code": "62701", "address_country": "us", "currency": "usd"}
+CUSTOMER = {
+    "customer_id": "cus_1",
+    "custno": "ACME-1",
+    "customer_name": "A" * 50,
+    "email": "ap@acme.example",
+    "phone": None,
+    "address_line1": "1 Main St",
+    "address_line2": "",
+    "address_city": "Springfield",
+    "address_state": "IL",
+    "address_postal_code": "62701",
+    "address_country": "us",
+    "currency": "usd",
+}
 
 
 def test_customer_body_truncates_descriptive_fields_and_drops_empty_ones() -> None:
@@ -175,6 +231,7 @@ def test_customer_hash_ignores_the_fields_sage_owns() -> None:
 
 # -- versioned_ref -----------------------------------------------------------------------------------
 
+
 def test_versioned_ref() -> None:
     assert versioned_ref("txn_1", 1) == "txn_1"
     assert versioned_ref("txn_1", 2) == "txn_1~v2"
@@ -188,6 +245,7 @@ def test_versioned_ref() -> None:
 
 # -- account_problems --------------------------------------------------------------------------------
 
+
 def test_account_problems() -> None:
     chart = {"1150": {"active": True}, "4000": {"active": False}, "6100": {"postable": False}}
     item = plan_journal_entry(charge_entry())
@@ -198,6 +256,7 @@ def test_account_problems() -> None:
 
 # -- decide: the ledger state machine ----------------------------------------------------------------
 
+
 @dataclass
 class Row:
     status: str
@@ -206,25 +265,36 @@ class Row:
 
 
 def item(resource: str = JE, chash: str = "h1", hold: str | None = None) -> PlannedItem:
-    return PlannedItem(resource=resource, external_ref="txn_1", item_key="e1", partition_date=DAY, posting_mode="detail",
-                       payload={"x": 1}, content_hash=chash, hold_reason=hold)
+    return PlannedItem(
+        resource=resource,
+        external_ref="txn_1",
+        item_key="e1",
+        partition_date=DAY,
+        posting_mode="detail",
+        payload={"x": 1},
+        content_hash=chash,
+        hold_reason=hold,
+    )
 
 
-@pytest.mark.parametrize(("row", "planned", "redrive", "expected"), [
-    (None, item(), False, Action(Kind.POST_NEW, 1)),
-    (None, item(hold="PayoutNotReconciled:incomplete"), False, Action(Kind.HOLD)),
-    (Row("posted", "h0"), item(hold="InvoiceNotPosted"), False, Action(Kind.HOLD)),
-    (Row("computed"), item(), False, Action(Kind.RESEND, 1)),
-    (Row("computed", "h0", 2), item(), False, Action(Kind.LOOK_UP, 2)),
-    (Row("posted"), item(), False, Action(Kind.UNCHANGED)),
-    (Row("posted", "h0", 1), item(), False, Action(Kind.REVERSE_AND_REPOST, 2)),
-    (Row("posted", "h0", 3), item(RECEIPTS), False, Action(Kind.MANUAL_CORRECTION, 4)),
-    (Row("posted", "h0", 1), item("invoices"), False, Action(Kind.MANUAL_CORRECTION, 2)),
-    (Row("dead_lettered"), item(), False, Action(Kind.WAIT)),
-    (Row("dead_lettered", "h0", 2), item(), True, Action(Kind.NEW_ATTEMPT, 2)),
-    (Row("reversed", "h1", 2), item(), False, Action(Kind.POST_NEW_VERSION, 3)),
-    (Row("posted"), item(), True, Action(Kind.UNCHANGED)),
-])
+@pytest.mark.parametrize(
+    ("row", "planned", "redrive", "expected"),
+    [
+        (None, item(), False, Action(Kind.POST_NEW, 1)),
+        (None, item(hold="PayoutNotReconciled:incomplete"), False, Action(Kind.HOLD)),
+        (Row("posted", "h0"), item(hold="InvoiceNotPosted"), False, Action(Kind.HOLD)),
+        (Row("computed"), item(), False, Action(Kind.RESEND, 1)),
+        (Row("computed", "h0", 2), item(), False, Action(Kind.LOOK_UP, 2)),
+        (Row("posted"), item(), False, Action(Kind.UNCHANGED)),
+        (Row("posted", "h0", 1), item(), False, Action(Kind.REVERSE_AND_REPOST, 2)),
+        (Row("posted", "h0", 3), item(RECEIPTS), False, Action(Kind.MANUAL_CORRECTION, 4)),
+        (Row("posted", "h0", 1), item("invoices"), False, Action(Kind.MANUAL_CORRECTION, 2)),
+        (Row("dead_lettered"), item(), False, Action(Kind.WAIT)),
+        (Row("dead_lettered", "h0", 2), item(), True, Action(Kind.NEW_ATTEMPT, 2)),
+        (Row("reversed", "h1", 2), item(), False, Action(Kind.POST_NEW_VERSION, 3)),
+        (Row("posted"), item(), True, Action(Kind.UNCHANGED)),
+    ],
+)
 def test_decide_for_every_ledger_state(row, planned, redrive, expected) -> None:
     assert decide(row, planned, redrive=redrive) == expected
 

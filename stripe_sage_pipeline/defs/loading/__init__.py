@@ -17,8 +17,8 @@ import dagster as dg
 
 from stripe_sage_pipeline.defs.resources import PostgresResource, SageResource, StripeResource
 from stripe_sage_pipeline.load import customers as customer_sync
-from stripe_sage_pipeline.load.ledger import SCHEMA
 from stripe_sage_pipeline.load.engine import LoadStats, PartitionBlocked, PlanError, Poster
+from stripe_sage_pipeline.load.ledger import SCHEMA
 from stripe_sage_pipeline.load.loaders import load_cash_receipts, load_invoices, load_journal_entries
 from stripe_sage_pipeline.load.redrive import redrive
 from stripe_sage_pipeline.sage.errors import CredentialsError

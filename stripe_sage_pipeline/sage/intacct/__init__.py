@@ -9,16 +9,27 @@ from stripe_sage_pipeline.sage.factory import CountingTransport
 from stripe_sage_pipeline.sage.intacct.client import DEFAULT_BASE_URL, IntacctTarget
 
 
-def make_intacct(settings: Any, *, rate_per_minute: int | None = None, max_concurrency: int = 4,
-                 base_url: str | None = None, **kwargs: Any) -> tuple[IntacctTarget, CountingTransport]:
+def make_intacct(
+    settings: Any,
+    *,
+    rate_per_minute: int | None = None,
+    max_concurrency: int = 4,
+    base_url: str | None = None,
+    **kwargs: Any,
+) -> tuple[IntacctTarget, CountingTransport]:
     """An `IntacctTarget` from settings (or a `SageResource`) whose requests are counted."""
     transport = CountingTransport()
     target = IntacctTarget(
         base_url or getattr(settings, "intacct_base_url", None) or DEFAULT_BASE_URL,
-        settings.intacct_client_id, settings.intacct_client_secret,
+        settings.intacct_client_id,
+        settings.intacct_client_secret,
         username=getattr(settings, "intacct_username", None),
         refresh_token=getattr(settings, "intacct_refresh_token", None),
-        rate_per_minute=rate_per_minute, max_concurrency=max_concurrency, transport=transport, **kwargs)
+        rate_per_minute=rate_per_minute,
+        max_concurrency=max_concurrency,
+        transport=transport,
+        **kwargs,
+    )
     return target, transport
 
 

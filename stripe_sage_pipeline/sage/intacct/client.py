@@ -27,7 +27,7 @@ import httpx
 
 from stripe_sage_pipeline.money import exponent
 from stripe_sage_pipeline.sage.client import PostResult
-from stripe_sage_pipeline.sage.errors import CredentialsError, NotFound, SageError, TransientError
+from stripe_sage_pipeline.sage.errors import Conflict, CredentialsError, NotFound, TransientError
 from stripe_sage_pipeline.sage.intacct import payloads as P
 from stripe_sage_pipeline.sage.intacct.errors import to_exception
 from stripe_sage_pipeline.sage.target import CUSTOMERS, INVOICES, JE, RECEIPTS
@@ -45,13 +45,28 @@ LOOKUP: dict[str, tuple[str, str]] = {
     RECEIPTS: ("accounts-receivable/payment", "documentNumber"),
     CUSTOMERS: ("accounts-receivable/customer", "id"),
 }
-OBJECT_PATH = {JE: "general-ledger/journal-entry", INVOICES: "accounts-receivable/invoice",
-               RECEIPTS: "accounts-receivable/payment", CUSTOMERS: "accounts-receivable/customer"}
-CUSTOMER_FIELDS = ["key", "id", "name", "currency", "notes", "audit.modifiedDateTime", "contacts.default.email1",
-                   "contacts.default.phone1", "contacts.default.mailingAddress.addressLine1",
-                   "contacts.default.mailingAddress.addressLine2", "contacts.default.mailingAddress.city",
-                   "contacts.default.mailingAddress.state", "contacts.default.mailingAddress.postCode",
-                   "contacts.default.mailingAddress.isoCountryCode"]
+OBJECT_PATH = {
+    JE: "general-ledger/journal-entry",
+    INVOICES: "accounts-receivable/invoice",
+    RECEIPTS: "accounts-receivable/payment",
+    CUSTOMERS: "accounts-receivable/customer",
+}
+CUSTOMER_FIELDS = [
+    "key",
+    "id",
+    "name",
+    "currency",
+    "notes",
+    "audit.modifiedDateTime",
+    "contacts.default.email1",
+    "contacts.default.phone1",
+    "contacts.default.mailingAddress.addressLine1",
+    "contacts.default.mailingAddress.addressLine2",
+    "contacts.default.mailingAddress.city",
+    "contacts.default.mailingAddress.state",
+    "contacts.default.mailingAddress.postCode",
+    "contacts.default.mailingAddress.isoCountryCode",
+]
 
 
 class _Token:
@@ -102,11 +117,24 @@ class IntacctTarget:
 
     name = "intacct"
 
-    def __init__(self, base_url: str, client_id: str, client_secret: str, *, username: str | None = None,
-                 refresh_token: str | None = None, locations: dict[str, str] | None = None,
-                 timeout_s: float = 30, max_retries: int = 6, backoff_base_s: float = 0.5,
-                 backoff_cap_s: float = 30, max_concurrency: int = 4, rate_per_minute: int | None = None,
-                 transport: httpx.BaseTransport | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        username: str | None = None,
+        refresh_token: str | None = None,
+        locations: dict[str, str] | None = None,
+        timeout_s: float = 30,
+        max_retries: int = 6,
+        backoff_base_s: float = 0.5,
+        backoff_cap_s: float = 30,
+        max_concurrency: int = 4,
+        rate_per_minute: int | None = None,
+        transport: httpx.BaseTransport | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if not username and not refresh_token:
             raise ValueError("IntacctTarget needs a web services username (client credentials) or a refresh token")
         self.base_url = base_url.rstrip("/")
@@ -122,9 +150,13 @@ class IntacctTarget:
         self._min_interval = 60.0 / rate_per_minute if rate_per_minute else 0.0
         self._next_start = 0.0
         self._pace_lock = threading.Lock()
-        self._http = httpx.Client(base_url=self.base_url + "/", timeout=httpx.Timeout(timeout_s), transport=transport,
-                                  headers={"Accept": "application/json", "User-Agent": "stripe-sage-pipeline"},
-                                  limits=httpx.Limits(max_connections=max(4, max_concurrency * 2)))
+        self._http = httpx.Client(
+            base_url=self.base_url + "/",
+            timeout=httpx.Timeout(timeout_s),
+            transport=transport,
+            headers={"Accept": "application/json", "User-Agent": "stripe-sage-pipeline"},
+            limits=httpx.Limits(max_connections=max(4, max_concurrency * 2)),
+        )
         self.token = _Token(self._fetch_token)
 
     def __repr__(self) -> str:
@@ -147,8 +179,9 @@ class IntacctTarget:
         except NETWORK_ERRORS as exc:
             raise TransientError(f"Sage Intacct token endpoint unreachable: {type(exc).__name__}") from exc
         if response.status_code >= 500 or response.status_code == 429:
-            raise TransientError(f"Sage Intacct token endpoint answered {response.status_code}",
-                                 status=response.status_code)
+            raise TransientError(
+                f"Sage Intacct token endpoint answered {response.status_code}", status=response.status_code
+            )
         if response.status_code != 200:
             try:
                 err = response.json()
@@ -157,7 +190,10 @@ class IntacctTarget:
             raise CredentialsError(
                 f"Sage Intacct refused the OAuth grant ({err.get('error', response.status_code)}:"
                 f" {err.get('error_description', '')}): check INTACCT_CLIENT_ID, INTACCT_CLIENT_SECRET and"
-                " INTACCT_USERNAME (or INTACCT_REFRESH_TOKEN)", status=response.status_code, code=err.get("error"))
+                " INTACCT_USERNAME (or INTACCT_REFRESH_TOKEN)",
+                status=response.status_code,
+                code=err.get("error"),
+            )
         answer = response.json()
         if answer.get("refresh_token") and self._refresh_token:
             self._refresh_token = answer["refresh_token"]  # refresh tokens rotate
@@ -176,14 +212,21 @@ class IntacctTarget:
             self._sleep(start - now)
 
     def _backoff(self, attempt: int, response: httpx.Response | None) -> float:
-        delay = self._random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * (2 ** attempt)))
+        delay = self._random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * (2**attempt)))
         retry_after = response.headers.get("retry-after") if response is not None else None
         if retry_after and retry_after.strip().isdigit():
             delay = max(delay, min(float(retry_after), 600.0))
         return delay
 
-    def _request(self, method: str, path: str, *, json: Any = None, headers: dict[str, str] | None = None,
-                 unknown_outcome: Callable[[], PostResult | None] | None = None) -> httpx.Response | PostResult:
+    def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        headers: dict[str, str] | None = None,
+        unknown_outcome: Callable[[], PostResult | None] | None = None,
+    ) -> httpx.Response | PostResult:
         """One logical request with auth, pacing and retries; returns the final answer.
 
         For a write, `unknown_outcome` is asked after a failure that may have committed (5xx, timeout):
@@ -198,8 +241,9 @@ class IntacctTarget:
             failure = ""
             with self._slots:
                 try:
-                    response = self._http.request(method, path, json=json,
-                                                  headers={**(headers or {}), "Authorization": f"Bearer {token}"})
+                    response = self._http.request(
+                        method, path, json=json, headers={**(headers or {}), "Authorization": f"Bearer {token}"}
+                    )
                 except NETWORK_ERRORS as exc:
                     failure = type(exc).__name__
             if response is not None:
@@ -213,8 +257,10 @@ class IntacctTarget:
                     return response
                 failure = f"HTTP {response.status_code}"
             if attempt >= self.max_retries:
-                raise TransientError(f"Sage Intacct {method} {path} still failing after {attempt + 1} attempts:"
-                                     f" {failure}", status=response.status_code if response is not None else None)
+                raise TransientError(
+                    f"Sage Intacct {method} {path} still failing after {attempt + 1} attempts: {failure}",
+                    status=response.status_code if response is not None else None,
+                )
             delay = self._backoff(attempt, response)
             log.info("intacct %s %s: %s, retry %d in %.2f s", method, path, failure, attempt + 1, delay)
             self._sleep(delay)
@@ -231,8 +277,13 @@ class IntacctTarget:
 
     # -- reads -------------------------------------------------------------------------------------------
 
-    def query(self, obj: str, fields: list[str], filters: list[dict[str, Any]] | None = None,
-              order_by: list[dict[str, str]] | None = None) -> Iterator[dict[str, Any]]:
+    def query(
+        self,
+        obj: str,
+        fields: list[str],
+        filters: list[dict[str, Any]] | None = None,
+        order_by: list[dict[str, str]] | None = None,
+    ) -> Iterator[dict[str, Any]]:
         """Every row of a query-service query, following `ia::meta.next`."""
         start = 1
         while True:
@@ -260,19 +311,31 @@ class IntacctTarget:
     def find(self, resource: str, external_ref: str) -> str | None:
         """The key of the record carrying this Stripe ref (query service), or None."""
         if resource == CUSTOMERS:
-            rows = list(self.query(LOOKUP[CUSTOMERS][0], ["key", "id"],
-                                   [{"$eq": {"notes": f"{P.STRIPE_NOTE}{external_ref}"}}]))
+            rows = list(
+                self.query(LOOKUP[CUSTOMERS][0], ["key", "id"], [{"$eq": {"notes": f"{P.STRIPE_NOTE}{external_ref}"}}])
+            )
             return str(rows[0]["id"]) if rows else None
         return self._lookup(resource, external_ref)
 
     def accounts(self) -> list[dict[str, Any]]:
         """The chart as `{glacnt, description, active, postable}`."""
         rows = self.query("general-ledger/account", ["key", "id", "name", "status", "disallowDirectPosting"])
-        return [{"glacnt": r["id"], "description": r.get("name"), "active": r.get("status") == "active",
-                 "postable": not r.get("disallowDirectPosting")} for r in rows]
+        return [
+            {
+                "glacnt": r["id"],
+                "description": r.get("name"),
+                "active": r.get("status") == "active",
+                "postable": not r.get("disallowDirectPosting"),
+            }
+            for r in rows
+        ]
 
-    def gl_movement(self, accounts: Iterable[str] | None = None, from_date: date | str | None = None,
-                    to_date: date | str | None = None) -> dict[str, dict[str, str]]:
+    def gl_movement(
+        self,
+        accounts: Iterable[str] | None = None,
+        from_date: date | str | None = None,
+        to_date: date | str | None = None,
+    ) -> dict[str, dict[str, str]]:
         """Net debit − credit per currency and account from the GL lines (every journal, AR batches too)."""
         wanted = set(accounts) if accounts is not None else None
         filters: list[dict[str, Any]] = [{"$eq": {"state": "posted"}}]
@@ -282,8 +345,11 @@ class IntacctTarget:
             filters.append({"$lte": {"journalEntry.postingDate": str(to_date)}})
         by_location = {v.upper(): k for k, v in self.locations.items()}
         sums: dict[str, dict[str, Decimal]] = {}
-        for row in self.query("general-ledger/journal-entry-line",
-                              ["glAccount.id", "txnType", "txnAmount", "dimensions.location.id"], filters):
+        for row in self.query(
+            "general-ledger/journal-entry-line",
+            ["glAccount.id", "txnType", "txnAmount", "dimensions.location.id"],
+            filters,
+        ):
             code = row["glAccount.id"]
             if wanted is not None and code not in wanted:
                 continue
@@ -292,13 +358,15 @@ class IntacctTarget:
             sign = 1 if row["txnType"] == "debit" else -1
             sums.setdefault(cur, {}).setdefault(code, Decimal(0))
             sums[cur][code] += sign * Decimal(row["txnAmount"])
-        return {cur: {code: f"{v:.{exponent(cur)}f}" for code, v in sorted(accts.items())}
-                for cur, accts in sums.items()}
+        return {
+            cur: {code: f"{v:.{exponent(cur)}f}" for code, v in sorted(accts.items())} for cur, accts in sums.items()
+        }
 
     # -- writes ------------------------------------------------------------------------------------------
 
-    def _create(self, resource: str, obj_path: str, body: dict[str, Any], idempotency_key: str, look: Callable[[], str | None]
-                ) -> PostResult:
+    def _create(
+        self, resource: str, obj_path: str, body: dict[str, Any], idempotency_key: str, look: Callable[[], str | None]
+    ) -> PostResult:
         """Look, POST, and on an unknown outcome look again before any resend."""
         existing = look()
         if existing is not None:
@@ -308,8 +376,13 @@ class IntacctTarget:
             key = look()
             return PostResult("already_exists", {"key": key}, key, "") if key else None
 
-        answer = self._request("POST", f"objects/{obj_path}", json=body, headers={"Idempotency-Key": idempotency_key},
-                               unknown_outcome=found)
+        answer = self._request(
+            "POST",
+            f"objects/{obj_path}",
+            json=body,
+            headers={"Idempotency-Key": idempotency_key},
+            unknown_outcome=found,
+        )
         if isinstance(answer, PostResult):
             log.info("intacct %s: an earlier attempt committed, found as %s", resource, answer.sage_id)
             return answer
@@ -323,14 +396,29 @@ class IntacctTarget:
         if not idempotency_key or not external_ref:
             raise ValueError("idempotency_key and external_ref are required")
         if resource == JE:
-            return self._create(JE, OBJECT_PATH[JE], P.journal_entry(body, external_ref, self.locations),
-                                idempotency_key, lambda: self._lookup(JE, external_ref))
+            return self._create(
+                JE,
+                OBJECT_PATH[JE],
+                P.journal_entry(body, external_ref, self.locations),
+                idempotency_key,
+                lambda: self._lookup(JE, external_ref),
+            )
         if resource == INVOICES:
-            return self._create(INVOICES, OBJECT_PATH[INVOICES], P.invoice(body, external_ref, self.locations),
-                                idempotency_key, lambda: self._lookup(INVOICES, external_ref))
+            return self._create(
+                INVOICES,
+                OBJECT_PATH[INVOICES],
+                P.invoice(body, external_ref, self.locations),
+                idempotency_key,
+                lambda: self._lookup(INVOICES, external_ref),
+            )
         if resource == RECEIPTS:
-            result = self._create(RECEIPTS, OBJECT_PATH[RECEIPTS], P.payment(body, external_ref), idempotency_key,
-                                  lambda: self._lookup(RECEIPTS, external_ref))
+            result = self._create(
+                RECEIPTS,
+                OBJECT_PATH[RECEIPTS],
+                P.payment(body, external_ref),
+                idempotency_key,
+                lambda: self._lookup(RECEIPTS, external_ref),
+            )
             fee_ref = f"{external_ref}~fee"
             fee = P.fee_entry(body, fee_ref, self.locations)
             if fee is not None:
@@ -338,30 +426,42 @@ class IntacctTarget:
             return result
         if resource == CUSTOMERS:
             custno = body["custno"]
-            result = self._create(CUSTOMERS, OBJECT_PATH[CUSTOMERS], P.customer(body, external_ref), idempotency_key,
-                                  lambda: self._lookup(CUSTOMERS, custno))
+            result = self._create(
+                CUSTOMERS,
+                OBJECT_PATH[CUSTOMERS],
+                P.customer(body, external_ref),
+                idempotency_key,
+                lambda: self._lookup(CUSTOMERS, custno),
+            )
             record = self._get(CUSTOMERS, result.sage_id)
             if result.status == "already_exists" and record.get("notes") != f"{P.STRIPE_NOTE}{external_ref}":
-                from stripe_sage_pipeline.sage.errors import Conflict
-
-                raise Conflict(f"Intacct customer {custno} exists but belongs to {record.get('notes') or 'no Stripe'}"
-                               f" customer, not {external_ref}", status=409, code="RecordDuplicate",
-                               details=[{"field": "custno", "code": "RecordDuplicate",
-                                         "message": f"customer id {custno} is taken"}])
+                raise Conflict(
+                    f"Intacct customer {custno} exists but belongs to {record.get('notes') or 'no Stripe'}"
+                    f" customer, not {external_ref}",
+                    status=409,
+                    code="RecordDuplicate",
+                    details=[
+                        {"field": "custno", "code": "RecordDuplicate", "message": f"customer id {custno} is taken"}
+                    ],
+                )
             shaped = P.customer_record(record)
             return PostResult(result.status, shaped, str(record["id"]), result.request_id)
         raise ValueError(f"resource must be one of {sorted(OBJECT_PATH)}, not {resource!r}")
 
-    def reverse_journal_entry(self, sage_id: str, idempotency_key: str, *, posting_date: date | str | None,
-                              external_ref: str, description: str) -> PostResult:
+    def reverse_journal_entry(
+        self,
+        sage_id: str,
+        idempotency_key: str,
+        *,
+        posting_date: date | str | None,
+        external_ref: str,
+        description: str,
+    ) -> PostResult:
         """Post the mirror of entry `sage_id` (debits ↔ credits) under `external_ref`; found if it exists."""
         existing = self._lookup(JE, external_ref)
         if existing is not None:
             return PostResult("already_exists", {"key": existing}, existing, "")
-        try:
-            original = self._get(JE, sage_id)
-        except NotFound:
-            raise
+        original = self._get(JE, sage_id)  # NotFound: the engine dead-letters the correction
         day = str(posting_date or original["postingDate"])
         body = P.reversal(original, external_ref, day, description)
         return self._create(JE, OBJECT_PATH[JE], body, idempotency_key, lambda: self._lookup(JE, external_ref))
@@ -372,15 +472,23 @@ class IntacctTarget:
         if key is None:
             raise NotFound(f"Intacct customer {custno} not found", status=404, code="notFound")
         patch = P.customer(body)
-        self._ok(self._request("PATCH", f"objects/{OBJECT_PATH[CUSTOMERS]}/{key}", json=patch,
-                               headers={"Idempotency-Key": idempotency_key}), f"update customer {custno}")
+        self._ok(
+            self._request(
+                "PATCH",
+                f"objects/{OBJECT_PATH[CUSTOMERS]}/{key}",
+                json=patch,
+                headers={"Idempotency-Key": idempotency_key},
+            ),
+            f"update customer {custno}",
+        )
         return P.customer_record(self._get(CUSTOMERS, key))
 
     def changed_customers(self, updated_since: str | None) -> Iterator[dict[str, Any]]:
         """Customers modified after the cursor, in the Sage Pro shape (`external_ref` from `notes`)."""
         filters = [{"$gt": {"audit.modifiedDateTime": updated_since}}] if updated_since else None
-        for row in self.query("accounts-receivable/customer", CUSTOMER_FIELDS, filters,
-                              [{"audit.modifiedDateTime": "asc"}]):
+        for row in self.query(
+            "accounts-receivable/customer", CUSTOMER_FIELDS, filters, [{"audit.modifiedDateTime": "asc"}]
+        ):
             yield P.customer_record(_nest(row))
 
 
@@ -391,4 +499,4 @@ def _json(response: httpx.Response) -> Any:
         return {}
 
 
-__all__ = ["DEFAULT_BASE_URL", "IntacctTarget", "SageError"]
+__all__ = ["DEFAULT_BASE_URL", "IntacctTarget"]

@@ -62,9 +62,15 @@ def classify_detail(error_id: str | None, target: str | None, message: str | Non
 def sage_details(err: dict[str, Any]) -> list[dict[str, Any]]:
     """The error's details in the Sage Pro shape `{field, code, message}` (plus Intacct's errorId)."""
     items = err.get("details") or [{"errorId": err.get("errorId"), "target": None, "message": err.get("message")}]
-    return [{"field": (d.get("target") or "").lstrip("/").replace("/", ".") or None,
-             "code": classify_detail(d.get("errorId"), d.get("target"), d.get("message")),
-             "message": d.get("message") or err.get("message") or "", "errorId": d.get("errorId")} for d in items]
+    return [
+        {
+            "field": (d.get("target") or "").lstrip("/").replace("/", ".") or None,
+            "code": classify_detail(d.get("errorId"), d.get("target"), d.get("message")),
+            "message": d.get("message") or err.get("message") or "",
+            "errorId": d.get("errorId"),
+        }
+        for d in items
+    ]
 
 
 def to_exception(status: int, payload: Any, request_id: str | None = None, what: str = "") -> SageError:
@@ -74,12 +80,18 @@ def to_exception(status: int, payload: Any, request_id: str | None = None, what:
     if what:
         message = f"{what}: {message}"
     details = sage_details(err) if err else []
-    kwargs: dict[str, Any] = {"status": status, "code": err.get("errorId") or err.get("code"), "details": details,
-                              "request_id": request_id or err.get("supportId")}
+    kwargs: dict[str, Any] = {
+        "status": status,
+        "code": err.get("errorId") or err.get("code"),
+        "details": details,
+        "request_id": request_id or err.get("supportId"),
+    }
     if status in (401, 403):
-        return CredentialsError(f"Sage Intacct refused the credentials ({message}): check INTACCT_CLIENT_ID,"
-                                " INTACCT_CLIENT_SECRET, INTACCT_USERNAME and the web services user's permissions",
-                                **kwargs)
+        return CredentialsError(
+            f"Sage Intacct refused the credentials ({message}): check INTACCT_CLIENT_ID,"
+            " INTACCT_CLIENT_SECRET, INTACCT_USERNAME and the web services user's permissions",
+            **kwargs,
+        )
     if status == 404:
         return NotFound(message, **kwargs)
     if status in (400, 422):

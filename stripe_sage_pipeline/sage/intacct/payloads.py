@@ -34,8 +34,7 @@ def _dims(location: str) -> dict[str, Any]:
     return {"location": {"id": location}}
 
 
-def journal_entry(payload: dict[str, Any], reference: str, locations: dict[str, str] | None = None
-                  ) -> dict[str, Any]:
+def journal_entry(payload: dict[str, Any], reference: str, locations: dict[str, str] | None = None) -> dict[str, Any]:
     """A Sage Pro journal entry body as an Intacct journal entry."""
     loc = location_for(payload["currency"], locations)
     lines = []
@@ -48,21 +47,34 @@ def journal_entry(payload: dict[str, Any], reference: str, locations: dict[str, 
         if ln.get("memo"):
             line["description"] = ln["memo"]
         lines.append(line)
-    return {"glJournal": {"id": payload.get("journal") or "ST"}, "postingDate": payload["posting_date"],
-            "description": payload.get("description") or reference, "referenceNumber": reference, "lines": lines}
+    return {
+        "glJournal": {"id": payload.get("journal") or "ST"},
+        "postingDate": payload["posting_date"],
+        "description": payload.get("description") or reference,
+        "referenceNumber": reference,
+        "lines": lines,
+    }
 
 
 def reversal(entry: dict[str, Any], reference: str, posting_date: str, description: str) -> dict[str, Any]:
     """The mirror of a posted Intacct journal entry (debits ↔ credits), dated `posting_date`."""
     lines = []
     for ln in entry["lines"]:
-        line = {"txnType": "credit" if ln["txnType"] == "debit" else "debit", "txnAmount": ln["txnAmount"],
-                "glAccount": {"id": ln["glAccount"]["id"]}}
+        line = {
+            "txnType": "credit" if ln["txnType"] == "debit" else "debit",
+            "txnAmount": ln["txnAmount"],
+            "glAccount": {"id": ln["glAccount"]["id"]},
+        }
         if ln.get("dimensions", {}).get("location"):
             line["dimensions"] = _dims(ln["dimensions"]["location"]["id"])
         lines.append(line)
-    return {"glJournal": {"id": (entry.get("glJournal") or {}).get("id") or "ST"}, "postingDate": posting_date,
-            "description": description, "referenceNumber": reference, "lines": lines}
+    return {
+        "glJournal": {"id": (entry.get("glJournal") or {}).get("id") or "ST"},
+        "postingDate": posting_date,
+        "description": description,
+        "referenceNumber": reference,
+        "lines": lines,
+    }
 
 
 def invoice(payload: dict[str, Any], reference: str, locations: dict[str, str] | None = None) -> dict[str, Any]:
@@ -73,15 +85,33 @@ def invoice(payload: dict[str, Any], reference: str, locations: dict[str, str] |
     for ln in payload["lines"]:
         amount = Decimal(ln["unit_price"]) * Decimal(ln["quantity"])
         places = -Decimal(ln["unit_price"]).as_tuple().exponent if "." in ln["unit_price"] else 0
-        lines.append({"txnAmount": f"{amount:.{places}f}", "glAccount": {"id": ln["revenue_glacnt"]},
-                      "memo": ln.get("description") or reference, "dimensions": _dims(loc)})
+        lines.append(
+            {
+                "txnAmount": f"{amount:.{places}f}",
+                "glAccount": {"id": ln["revenue_glacnt"]},
+                "memo": ln.get("description") or reference,
+                "dimensions": _dims(loc),
+            }
+        )
         if ln.get("tax_amount") and Decimal(ln["tax_amount"]) > 0:
-            lines.append({"txnAmount": ln["tax_amount"], "glAccount": {"id": ln["tax_glacnt"]},
-                          "memo": f"Tax: {ln.get('description') or reference}"[:100], "dimensions": _dims(loc)})
-    return {"invoiceNumber": reference, "referenceNumber": reference, "customer": {"id": payload["custno"]},
-            "invoiceDate": payload["invdate"], "dueDate": payload["invdate"],
-            "description": payload.get("description") or reference, "currency": {"txnCurrency": cur.upper()},
-            "lines": lines}
+            lines.append(
+                {
+                    "txnAmount": ln["tax_amount"],
+                    "glAccount": {"id": ln["tax_glacnt"]},
+                    "memo": f"Tax: {ln.get('description') or reference}"[:100],
+                    "dimensions": _dims(loc),
+                }
+            )
+    return {
+        "invoiceNumber": reference,
+        "referenceNumber": reference,
+        "customer": {"id": payload["custno"]},
+        "invoiceDate": payload["invdate"],
+        "dueDate": payload["invdate"],
+        "description": payload.get("description") or reference,
+        "currency": {"txnCurrency": cur.upper()},
+        "lines": lines,
+    }
 
 
 def payment(payload: dict[str, Any], reference: str) -> dict[str, Any]:
@@ -95,24 +125,41 @@ def payment(payload: dict[str, Any], reference: str) -> dict[str, Any]:
         "documentNumber": reference,
         "referenceNumber": (payload.get("reference") or reference)[:PAYMENT_REFERENCE_MAX],
         "description": payload.get("description") or reference,
-        "paymentDetails": [{"arInvoice": {"key": str(a["invno"])}, "txnCurrency": {"paymentAmount": a["amount"]}}
-                           for a in payload.get("applications") or []],
+        "paymentDetails": [
+            {"arInvoice": {"key": str(a["invno"])}, "txnCurrency": {"paymentAmount": a["amount"]}}
+            for a in payload.get("applications") or []
+        ],
     }
 
 
-def fee_entry(payload: dict[str, Any], reference: str, locations: dict[str, str] | None = None
-              ) -> dict[str, Any] | None:
+def fee_entry(
+    payload: dict[str, Any], reference: str, locations: dict[str, str] | None = None
+) -> dict[str, Any] | None:
     """The Stripe fee of a cash receipt as `Dr fee / Cr clearing`, or None when there is no fee."""
     fee = payload.get("fee_amount") or "0"
     if Decimal(fee) == 0:
         return None
     loc = location_for(payload["currency"], locations)
-    return {"glJournal": {"id": "ST"}, "postingDate": payload["receipt_date"],
-            "description": f"Stripe fee {payload.get('reference') or reference}"[:60], "referenceNumber": reference,
-            "lines": [{"txnType": "debit", "txnAmount": fee, "glAccount": {"id": payload["fee_glacnt"]},
-                       "dimensions": _dims(loc)},
-                      {"txnType": "credit", "txnAmount": fee, "glAccount": {"id": payload["deposit_glacnt"]},
-                       "dimensions": _dims(loc)}]}
+    return {
+        "glJournal": {"id": "ST"},
+        "postingDate": payload["receipt_date"],
+        "description": f"Stripe fee {payload.get('reference') or reference}"[:60],
+        "referenceNumber": reference,
+        "lines": [
+            {
+                "txnType": "debit",
+                "txnAmount": fee,
+                "glAccount": {"id": payload["fee_glacnt"]},
+                "dimensions": _dims(loc),
+            },
+            {
+                "txnType": "credit",
+                "txnAmount": fee,
+                "glAccount": {"id": payload["deposit_glacnt"]},
+                "dimensions": _dims(loc),
+            },
+        ],
+    }
 
 
 def customer(payload: dict[str, Any], stripe_id: str | None = None) -> dict[str, Any]:
@@ -131,9 +178,18 @@ def customer(payload: dict[str, Any], stripe_id: str | None = None) -> dict[str,
         contact["email1"] = payload["email"]
     if "phone" in payload:
         contact["phone1"] = payload["phone"]
-    address = {dst: payload[src] for src, dst in (("address1", "addressLine1"), ("address2", "addressLine2"),
-                                                  ("city", "city"), ("state", "state"), ("zip", "postCode"),
-                                                  ("country", "isoCountryCode")) if src in payload}
+    address = {
+        dst: payload[src]
+        for src, dst in (
+            ("address1", "addressLine1"),
+            ("address2", "addressLine2"),
+            ("city", "city"),
+            ("state", "state"),
+            ("zip", "postCode"),
+            ("country", "isoCountryCode"),
+        )
+        if src in payload
+    }
     if address:
         contact["mailingAddress"] = address
     if contact:
@@ -147,10 +203,17 @@ def customer_record(rec: dict[str, Any]) -> dict[str, Any]:
     addr = contact.get("mailingAddress") or {}
     notes = rec.get("notes") or ""
     return {
-        "custno": rec.get("id"), "company": rec.get("name"), "email": contact.get("email1"),
-        "phone": contact.get("phone1"), "address1": addr.get("addressLine1"), "address2": addr.get("addressLine2"),
-        "city": addr.get("city"), "state": addr.get("state"), "zip": addr.get("postCode"),
-        "country": addr.get("isoCountryCode") or addr.get("country"), "currency": rec.get("currency"),
-        "external_ref": notes[len(STRIPE_NOTE):] if notes.startswith(STRIPE_NOTE) else None,
+        "custno": rec.get("id"),
+        "company": rec.get("name"),
+        "email": contact.get("email1"),
+        "phone": contact.get("phone1"),
+        "address1": addr.get("addressLine1"),
+        "address2": addr.get("addressLine2"),
+        "city": addr.get("city"),
+        "state": addr.get("state"),
+        "zip": addr.get("postCode"),
+        "country": addr.get("isoCountryCode") or addr.get("country"),
+        "currency": rec.get("currency"),
+        "external_ref": notes[len(STRIPE_NOTE) :] if notes.startswith(STRIPE_NOTE) else None,
         "updated_at": (rec.get("audit") or {}).get("modifiedDateTime"),
     }
