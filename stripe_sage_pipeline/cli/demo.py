@@ -134,22 +134,6 @@ def _finance_summary(conninfo: str, res: DemoResult) -> None:
         }
 
 
-def _start_target(target: str, sage_dir: Path):
-    """The demo's accounting server and the environment that points the pipeline at it."""
-    if target == "intacct":
-        from stripe_sage_sandboxes.intacct import IntacctEmulatorConfig, IntacctEmulatorServer
-
-        srv = IntacctEmulatorServer(IntacctEmulatorConfig(rate_per_minute=60_000)).start()
-        return srv, "Sage Intacct emulator", {"SAGE_TARGET": "intacct", "INTACCT_BASE_URL": srv.base_url,
-                                              "INTACCT_RATE_PER_MINUTE": "30000"}
-    from stripe_sage_sandboxes.sage import SageSandboxConfig, SageSandboxServer
-
-    # The demo's sandbox allows more than the default 120/min so a month posts in seconds.
-    srv = SageSandboxServer(SageSandboxConfig(data_dir=sage_dir, rate_per_minute=6000, max_concurrent=8), port=0).start()
-    return srv, "Sage Pro sandbox", {"SAGE_TARGET": "sagepro", "SAGEPRO_BASE_URL": srv.base_url,
-                                     "SAGEPRO_RATE_PER_MINUTE": "5400"}
-
-
 def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print, target: str | None = None
              ) -> DemoResult:
     """Start everything on embedded defaults, run the pipeline end to end, return the summary."""
@@ -162,6 +146,7 @@ def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print
         generate,
         load_golden,
     )
+    from stripe_sage_sandboxes.targets import start_target_sandbox
 
     settings = load_settings()
     res = DemoResult(target=target or settings.sage_target)
@@ -178,7 +163,8 @@ def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print
     else:
         generate(state, seed=seed, days=days)
     emulator = EmulatorServer(state, host="127.0.0.1", port=0).start()
-    sage, sage_name, sage_env = _start_target(res.target, sage_dir)
+    # The demo's sandbox allows more than the default 120/min so a month posts in seconds.
+    sage, sage_name, sage_env = start_target_sandbox(res.target, sage_dir, rate_per_minute=6000)
     summary = state.summary()
     res.emulator_counts = summary["counts"]
     res.emulator_balance_transactions = summary["balance_transactions"]
