@@ -1,6 +1,7 @@
-"""Sage Pro: the httpx client of the project's REST contract, its typed errors and idempotency keys.
-
-The contract's OpenAPI document is `openapi.yaml` in this package.
+"""The load targets: `target.Target` and its two implementations, Sage Pro (`client.SageClient` wrapped
+by `sagepro.SageProTarget`; the contract's OpenAPI document is `openapi.yaml` here) and Sage Intacct
+(`intacct.IntacctTarget`); their typed errors, idempotency keys, the client factory (`factory`, chosen
+by SAGE_TARGET) and the GL read-back (`readback`).
 """
 
 from stripe_sage_pipeline.sage.client import PostResult, SageClient
