@@ -4,6 +4,7 @@ lost response, and the golden example tying to the cent through Intacct."""
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
 import httpx
@@ -218,16 +219,20 @@ def test_over_application_and_a_taken_custno():
 
 
 def test_token_is_renewed_before_expiry_and_once_after_a_401():
-    with intacct_emulator(token_ttl_s=1) as srv:
+    with intacct_emulator(token_ttl_s=600) as srv:
         target, _ = target_for(srv)
         target.accounts()
         first = target.token.value
-        target.accounts()  # ttl 1 s: renewed before use (margin ttl/10), never answered 401
-        assert target.token.renewals >= 1
-        srv.app.expire_tokens()
-        target.token.expires_at += 3600  # the client believes its token is good; the server says 401
+        assert target.token.renewals == 1
+        # Within the renewal margin of its expiry (60 s): renewed before use, never answered 401.
+        target.token.expires_at = time.monotonic() + 30
         target.accounts()
-        assert target.token.value != first
+        assert target.token.renewals == 2 and target.token.value != first
+        assert 401 not in {e.status for e in srv.request_log}
+        # The server expires it early; the client still believes it good: one 401, one renewal, the retry works.
+        srv.app.expire_tokens()
+        target.accounts()
+        assert target.token.renewals == 3
         assert [e.status for e in srv.request_log if e.path.endswith("/services/core/query")].count(401) == 1
         srv.queue_faults("401", "401")
         with pytest.raises(CredentialsError, match="INTACCT_CLIENT_ID"):
