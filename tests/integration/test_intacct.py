@@ -8,11 +8,14 @@ import time
 from decimal import Decimal
 
 import httpx
+import psycopg
 import pytest
 from intacct_contract import validate_exchange
 from intacct_helpers import intacct_emulator, target_for
 from load_helpers import build_golden, expected_tb, ledger, post_everything, write_mapping
 
+from stripe_sage_pipeline.load.redrive import redrive
+from stripe_sage_pipeline.runtime.db import libpq_url
 from stripe_sage_pipeline.sage.errors import Conflict, CredentialsError, RecordInvalid
 from stripe_sage_pipeline.transform import build as transform
 
@@ -322,13 +325,25 @@ def test_golden_ties_to_the_cent_through_intacct(mode, revenue, faults, fresh_db
         target.close()
 
 
-def test_changed_mapping_reverses_and_reposts_through_intacct(fresh_db, golden_path, tmp_path, monkeypatch):
-    """Dispute fees move to 6100 after posting: the entry is mirrored at its date and re-posted as ~v2."""
+def test_closed_period_redrive_then_changed_mapping_through_intacct(fresh_db, golden_path, tmp_path, monkeypatch):
+    """July closed: every entry dead-lettered PeriodClosed; opened and re-driven: each posted once. Then dispute
+    fees move to 6100: the entry is mirrored at its date and re-posted as ~v2."""
     mapping = write_mapping(tmp_path, monkeypatch, posting_mode="detail")
     g = build_golden(fresh_db, golden_path)
-    with intacct_emulator() as srv:
+    with intacct_emulator(closed_periods=["2026-07"]) as srv:
         target, counter = target_for(srv)
-        post_everything(fresh_db, target, mapping, counter)
+        first = post_everything(fresh_db, target, mapping, counter)["journal-entries"]
+        n = len(g["stripe"]["balance_transactions"])
+        assert (first.dead_lettered, first.created) == (n, 0)
+        with psycopg.connect(libpq_url(fresh_db)) as conn:
+            reasons = conn.execute(
+                "select reason, field, count(*) from sage_sync.dead_letters group by 1, 2"
+            ).fetchall()
+        assert reasons == [("PeriodClosed", "postingDate", n)]
+        srv.app.store.books.closed_periods.clear()  # finance opens July
+        res = redrive(fresh_db, target, mapping=mapping)
+        assert (res.posted, res.still_dead) == (n, 0)
+        assert len([e for e in srv.app.store.books.entries.values() if e["moduleName"] == "2.GL"]) == n
         changed = write_mapping(
             tmp_path,
             monkeypatch,
