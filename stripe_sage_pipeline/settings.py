@@ -55,6 +55,7 @@ class Settings:
     intacct_username: str = SANDBOX_INTACCT_USERNAME  # userId@companyId[|entityId], client-credentials grant
     intacct_refresh_token: str | None = None  # authorization-code grant: refresh instead of client credentials
     intacct_rate_per_minute: int = 110
+    intacct_locations: str | None = None  # "usd=US-01,eur=EU-01": the location of each currency (default: ISO code)
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -98,4 +99,5 @@ def load_settings() -> Settings:
         intacct_username=_env("INTACCT_USERNAME", SANDBOX_INTACCT_USERNAME),
         intacct_refresh_token=_env("INTACCT_REFRESH_TOKEN"),
         intacct_rate_per_minute=int(_env("INTACCT_RATE_PER_MINUTE", "110")),
+        intacct_locations=_env("INTACCT_LOCATIONS"),
     )

@@ -78,6 +78,7 @@ class SageResource(dg.ConfigurableResource):
     intacct_client_secret: str = SANDBOX_INTACCT_CLIENT_SECRET
     intacct_username: str = SANDBOX_INTACCT_USERNAME
     intacct_refresh_token: str | None = None
+    intacct_locations: str | None = None
 
     def client(self, **overrides):
         """The target's client plus its request counter, e.g. `client, counter = sage.client()`.
@@ -129,6 +130,7 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             intacct_client_secret=env_or("INTACCT_CLIENT_SECRET", s.intacct_client_secret),
             intacct_username=env_or("INTACCT_USERNAME", s.intacct_username),
             intacct_refresh_token=env_or("INTACCT_REFRESH_TOKEN", None),
+            intacct_locations=s.intacct_locations,
             base_url=os.environ.get("SAGEPRO_BASE_URL") or None,
             user=env_or("SAGEPRO_USER", SANDBOX_SAGE_USER),
             password=env_or("SAGEPRO_PASSWORD", SANDBOX_SAGE_PASSWORD),

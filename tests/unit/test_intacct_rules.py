@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from stripe_sage_pipeline.sage.errors import Conflict, CredentialsError, NotFound, RecordInvalid
+from stripe_sage_pipeline.sage.intacct import parse_locations
 from stripe_sage_pipeline.sage.intacct import payloads as P
 from stripe_sage_pipeline.sage.intacct.errors import classify_detail, sage_details, to_exception
 
@@ -174,3 +175,10 @@ def test_to_exception_by_status_and_kind() -> None:
         }
     }
     assert sage_details(bare["ia::result"]["ia::error"])[0]["code"] == "ValidationFailed"
+
+
+def test_locations_setting() -> None:
+    assert parse_locations("usd=US-01, EUR = EU-01,") == {"usd": "US-01", "eur": "EU-01"}
+    assert parse_locations(None) == {}
+    with pytest.raises(ValueError, match="'usd' is not currency=location"):
+        parse_locations("usd")

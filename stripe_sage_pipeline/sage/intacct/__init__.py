@@ -9,6 +9,19 @@ from stripe_sage_pipeline.sage.factory import CountingTransport
 from stripe_sage_pipeline.sage.intacct.client import DEFAULT_BASE_URL, IntacctTarget
 
 
+def parse_locations(spec: str | None) -> dict[str, str]:
+    """`"usd=US-01,eur=EU-01"` → {"usd": "US-01", "eur": "EU-01"}; a malformed item names itself."""
+    out: dict[str, str] = {}
+    for item in (spec or "").split(","):
+        if not item.strip():
+            continue
+        cur, sep, loc = item.partition("=")
+        if not sep or not cur.strip() or not loc.strip():
+            raise ValueError(f"INTACCT_LOCATIONS: {item.strip()!r} is not currency=location (e.g. usd=US-01)")
+        out[cur.strip().lower()] = loc.strip()
+    return out
+
+
 def make_intacct(
     settings: Any,
     *,
@@ -25,6 +38,7 @@ def make_intacct(
         settings.intacct_client_secret,
         username=getattr(settings, "intacct_username", None),
         refresh_token=getattr(settings, "intacct_refresh_token", None),
+        locations=parse_locations(getattr(settings, "intacct_locations", None)),
         rate_per_minute=rate_per_minute,
         max_concurrency=max_concurrency,
         transport=transport,
@@ -33,4 +47,4 @@ def make_intacct(
     return target, transport
 
 
-__all__ = ["DEFAULT_BASE_URL", "IntacctTarget", "make_intacct"]
+__all__ = ["DEFAULT_BASE_URL", "IntacctTarget", "make_intacct", "parse_locations"]
