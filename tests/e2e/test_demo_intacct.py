@@ -11,8 +11,6 @@ from pathlib import Path
 
 from stripe_sage_pipeline.runtime.embedded_pg import EmbeddedPostgres, free_port
 
-MAIN = "import sys; from stripe_sage_pipeline.cli import main; sys.exit(main(sys.argv[1:]))"
-
 
 def test_demo_into_intacct_ties_the_golden_example(tmp_path, golden_path):
     """Same controller's summary as with Sage Pro: GL read back from Intacct = golden TB; bank = paid payouts."""
@@ -25,7 +23,17 @@ def test_demo_into_intacct_ties_the_golden_example(tmp_path, golden_path):
     env.update({"STRIPE_SAGE_DATA_DIR": str(tmp_path / "data"), "STRIPE_SAGE_PG_PORT": str(port)})
     try:
         out = subprocess.run(
-            [sys.executable, "-c", MAIN, "demo", "--target", "intacct", "--load", str(golden_path), "--json"],
+            [
+                sys.executable,
+                "-m",
+                "stripe_sage_pipeline.cli",
+                "demo",
+                "--target",
+                "intacct",
+                "--load",
+                str(golden_path),
+                "--json",
+            ],
             env=env,
             capture_output=True,
             text=True,
