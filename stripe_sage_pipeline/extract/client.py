@@ -1,5 +1,9 @@
 """Reading Stripe through the official SDK: rate-limited, retried, resumable page by page.
 
+The rate limit and the retries are the pipeline's one policy (`runtime.http_policy`): a moving-window
+limiter shared by every reader of the same account in the process, and backoff with full jitter that
+never retries sooner than Stripe's `Retry-After`. Only GETs go through here, so a retry cannot duplicate.
+
 We call `StripeClient.raw_request` so that pages arrive as plain dicts (no StripeObject per row,
 which would cost more than the HTTP itself at 5k objects/s) while the SDK still owns auth,
 encoding of `created[gte]`-style params, `Stripe-Account`, and error mapping.
@@ -8,7 +12,6 @@ encoding of `created[gte]`-style params, `Stripe-Account`, and error mapping.
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Iterator
@@ -16,36 +19,11 @@ from dataclasses import dataclass, field
 
 import stripe
 
+from stripe_sage_pipeline.runtime.http_policy import RateLimit, RetryPolicy, retry_after_seconds, shared_rate_limit
+
 log = logging.getLogger(__name__)
 
 PAGE_SIZE = 100  # Stripe's maximum
-
-
-class RateLimiter:
-    """A token bucket shared by every thread of a process: at most `rate` requests per second."""
-
-    def __init__(self, rate_per_s: float | None, burst: float | None = None):
-        self.rate = rate_per_s if rate_per_s and rate_per_s > 0 else None
-        # A burst of 1 keeps the instantaneous rate at the limit, which a per-second server bucket wants.
-        self.capacity = burst or 1.0
-        self.tokens = self.capacity
-        self.updated = time.monotonic()
-        self.lock = threading.Lock()
-
-    def acquire(self) -> None:
-        """Block until one request may go out."""
-        if self.rate is None:
-            return
-        while True:
-            with self.lock:
-                now = time.monotonic()
-                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-                self.updated = now
-                if self.tokens >= 1:
-                    self.tokens -= 1
-                    return
-                wait = (1 - self.tokens) / self.rate
-            time.sleep(wait)
 
 
 @dataclass
@@ -68,6 +46,36 @@ class RequestStats:
         return {k: getattr(self, k) for k in ("requests", "retries", "rate_limited", "server_errors", "network_errors")}
 
 
+class LatencyMeter:
+    """Observed seconds per Stripe answer (send to last byte, limiter waits excluded): an EWMA plus a count."""
+
+    def __init__(self, alpha: float = 0.2):
+        self.alpha = alpha
+        self.mean_s: float | None = None
+        self.samples = 0
+        self._lock = threading.Lock()
+
+    def add(self, seconds: float) -> None:
+        with self._lock:
+            self.mean_s = seconds if self.mean_s is None else self.mean_s + self.alpha * (seconds - self.mean_s)
+            self.samples += 1
+
+
+def _retryable(exc: BaseException) -> bool:
+    """429, 5xx and network errors are transient; every other Stripe error is final."""
+    if isinstance(exc, stripe.RateLimitError | stripe.APIConnectionError):
+        return True
+    return isinstance(exc, stripe.APIError) and (exc.http_status or 500) >= 500
+
+
+def _retry_after(exc: BaseException | None) -> float | None:
+    headers = getattr(exc, "headers", None) or {}
+    try:
+        return retry_after_seconds(headers.get("Retry-After") or headers.get("retry-after"))
+    except AttributeError:
+        return None
+
+
 class StripeReader:
     """Lists and retrieves Stripe objects as dicts, under a rate limit, retrying what is retryable."""
 
@@ -80,20 +88,27 @@ class StripeReader:
         max_retries: int = 8,
         backoff_base_s: float = 0.25,
         backoff_cap_s: float = 20.0,
+        rate_limit: RateLimit | None = None,
     ):
         self._api_key = api_key
         self._api_base = api_base
         # One SDK client per thread: a shared one mixed up responses between threads (seen here).
         self._local = threading.local()
         self.stripe_account = stripe_account
-        self.limiter = RateLimiter(rate_limit_per_s)
-        self.max_retries = max_retries
-        self.backoff_base_s = backoff_base_s
-        self.backoff_cap_s = backoff_cap_s
+        # Every reader of one account in this process draws from one limiter (Stripe limits per account).
+        self.limiter = rate_limit or shared_rate_limit(("stripe", api_base or "", stripe_account or "", rate_limit_per_s),
+                                                       rate_limit_per_s)
+        self.retry = RetryPolicy(max_retries=max_retries, backoff_base_s=backoff_base_s, backoff_cap_s=backoff_cap_s)
         self.stats = RequestStats()
+        self.latency = LatencyMeter()
+
+    @property
+    def rate_limit_per_s(self) -> float | None:
+        """The request rate this reader keeps under (None: unlimited)."""
+        return self.limiter.rate_per_s
 
     def __repr__(self) -> str:  # never show the key
-        return f"StripeReader(account={self.stripe_account!r}, rate={self.limiter.rate})"
+        return f"StripeReader(account={self.stripe_account!r}, rate={self.limiter.rate_per_s})"
 
     @property
     def _client(self) -> stripe.StripeClient:
@@ -105,44 +120,31 @@ class StripeReader:
             self._local.client = client
         return client
 
+    def _count_failure(self, exc: BaseException | None, retried: bool) -> None:
+        kind = ("rate_limited" if isinstance(exc, stripe.RateLimitError)
+                else "network_errors" if isinstance(exc, stripe.APIConnectionError) else "server_errors")
+        self.stats.add(retries=int(retried), **{kind: 1})
+
     def request(self, path: str, **params) -> dict:
         """GET `path` with params; retries 429, 5xx and network errors with backoff, honouring Retry-After."""
         if self.stripe_account:
             params["stripe_account"] = self.stripe_account
-        attempt = 0
-        while True:
+
+        def attempt() -> dict:
             self.limiter.acquire()
             self.stats.add(requests=1)
-            try:
-                return self._client.raw_request("get", path, **params).data
-            except stripe.RateLimitError as exc:
-                self.stats.add(rate_limited=1)
-                err = exc
-            except stripe.APIConnectionError as exc:
-                self.stats.add(network_errors=1)
-                err = exc
-            except stripe.APIError as exc:
-                if (exc.http_status or 500) < 500:
-                    raise
-                self.stats.add(server_errors=1)
-                err = exc
-            attempt += 1
-            if attempt > self.max_retries:
-                raise err
-            self.stats.add(retries=1)
-            time.sleep(self._delay(attempt, err))
+            t0 = time.monotonic()
+            data = self._client.raw_request("get", path, **params).data
+            self.latency.add(time.monotonic() - t0)
+            return data
 
-    def _delay(self, attempt: int, err: Exception) -> float:
-        retry_after = None
-        headers = getattr(err, "headers", None) or {}
         try:
-            raw = headers.get("Retry-After") or headers.get("retry-after")
-            retry_after = float(raw) if raw is not None else None
-        except (TypeError, ValueError):
-            retry_after = None
-        # Full jitter keeps parallel workers from retrying in lock-step.
-        backoff = random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * 2 ** (attempt - 1)))
-        return max(backoff, retry_after or 0.0)
+            return self.retry.call(attempt, retry_on_exception=_retryable, retry_after=_retry_after,
+                                   on_retry=lambda ev: self._count_failure(ev.exception, retried=True))
+        except stripe.StripeError as exc:
+            if _retryable(exc):  # out of retries: the last failure counts too
+                self._count_failure(exc, retried=False)
+            raise
 
     def iter_pages(self, path: str, params: dict | None = None, start_after: str | None = None) -> Iterator[tuple[list[dict], str | None]]:
         """Yield (objects, last_id) page by page, newest first; `start_after` resumes after an id."""

@@ -11,13 +11,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psycopg
 
-from stripe_sage_pipeline.extract import staging
-from stripe_sage_pipeline.extract.client import StripeReader
+from stripe_sage_pipeline.extract import concurrency, staging
+from stripe_sage_pipeline.extract.client import PAGE_SIZE, StripeReader
 from stripe_sage_pipeline.extract.tables import SCHEMA, TABLES, MalformedObject
 
 log = logging.getLogger(__name__)
@@ -88,15 +88,23 @@ def _chunks(start: int, end: int, pieces: int) -> list[tuple[int, int]]:
     return [(hours[i][0], hours[min(i + per, len(hours)) - 1][1]) for i in range(0, len(hours), per)]
 
 
+def _payout_members(reader: StripeReader, payout_ids: list[str], pool: Executor | None) -> dict[str, list[str]]:
+    """Which balance transactions each payout swept (GET ?payout=, all pages), several payouts at a time."""
+
+    def one(po: str) -> list[str]:
+        return [bt["id"] for bt in reader.list_all("/v1/balance_transactions", {"payout": po})]
+
+    lists = pool.map(one, payout_ids) if pool is not None and len(payout_ids) > 1 else map(one, payout_ids)
+    return dict(zip(payout_ids, lists, strict=True))
+
+
 def _flush(reader: StripeReader, conn: psycopg.Connection, table_name: str, hours: dict[int, list[tuple]],
-           payouts: dict[int, list[dict]], resume_key: str, lowest_done: int) -> tuple[int, int]:
+           payouts: dict[int, list[dict]], resume_key: str, lowest_done: int,
+           pool: Executor | None = None) -> tuple[int, int]:
     """Commit whole hours in one transaction, with the resume cursor, so a kill never leaves half an hour."""
     account = reader.stripe_account or ""
-    members: dict[str, list[str]] = {}
-    for objs in payouts.values():
-        for po in objs:
-            if po.get("automatic"):
-                members[po["id"]] = [bt["id"] for bt in reader.list_all("/v1/balance_transactions", {"payout": po["id"]})]
+    automatic = [po["id"] for objs in payouts.values() for po in objs if po.get("automatic")]
+    members = _payout_members(reader, automatic, pool)
     table = TABLES[table_name]
     rows = [r for h in sorted(hours) for r in hours[h]]
     with conn.transaction():
@@ -106,12 +114,14 @@ def _flush(reader: StripeReader, conn: psycopg.Connection, table_name: str, hour
     return len(rows), n_members
 
 
-def extract_chunk(reader: StripeReader, url: str, table_name: str, start: int, end: int) -> WindowResult:
+def extract_chunk(reader: StripeReader, url: str, table_name: str, start: int, end: int,
+                  first_page: FirstPage | None = None, pool: Executor | None = None) -> WindowResult:
     """Stream objects created in [start, end) newest first; commit each hour once it is complete.
 
     Listing is newest first, so once a page reaches an older hour every newer hour is complete. Memory
     holds one hour and one page, whatever the window's size. A resume cursor (the oldest committed hour)
-    lets a killed run continue where it stopped instead of starting over.
+    lets a killed run continue where it stopped instead of starting over. `first_page`, when given, is
+    this chunk's first page already fetched (the window's probe); `pool` lists payout memberships.
     """
     table = TABLES[table_name]
     account = reader.stripe_account or ""
@@ -132,13 +142,13 @@ def extract_chunk(reader: StripeReader, url: str, table_name: str, start: int, e
         # Every hour at or above this one is committed: the exclusive upper bound to resume from.
         lowest_done = below_hour + HOUR if below_hour is not None else start
         n, m = _flush(reader, conn, table_name, {h: hours.pop(h) for h in done},
-                      {h: payouts.pop(h) for h in done if h in payouts}, resume_key, lowest_done)
+                      {h: payouts.pop(h) for h in done if h in payouts}, resume_key, lowest_done, pool)
         result.rows += n
         result.payout_members += m
 
     with conn:
         if upper > start:
-            for page, _ in reader.iter_pages(table.list_path, {"created": {"gte": start, "lt": upper}}):
+            for page in _pages(reader, table.list_path, start, upper, first_page if resumed_at is None else None):
                 label = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(int(page[0]["created"]) if page else start))
                 rows = _rows_or_fail(url, table_name, page, account, label)
                 for obj, row in zip(page, rows, strict=True):
@@ -158,35 +168,160 @@ def extract_chunk(reader: StripeReader, url: str, table_name: str, start: int, e
     return result
 
 
-def extract_window(
+@dataclass
+class FirstPage:
+    """A window's first page, fetched ahead to size the work (newest first); it becomes the newest chunk's first page."""
+
+    objects: list[dict]
+    has_more: bool
+
+
+def _created_or_none(obj: object) -> int | None:
+    value = obj.get("created") if isinstance(obj, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _pages(reader: StripeReader, path: str, start: int, upper: int, first: FirstPage | None):
+    """Pages of objects created in [start, upper), newest first, starting from a prefetched first page if any."""
+    params = {"created": {"gte": start, "lt": upper}}
+    if first is None:
+        for page, _ in reader.iter_pages(path, params):
+            yield page
+        return
+    last = _created_or_none(first.objects[-1]) if first.objects else None
+    if last is not None and last < start:
+        # The first page already reaches below this chunk: it holds all of the chunk's objects.
+        yield [o for o in first.objects if (_created_or_none(o) or start) >= start]
+        return
+    yield first.objects
+    if first.has_more and first.objects:
+        for page, _ in reader.iter_pages(path, params, start_after=first.objects[-1]["id"]):
+            yield page
+
+
+def probe_window(reader: StripeReader, table_name: str, start: int, end: int) -> FirstPage:
+    """The newest page of objects created in [start, end): what sizes the window's chunks."""
+    path = TABLES[table_name].list_path
+    page = reader.request(path, created={"gte": start, "lt": end}, limit=PAGE_SIZE)
+    data = page.get("data")
+    if not isinstance(data, list):
+        raise ValueError(f"GET {path}: response is not a Stripe list (no 'data' array)")
+    return FirstPage(data, bool(page.get("has_more")) and bool(data))
+
+
+@dataclass
+class WindowsResult:
+    """What `extract_windows` did: a result per table that succeeded, the error of each that failed."""
+
+    results: dict[str, WindowResult] = field(default_factory=dict)
+    errors: dict[str, BaseException] = field(default_factory=dict)
+    in_flight: int = 0
+    chunks: dict[str, int] = field(default_factory=dict)
+
+
+def extract_windows(
     reader: StripeReader,
     url: str,
-    table_name: str,
+    tables: Iterable[str],
     start: int,
     end: int,
-    workers: int = 8,
+    workers: int | None = None,
     pieces: int | None = None,
     progress: Callable[[WindowResult], None] | None = None,
-) -> WindowResult:
-    """Extract [start, end): a few chunks in parallel, each streamed and committed hour by hour.
+) -> WindowsResult:
+    """Extract [start, end) of several tables at once, sharing one pool of in-flight requests.
 
-    Eight workers keep a 100 req/s limit busy when a page takes ~50 ms to arrive; the shared limiter,
-    not the worker count, decides the request rate.
+    1. One probe per table (in parallel) fetches the window's newest page: it times Stripe's answers
+       and shows how dense the table is; a table that fits in one page is done after it.
+    2. In-flight requests come from the rate limit and the observed latency (`concurrency.in_flight`,
+       Little's law with headroom); an explicit `workers` wins. The limiter, not the pool, caps the rate.
+    3. Each table is cut into hour-aligned chunks, about two per in-flight slot across all tables in
+       proportion to their pages, none shorter than ~10 pages (a chunk's last page is partly empty).
+       Chunks run largest first, each streamed and committed hour by hour; payout memberships are
+       listed several at a time. `pieces` fixes the chunk count per table (and skips the probes).
 
-    Chunks are few and long (not a request per empty hour): a month with a quiet year before it costs
-    a handful of requests beyond the pages that carry data.
+    A failing table does not stop the others: its error is in `errors`, the others' rows are committed.
     """
-    total = WindowResult(table_name, start, end)
-    chunks = _chunks(start, end, pieces or workers * 2)
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(chunks) or 1))) as pool:
-        for res in pool.map(lambda c: extract_chunk(reader, url, table_name, *c), chunks):
+    tables = list(dict.fromkeys(tables))
+    out = WindowsResult()
+    if not tables or end <= start:
+        out.results = {t: WindowResult(t, start, end) for t in tables}
+        return out
+    first: dict[str, FirstPage] = {}
+    pages: dict[str, float] = {}
+    if pieces is None:
+        guess = concurrency.in_flight(reader.rate_limit_per_s, reader.latency.mean_s, explicit=workers)
+        with ThreadPoolExecutor(max_workers=max(1, min(len(tables), guess))) as pool:
+            futures = {t: pool.submit(probe_window, reader, t, start, end) for t in tables}
+        for t, fut in futures.items():
+            try:
+                fp = first[t] = fut.result()
+            except Exception as exc:  # noqa: BLE001 - a table's failure is reported per table
+                out.errors[t] = exc
+                continue
+            created = [c for c in (_created_or_none(o) for o in fp.objects) if c is not None]
+            pages[t] = concurrency.estimate_pages(len(fp.objects), max(created, default=end), min(created, default=end),
+                                                  start, fp.has_more) if created else 1.0
+    slots = concurrency.in_flight(reader.rate_limit_per_s, reader.latency.mean_s, explicit=workers)
+    out.in_flight = slots
+    counts = ({t: pieces for t in tables} if pieces is not None
+              else concurrency.chunk_counts({t: pages[t] for t in tables if t in pages}, slots))
+    tasks: list[tuple[float, str, int, int, FirstPage | None]] = []
+    for t, n in counts.items():
+        chunks = _chunks(start, end, n)
+        out.chunks[t] = len(chunks)
+        hours = max(1, len(hour_windows(start, end)))
+        for i, (s, e) in enumerate(chunks):
+            weight = pages.get(t, 1.0) * len(hour_windows(s, e)) / hours
+            tasks.append((weight, t, s, e, first.get(t) if i == len(chunks) - 1 else None))
+    tasks.sort(key=lambda task: -task[0])
+    totals = {t: WindowResult(t, start, end) for t in counts}
+
+    def run(task: tuple[float, str, int, int, FirstPage | None]) -> WindowResult:
+        _, t, s, e, fp = task
+        if t in out.errors:  # another chunk of this table failed: its other chunks would only fail again
+            return WindowResult(t, s, e)
+        return extract_chunk(reader, url, t, s, e, first_page=fp, pool=members_pool)
+
+    with ThreadPoolExecutor(max_workers=slots) as members_pool, \
+            ThreadPoolExecutor(max_workers=max(1, min(slots, len(tasks) or 1))) as pool:
+        futures = [(task[1], pool.submit(run, task)) for task in tasks]
+        for t, fut in futures:
+            try:
+                res = fut.result()
+            except Exception as exc:  # noqa: BLE001 - reported per table
+                out.errors.setdefault(t, exc)
+                continue
+            total = totals[t]
             total.rows += res.rows
             total.hours += res.hours
             total.payout_members += res.payout_members
             total.rows_by_hour.update(res.rows_by_hour)
             if progress:
                 progress(res)
-    return total
+    out.results = {t: r for t, r in totals.items() if t not in out.errors}
+    return out
+
+
+def extract_window(
+    reader: StripeReader,
+    url: str,
+    table_name: str,
+    start: int,
+    end: int,
+    workers: int | None = None,
+    pieces: int | None = None,
+    progress: Callable[[WindowResult], None] | None = None,
+) -> WindowResult:
+    """Extract [start, end) of one table: chunks in parallel, each streamed and committed hour by hour.
+
+    In-flight requests are sized from the reader's rate limit and Stripe's observed latency unless
+    `workers` is given; see `extract_windows`. Raises the table's error, if any.
+    """
+    res = extract_windows(reader, url, [table_name], start, end, workers=workers, pieces=pieces, progress=progress)
+    if table_name in res.errors:
+        raise res.errors[table_name]
+    return res.results[table_name]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,52 +375,81 @@ class UpdateResult:
     cursor_to: int | None = None
 
 
-def _related_bt_ids(table_name: str, obj: dict) -> list[str]:
-    ids: list[str] = []
-    if table_name in ("charges", "refunds", "payouts"):
-        for key in ("balance_transaction", "failure_balance_transaction"):
-            ref = obj.get(key)
-            if ref:
-                ids.append(ref["id"] if isinstance(ref, dict) else ref)
+# What a retrieve brings along (`expand[]`), so a changed object's balance transactions cost no request
+# of their own. Disputes carry theirs in full without asking.
+EXPAND_ON_RETRIEVE: dict[str, list[str]] = {
+    "charges": ["balance_transaction", "failure_balance_transaction"],
+    "refunds": ["balance_transaction", "failure_balance_transaction"],
+    "payouts": ["balance_transaction", "failure_balance_transaction"],
+}
+
+
+def split_expanded(table_name: str, obj: dict) -> tuple[dict, list[dict], list[str]]:
+    """An object as listed (expanded fields back to ids), the balance transactions it carried, and the ids it did not.
+
+    The staged row of the object is then the same as when it was listed without `expand[]`; a field
+    Stripe left unexpanded (an id) is returned in the third list, to be retrieved on its own.
+    """
+    carried: list[dict] = []
+    missing: list[str] = []
     if table_name == "disputes":
-        ids += [bt["id"] if isinstance(bt, dict) else bt for bt in obj.get("balance_transactions") or []]
-    return ids
+        for bt in obj.get("balance_transactions") or []:
+            if isinstance(bt, dict):
+                carried.append(bt)
+            elif bt:
+                missing.append(bt)
+        return obj, carried, missing
+    plain = dict(obj)
+    for key in EXPAND_ON_RETRIEVE.get(table_name, []):
+        ref = obj.get(key)
+        if isinstance(ref, dict):
+            carried.append(ref)
+            plain[key] = ref.get("id")
+        elif ref:
+            missing.append(ref)
+    return plain, carried, missing
 
 
 def refetch_objects(reader: StripeReader, url: str, changed: dict[str, set[str]]) -> dict[str, int]:
-    """Retrieve the current state of changed objects (and the balance transactions they carry) and upsert them."""
+    """Retrieve the current state of changed objects (with the balance transactions they carry) and upsert them.
+
+    One request per object: its balance transactions come along through `expand[]` (disputes embed
+    theirs), and the staged rows are those the list path would write.
+    """
     account = reader.stripe_account or ""
     fetched: dict[str, list[dict]] = {}
     members: dict[str, list[str]] = {}
-    bt_ids: set[str] = set()
+    carried: dict[str, dict] = {}
+    missing: set[str] = set()
     for table_name, ids in changed.items():
         table = TABLES[table_name]
         for oid in sorted(ids):
-            obj = reader.retrieve(table.list_path, oid)
+            obj = reader.retrieve(table.list_path, oid, expand=EXPAND_ON_RETRIEVE.get(table_name))
+            obj, bts, ids_only = split_expanded(table_name, obj)
             fetched.setdefault(table_name, []).append(obj)
-            bt_ids.update(_related_bt_ids(table_name, obj))
+            carried.update((bt["id"], bt) for bt in bts if isinstance(bt.get("id"), str))
+            missing.update(ids_only)
             if table_name == "payouts" and obj.get("automatic") and obj.get("status") in ("paid", "in_transit", "failed"):
                 members[oid] = [bt["id"] for bt in reader.list_all("/v1/balance_transactions", {"payout": oid})]
-    if bt_ids:
-        fetched.setdefault("balance_transactions", []).extend(
-            reader.retrieve("/v1/balance_transactions", b) for b in sorted(bt_ids)
-        )
+    bts = [carried[b] for b in sorted(carried)]
+    bts += [reader.retrieve("/v1/balance_transactions", b) for b in sorted(missing - set(carried))]
+    if bts:
+        fetched.setdefault("balance_transactions", []).extend(bts)
     rows = {t: _rows_or_fail(url, t, objs, account, "update-path") for t, objs in fetched.items()}
     with psycopg.connect(url) as conn, conn.transaction():
         for t, r in rows.items():
             staging.upsert_rows(conn, TABLES[t], r)
-        for po, bts in members.items():
-            staging.upsert_payout_members(conn, po, bts, account)
+        for po, bts_of in members.items():
+            staging.upsert_payout_members(conn, po, bts_of, account)
     return {t: len(r) for t, r in rows.items()}
 
 
 def relist_recent(reader: StripeReader, url: str, since: int, until: int) -> dict[str, int]:
     """The age-guard fallback: re-list every object type that can change, created in [since, until)."""
-    out: dict[str, int] = {}
-    for t in MUTABLE_TABLES:
-        res = extract_window(reader, url, t, since, until)
-        out[t] = res.rows
-    return out
+    res = extract_windows(reader, url, MUTABLE_TABLES, since, until)
+    if res.errors:
+        raise next(iter(res.errors.values()))
+    return {t: res.results[t].rows for t in MUTABLE_TABLES}
 
 
 def sync_events(

@@ -1,0 +1,207 @@
+"""One rate limiter and one retry policy for every HTTP client of the pipeline (Stripe reader, Sage client).
+
+* `RateLimit`: at most N requests per window, a moving window from the `limits` library, shared by every
+  thread that holds it. `acquire()` blocks until a request may start; `try_acquire()` answers at once
+  (what a server-side limiter needs). `shared_rate_limit(key, ...)` gives one limiter per key per process,
+  so every client of one account/company draws from the same budget.
+* `RetryPolicy`: exponential backoff with full jitter from `tenacity`, never sooner than the server's
+  `Retry-After`. It retries what the caller says is transient (exceptions and/or results) and nothing else.
+
+Retries never duplicate: the policy re-runs the caller's attempt function as is, so a write must carry
+its idempotency key from outside that function (decided once per logical request, sent on every attempt).
+
+    limit = shared_rate_limit(("stripe", account), rate_per_s=90)
+    policy = RetryPolicy(max_retries=8, backoff_base_s=0.25, backoff_cap_s=20)
+
+    def attempt():
+        limit.acquire()               # every attempt, retries included, counts against the limit
+        return session.get(url)
+
+    response = policy.call(attempt, retry_on_result=lambda r: r.status_code in (429, 500, 502, 503, 504),
+                           retry_after=lambda r: retry_after_seconds(r.headers.get("retry-after")))
+"""
+
+from __future__ import annotations
+
+import email.utils
+import math
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+import tenacity
+from limits import RateLimitItemPerSecond
+from limits.storage import MemoryStorage
+from limits.strategies import MovingWindowRateLimiter
+
+T = TypeVar("T")
+
+MAX_RETRY_AFTER_S = 120.0  # a server asking for more than this is treated as asking for this
+
+
+def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
+    """Seconds to wait from a `Retry-After` header value (delta-seconds or HTTP date), or None if absent/invalid."""
+    if value is None:
+        return None
+    value = str(value).strip()
+    if not value:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = (when - (now or datetime.now(UTC))).total_seconds()
+    if math.isnan(seconds):
+        return None
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
+
+
+def _window(rate_per_s: float) -> tuple[int, int]:
+    """(amount, seconds) of a moving window at or under `rate_per_s`, e.g. 22 → (22, 1), 22.7 → (22, 1), 0.5 → (1, 2).
+
+    The window is one second whenever the rate allows, so no burst exceeds a second's worth: a server's
+    per-second bucket of the same rate never sees more than it refills.
+    """
+    if rate_per_s >= 1:
+        return math.floor(rate_per_s), 1
+    return 1, math.ceil(1 / rate_per_s)
+
+
+class RateLimit:
+    """At most `rate_per_s` requests per second (a moving window), shared by every thread holding this object.
+
+    `None` or 0 means unlimited; a fractional rate rounds down (22.7 → 22 per second). `per_minute=n`
+    counts n per one-minute window (a burst of up to n is allowed; pass `rate_per_s=n / 60` for a smooth
+    rate). The moving window never lets more than the limit start inside any window, so a server's token
+    bucket of the same rate and a window's burst never answers 429.
+    """
+
+    def __init__(self, rate_per_s: float | None = None, *, per_minute: float | None = None,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        if per_minute:
+            amount, seconds = max(1, math.floor(per_minute)), 60
+        elif rate_per_s and rate_per_s > 0:
+            amount, seconds = _window(float(rate_per_s))
+        else:
+            amount = seconds = 0
+        self.amount, self.window_s = amount, seconds
+        self.rate_per_s: float | None = amount / seconds if amount else None
+        self._sleep = sleep
+        self._lock = threading.Lock()
+        if amount:
+            self._item = RateLimitItemPerSecond(amount, seconds)
+            self._limiter = MovingWindowRateLimiter(MemoryStorage())
+
+    def __repr__(self) -> str:
+        return f"RateLimit({self.amount}/{self.window_s}s)" if self.amount else "RateLimit(unlimited)"
+
+    def try_acquire(self) -> bool:
+        """Take one request's place if the window has room; never blocks."""
+        if not self.amount:
+            return True
+        with self._lock:
+            return self._limiter.hit(self._item)
+
+    def acquire(self) -> None:
+        """Block until one request may start."""
+        if not self.amount:
+            return
+        while True:
+            with self._lock:
+                if self._limiter.hit(self._item):
+                    return
+                reset_at = self._limiter.get_window_stats(self._item).reset_time
+            self._sleep(min(self.window_s, max(0.001, reset_at - time.time())))
+
+
+_SHARED: dict[Hashable, RateLimit] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_rate_limit(key: Hashable, rate_per_s: float | None = None, *, per_minute: float | None = None) -> RateLimit:
+    """The process's one `RateLimit` for `key` (e.g. `("stripe", account, rate)`): created on first use."""
+    with _SHARED_LOCK:
+        limit = _SHARED.get(key)
+        if limit is None:
+            limit = _SHARED[key] = RateLimit(rate_per_s, per_minute=per_minute)
+        return limit
+
+
+@dataclass(frozen=True)
+class RetryEvent:
+    """What `on_retry` is told before each wait: the attempt that failed, its outcome, the wait chosen."""
+
+    attempt: int  # 1 for the first attempt
+    delay_s: float
+    exception: BaseException | None
+    result: Any
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Up to `max_retries` retries, waiting uniform(0, min(cap, base·2^(n-1))) but at least the server's Retry-After."""
+
+    max_retries: int = 8
+    backoff_base_s: float = 0.25
+    backoff_cap_s: float = 20.0
+
+    def delay(self, attempt: int, retry_after_s: float | None = None) -> float:
+        """The wait after failed attempt number `attempt` (1-based): full jitter, floored by Retry-After."""
+        jitter = tenacity.wait_random_exponential(multiplier=self.backoff_base_s, max=self.backoff_cap_s, exp_base=2)
+        state = tenacity.RetryCallState(None, None, (), {})
+        state.attempt_number = attempt
+        return max(jitter(state), retry_after_s or 0.0)
+
+    def call(
+        self,
+        attempt: Callable[[], T],
+        *,
+        retry_on_exception: Callable[[BaseException], bool] = lambda exc: False,
+        retry_on_result: Callable[[T], bool] = lambda result: False,
+        retry_after: Callable[[Any], float | None] = lambda outcome: None,
+        on_retry: Callable[[RetryEvent], None] | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> T:
+        """Run `attempt()` until it returns a final answer or retries run out.
+
+        Out of retries, the last outcome is what the caller gets: its exception re-raised, or its result
+        returned (so the caller can turn a last 503 into its own error). `retry_after(outcome)` reads the
+        server's wait from the exception or result that failed.
+        """
+
+        def wait(state: tenacity.RetryCallState) -> float:
+            outcome = state.outcome
+            failed = outcome.exception() if outcome is not None and outcome.failed else (
+                outcome.result() if outcome is not None else None)
+            return self.delay(state.attempt_number, retry_after(failed))
+
+        def before_sleep(state: tenacity.RetryCallState) -> None:
+            if on_retry is None or state.outcome is None or state.next_action is None:
+                return
+            failed = state.outcome.failed
+            on_retry(RetryEvent(state.attempt_number, state.next_action.sleep,
+                                state.outcome.exception() if failed else None,
+                                None if failed else state.outcome.result()))
+
+        def give_up(state: tenacity.RetryCallState) -> T:
+            assert state.outcome is not None
+            return state.outcome.result()  # re-raises the last exception, or returns the last result
+
+        retrying = tenacity.Retrying(
+            stop=tenacity.stop_after_attempt(self.max_retries + 1),
+            wait=wait,
+            retry=tenacity.retry_if_exception(retry_on_exception) | tenacity.retry_if_result(retry_on_result),
+            before_sleep=before_sleep,
+            retry_error_callback=give_up,
+            sleep=sleep,
+            reraise=True,
+        )
+        return retrying(attempt)

@@ -1,0 +1,118 @@
+"""The shared rate limit and retry policy (runtime.http_policy), with a fake clock where waiting matters."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from stripe_sage_pipeline.runtime.http_policy import RateLimit, RetryPolicy, retry_after_seconds, shared_rate_limit
+
+
+def test_retry_after_seconds_reads_delta_seconds_and_http_dates():
+    now = datetime(2026, 7, 1, 12, 0, 0, tzinfo=UTC)
+    assert retry_after_seconds("3", now) == 3.0
+    assert retry_after_seconds(" 1.5 ", now) == 1.5
+    assert retry_after_seconds("Wed, 01 Jul 2026 12:00:07 GMT", now) == 7.0
+    assert retry_after_seconds("Wed, 01 Jul 2026 11:00:00 GMT", now) == 0.0  # in the past: no wait
+    assert retry_after_seconds("100000", now) == 120.0  # capped
+    assert retry_after_seconds(None) is None
+    assert retry_after_seconds("soon") is None
+    assert retry_after_seconds("") is None
+
+
+def test_rate_limit_windows():
+    assert (RateLimit(22).amount, RateLimit(22).window_s) == (22, 1)
+    assert (RateLimit(0.5).amount, RateLimit(0.5).window_s) == (1, 2)
+    assert (RateLimit(1.5).amount, RateLimit(1.5).window_s) == (1, 1)  # rounded down, never above the rate
+    assert (RateLimit(0.3).amount, RateLimit(0.3).window_s) == (1, 4)
+    assert (RateLimit(per_minute=110).amount, RateLimit(per_minute=110).window_s) == (110, 60)
+    assert RateLimit(None).rate_per_s is None and RateLimit(0).rate_per_s is None
+    # A one-second window whenever possible: never a burst of more than a second's worth.
+    assert (RateLimit(22.7).amount, RateLimit(22.7).window_s) == (22, 1)
+
+
+def test_rate_limit_admits_at_most_the_limit_per_window():
+    limit = RateLimit(5)
+    assert [limit.try_acquire() for _ in range(7)] == [True] * 5 + [False] * 2
+    assert RateLimit(None).try_acquire()
+
+
+def test_acquire_sleeps_until_the_window_has_room():
+    waits: list[float] = []
+    limit = RateLimit(3, sleep=lambda s: (waits.append(s), limit._limiter.storage.reset()))
+    for _ in range(3):
+        limit.acquire()
+    assert waits == []
+    limit.acquire()  # the fourth must wait for the window (the fake sleep then empties it)
+    assert len(waits) == 1 and 0 < waits[0] <= 1.0
+
+
+def test_shared_rate_limit_is_one_object_per_key():
+    a = shared_rate_limit(("test", "acct_1"), 10)
+    assert shared_rate_limit(("test", "acct_1"), 10) is a
+    assert shared_rate_limit(("test", "acct_2"), 10) is not a
+
+
+class Flaky(Exception):
+    def __init__(self, retry_after: float | None = None):
+        self.retry_after = retry_after
+
+
+def test_retry_policy_retries_transient_failures_and_honours_retry_after():
+    sleeps: list[float] = []
+    events = []
+    calls = iter([Flaky(retry_after=7), Flaky(), "ok"])
+
+    def attempt():
+        outcome = next(calls)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    policy = RetryPolicy(max_retries=5, backoff_base_s=0.01, backoff_cap_s=0.02)
+    result = policy.call(attempt, retry_on_exception=lambda e: isinstance(e, Flaky),
+                         retry_after=lambda e: getattr(e, "retry_after", None), on_retry=events.append, sleep=sleeps.append)
+    assert result == "ok"
+    assert sleeps[0] == 7  # never sooner than Retry-After
+    assert 0 <= sleeps[1] <= 0.02  # full jitter under the cap
+    assert [e.attempt for e in events] == [1, 2] and all(isinstance(e.exception, Flaky) for e in events)
+
+
+def test_retry_policy_stops_after_max_retries_and_raises_the_last_error():
+    attempts = []
+
+    def attempt():
+        attempts.append(1)
+        raise Flaky()
+
+    with pytest.raises(Flaky):
+        RetryPolicy(max_retries=3).call(attempt, retry_on_exception=lambda e: True, sleep=lambda s: None)
+    assert len(attempts) == 4
+
+
+def test_a_final_error_is_not_retried():
+    attempts = []
+
+    def attempt():
+        attempts.append(1)
+        raise ValueError("bad request")
+
+    with pytest.raises(ValueError):
+        RetryPolicy().call(attempt, retry_on_exception=lambda e: isinstance(e, Flaky), sleep=lambda s: None)
+    assert attempts == [1]
+
+
+def test_retry_on_result_returns_the_last_result_when_retries_run_out():
+    answers = iter([503, 503, 503])
+    sleeps: list[float] = []
+    got = RetryPolicy(max_retries=2, backoff_base_s=1, backoff_cap_s=4).call(
+        lambda: next(answers), retry_on_result=lambda status: status >= 500, sleep=sleeps.append)
+    assert got == 503 and len(sleeps) == 2
+    assert 0 <= sleeps[0] <= 1 and 0 <= sleeps[1] <= 2  # uniform(0, base·2^(n-1))
+
+
+def test_delay_is_full_jitter_under_the_cap_but_at_least_retry_after():
+    policy = RetryPolicy(backoff_base_s=0.25, backoff_cap_s=20)
+    assert all(0 <= policy.delay(n) <= min(20, 0.25 * 2 ** (n - 1)) for n in range(1, 12) for _ in range(20))
+    assert policy.delay(1, retry_after_s=3) == 3
