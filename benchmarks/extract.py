@@ -1,18 +1,26 @@
 """Extraction benchmark: Stripe emulator in its own process → extractor → embedded Postgres.
 
-Prints, for the whole pipeline of `extract_window` (SDK requests, row conversion, COPY + upsert):
-  * objects/s end to end with no rate limit, over >= 200k balance transactions with their charges;
-  * the achieved request rate as a fraction of the limit at 25 and 100 req/s (the emulator enforcing
-    the same limit, so a 429 would show up as lost rate);
-  * peak RSS of the extracting process at two data sizes (should not grow with the data).
+For every table the history job extracts (customers, charges, refunds, disputes, payouts with their
+`?payout=` membership, balance transactions, invoices), over one window, with the emulator answering
+after `--latency-ms` 300 and 0 and enforcing a 100 and a 25 req/s limit (the client keeps the same limit):
 
-Usage: python benchmarks/extract.py [--volume 60] [--days 30]
+  * busy: the fraction of the limit kept busy (requests sent / (seconds x limit)); goal >= 0.9 at 300 ms;
+  * objects/s staged (Stripe objects + payout membership rows);
+  * requests per 1,000 staged objects, and against the floor: every list needed (one per table, one
+    per automatic payout's membership) at 100 objects a page, ceil(n / 100) requests each; goal within 10%;
+  * 429s the emulator served, peak RSS of the extracting process.
+
+`--baseline DIR` runs the same measurements with the extractor found in DIR as well (e.g. the code
+before a change: `git archive <commit> stripe_sage_pipeline | tar -x -C DIR`), for before/after figures.
+
+Usage: python benchmarks/extract.py [--volume 10] [--days 30] [--baseline DIR] [--latencies 300,0] [--limits 100,25]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -26,6 +34,7 @@ sys.path.insert(0, str(ROOT))
 from stripe_sage_pipeline.runtime.embedded_pg import EmbeddedPostgres, free_port  # noqa: E402
 
 KEY = "sk_test_emulator"
+TABLES = ["customers", "charges", "refunds", "disputes", "payouts", "balance_transactions", "invoices"]
 
 
 def start_emulator(volume: float, days: int, end: int) -> tuple[subprocess.Popen, str, dict]:
@@ -56,36 +65,33 @@ def admin(url: str, path: str, body: dict | None = None) -> dict:
 
 WORKER = r"""
 import json, resource, sys, time
+import psycopg
 from stripe_sage_pipeline.extract import extract
 from stripe_sage_pipeline.extract.client import StripeReader
 from stripe_sage_pipeline.extract.staging import ensure_schema
-import psycopg
 args = json.loads(sys.argv[1])
 with psycopg.connect(args["db"]) as c:
     ensure_schema(c)
 r = StripeReader("sk_test_emulator", args["url"], rate_limit_per_s=args["rate"])
 t0 = time.monotonic()
-rows = 0
-if args.get("max_requests"):
-    # Rate probe: as many threads as extraction uses page through charges until max_requests went out.
-    from concurrent.futures import ThreadPoolExecutor
-    def probe(i):
-        for _ in r.iter_pages("/v1/charges", {"created": {"gte": args["start"] + i * 86400, "lt": args["end"]}}):
-            if r.stats.requests >= args["max_requests"]:
-                return
-    with ThreadPoolExecutor(args["workers"]) as pool:
-        list(pool.map(probe, range(args["workers"])))
-else:
+info = {}
+if hasattr(extract, "extract_windows"):
+    res = extract.extract_windows(r, args["db"], args["tables"], args["start"], args["end"])
+    assert not res.errors, res.errors
+    info = {"in_flight": res.in_flight, "chunks": res.chunks}
+else:  # the extractor before extract_windows: table after table
     for t in args["tables"]:
-        rows += extract.extract_window(r, args["db"], t, args["start"], args["end"], workers=args["workers"]).rows
+        extract.extract_window(r, args["db"], t, args["start"], args["end"])
 dt = time.monotonic() - t0
-print(json.dumps({"rows": rows, "seconds": dt, "requests": r.stats.requests, "rate_limited": r.stats.rate_limited,
-                  "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+print(json.dumps({"seconds": dt, "requests": r.stats.requests, "rate_limited": r.stats.rate_limited,
+                  "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, **info}))
 """
 
 
-def run_worker(args: dict) -> dict:
-    out = subprocess.run([sys.executable, "-c", WORKER, json.dumps(args)], cwd=ROOT, capture_output=True, text=True)
+def run_worker(args: dict, code_dir: Path) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(code_dir), "PYTHONDONTWRITEBYTECODE": "1"}
+    out = subprocess.run([sys.executable, "-c", WORKER, json.dumps(args)], cwd=code_dir, capture_output=True,
+                         text=True, env=env)
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -100,58 +106,77 @@ def fresh_db(pg: EmbeddedPostgres, name: str) -> str:
     return f"postgresql://postgres@127.0.0.1:{pg.port}/{name}"
 
 
+def staged(db: str) -> tuple[int, int]:
+    """(objects staged incl. membership rows, the floor: ceil(n/100) per list needed)."""
+    import psycopg
+
+    with psycopg.connect(db) as c:
+        per_table = [c.execute(f"select count(*) from stripe_staging.{t}").fetchone()[0] for t in TABLES]
+        members = [n for (n,) in c.execute(
+            "select count(m.balance_transaction_id) from stripe_staging.payouts p left join "
+            "stripe_staging.payout_balance_transactions m on m.payout_id = p.id where p.automatic group by p.id")]
+    pages = sum(max(1, -(-n // 100)) for n in per_table + members)
+    return sum(per_table) + sum(members), pages
+
+
+def measure(label: str, code_dir: Path, pg: EmbeddedPostgres, url: str, latency: int, limit: float | None,
+            start: int, end: int) -> dict:
+    admin(url, "/_emulator/config", {"latency_ms": latency, "rate_limit_per_s": limit})
+    before = admin(url, "/_emulator/requests")
+    db = fresh_db(pg, f"bench_{label}_{latency}_{int(limit or 0)}".replace("-", "_"))
+    res = run_worker({"db": db, "url": url, "rate": limit, "tables": TABLES, "start": start, "end": end}, code_dir)
+    after = admin(url, "/_emulator/requests")
+    objects, floor = staged(db)
+    row = {"label": label, "latency_ms": latency, "limit": limit, **res, "objects": objects, "floor": floor,
+           "served": after["total"] - before["total"], "429": after["rate_limited"] - before["rate_limited"]}
+    row["busy"] = round(res["requests"] / res["seconds"] / limit, 3) if limit else "-"
+    row["objects_per_s"] = round(objects / res["seconds"])
+    row["per_1000"] = round(1000 * res["requests"] / objects, 2)
+    row["vs_floor"] = round(res["requests"] / floor, 3)
+    busy = f"{row['busy']:.3f} of the limit" if limit else "no limit"
+    print(f"[{label:8}] {latency:>3} ms, {str(int(limit)) + '/s' if limit else 'unlimited':>9}: {busy}, "
+          f"{row['objects_per_s']:,} objects/s, {res['requests']} requests for {objects:,} objects = "
+          f"{row['per_1000']} per 1,000 ({row['vs_floor']:.3f} x the floor of {floor}), 429s {row['429']}, "
+          f"in flight {res.get('in_flight', '-')}, {res['seconds']:.1f} s, peak RSS {res['maxrss_kb'] / 1024:.0f} MiB",
+          flush=True)
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--volume", type=float, default=60.0, help="generator volume (60 ≈ 200k balance transactions / 30 days)")
+    ap.add_argument("--volume", type=float, default=10.0, help="generator volume (10 ≈ 100k objects over 30 days)")
     ap.add_argument("--days", type=int, default=30)
-    ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument("--latencies", default="300,0")
+    ap.add_argument("--limits", default="100,25")
+    ap.add_argument("--baseline", type=Path, default=None, help="a folder with the extractor to compare against")
+    ap.add_argument("--baseline-runs", default="300:100", help="latency:limit pairs measured for the baseline")
     a = ap.parse_args()
     end = 1_790_000_000 - 1_790_000_000 % 86400  # fixed, so figures are comparable between runs
-    start = end - a.days * 86400
+    start = end - (a.days + 1) * 86400  # the generated days (older customers are outside the window)
     tmp = Path(tempfile.mkdtemp(prefix="ssp-bench-extract-"))
     pg = EmbeddedPostgres(tmp, free_port()).start()
-    results: dict[str, object] = {}
+    rows = []
     try:
-        for label, volume in (("small", a.volume / 4), ("large", a.volume)):
-            proc, url, summary = start_emulator(volume, a.days, end)
-            try:
-                n_bt = summary["counts"]["balance_transactions"]
-                n_ch = summary["counts"]["charges"]
-                db = fresh_db(pg, f"bench_{label}")
-                res = run_worker({"db": db, "url": url, "rate": None, "tables": ["balance_transactions", "charges"],
-                                  "start": start, "end": end + 86400, "workers": a.workers})
-                results[label] = {"balance_transactions": n_bt, "charges": n_ch, **res,
-                                  "objects_per_s": round(res["rows"] / res["seconds"])}
-                print(f"[{label}] {res['rows']:,} objects ({n_bt:,} balance transactions + {n_ch:,} charges) in "
-                      f"{res['seconds']:.1f} s = {res['rows'] / res['seconds']:,.0f} objects/s, "
-                      f"{res['requests']:,} requests, peak RSS {res['maxrss_kb'] / 1024:.0f} MiB", flush=True)
-                if label == "large":
-                    for limit in (25, 100):
-                        admin(url, "/_emulator/config", {"rate_limit_per_s": limit})
-                        before = admin(url, "/_emulator/requests")
-                        n = limit * 12
-                        probe = run_worker({"db": db, "url": url, "rate": limit, "max_requests": n, "workers": a.workers,
-                                            "start": start, "end": end + 86400})
-                        after = admin(url, "/_emulator/requests")
-                        achieved = probe["requests"] / probe["seconds"]
-                        served_429 = after.get("rate_limited", 0) - before.get("rate_limited", 0)
-                        results[f"rate_{limit}"] = {"achieved_per_s": round(achieved, 2), "fraction": round(achieved / limit, 3),
-                                                    "429_served": served_429, "429_seen_by_client": probe["rate_limited"]}
-                        print(f"[limit {limit}/s] {probe['requests']} requests in {probe['seconds']:.2f} s = "
-                              f"{achieved:.2f} req/s = {achieved / limit:.3f} of the limit; 429s served {served_429}",
-                              flush=True)
-            finally:
-                proc.terminate()
-                proc.wait(timeout=30)
-        small, large = results["small"], results["large"]
-        print("\nSummary")
-        print(f"  objects/s, no rate limit (large): {large['objects_per_s']:,}   goal >= 5,000")
-        print(f"  fraction of limit at 25/s: {results['rate_25']['fraction']}   at 100/s: {results['rate_100']['fraction']}   goal >= 0.9")
-        print(f"  peak RSS: {small['maxrss_kb'] / 1024:.0f} MiB at {small['rows']:,} objects, "
-              f"{large['maxrss_kb'] / 1024:.0f} MiB at {large['rows']:,} objects "
-              f"(ratio {large['maxrss_kb'] / small['maxrss_kb']:.2f} for {large['rows'] / small['rows']:.1f}x the data)")
+        proc, url, summary = start_emulator(a.volume, a.days, end)
+        try:
+            print("emulator:", ", ".join(f"{n:,} {k}" for k, n in summary["counts"].items()), flush=True)
+            if a.baseline:
+                for pair in a.baseline_runs.split(","):
+                    lat, lim = pair.split(":")
+                    rows.append(measure("baseline", a.baseline, pg, url, int(lat), float(lim) or None, start, end + 86400))
+            for lat in (int(x) for x in a.latencies.split(",")):
+                for lim in (float(x) for x in a.limits.split(",")):
+                    rows.append(measure("this", ROOT, pg, url, lat, lim, start, end + 86400))
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
     finally:
         pg.stop()
+    print("\n| extractor | latency | limit | busy | objects/s | requests / 1,000 objects | x floor | 429s | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['label']} | {r['latency_ms']} ms | {str(int(r['limit'])) + '/s' if r['limit'] else 'none'} | {r['busy']} | {r['objects_per_s']:,} | "
+              f"{r['per_1000']} | {r['vs_floor']} | {r['429']} | {r['maxrss_kb'] / 1024:.0f} MiB |")
 
 
 if __name__ == "__main__":

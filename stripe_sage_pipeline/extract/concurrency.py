@@ -18,6 +18,9 @@ PAGE_SIZE = 100  # Stripe's maximum page
 DEFAULT_LATENCY_S = 0.3  # before any answer was timed: a typical Stripe list page
 UNLIMITED_IN_FLIGHT = 8  # no rate limit to fill: enough to keep 2 cores busy converting and copying pages
 MAX_IN_FLIGHT = 64  # threads are cheap while they wait on the network, not free
+# Chunk counts a table is cut into: a coarse ladder, so a re-run over slightly more data cuts the same
+# boundaries (a chunk's resume cursor is keyed by its boundaries).
+CHUNK_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
 
 
 def in_flight(
@@ -59,9 +62,8 @@ def estimate_pages(objects_seen: int, newest: int, oldest_seen: int, start: int,
 def chunk_counts(pages: dict[str, float], slots: int, *, min_pages: float = 10.0, per_slot: float = 2.0) -> dict[str, int]:
     """Chunks per table so that about `per_slot`·`slots` chunks run in all, each at least `min_pages` long.
 
-    Tables get chunks in proportion to their pages (a table of 1 page gets 1 chunk); the count is rounded
-    down to a power of two so that a re-run over slightly more data cuts the same boundaries (the
-    chunks' resume cursors are keyed by their boundaries).
+    Tables get chunks in proportion to their pages (a table of 1 page gets 1 chunk), so the chains of
+    pages are about equally long; the count is rounded down to the `CHUNK_LADDER`.
     """
     total = sum(max(0.0, p) for p in pages.values())
     out: dict[str, int] = {}
@@ -70,5 +72,5 @@ def chunk_counts(pages: dict[str, float], slots: int, *, min_pages: float = 10.0
             out[table] = 1
             continue
         want = min(p / min_pages, per_slot * slots * p / total)
-        out[table] = max(1, 2 ** int(math.log2(max(1.0, want))))
+        out[table] = max(n for n in CHUNK_LADDER if n <= max(1.0, want))
     return out

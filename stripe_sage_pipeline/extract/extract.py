@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import psycopg
@@ -88,23 +88,21 @@ def _chunks(start: int, end: int, pieces: int) -> list[tuple[int, int]]:
     return [(hours[i][0], hours[min(i + per, len(hours)) - 1][1]) for i in range(0, len(hours), per)]
 
 
-def _payout_members(reader: StripeReader, payout_ids: list[str], pool: Executor | None) -> dict[str, list[str]]:
-    """Which balance transactions each payout swept (GET ?payout=, all pages), several payouts at a time."""
-
-    def one(po: str) -> list[str]:
-        return [bt["id"] for bt in reader.list_all("/v1/balance_transactions", {"payout": po})]
-
-    lists = pool.map(one, payout_ids) if pool is not None and len(payout_ids) > 1 else map(one, payout_ids)
-    return dict(zip(payout_ids, lists, strict=True))
+def _payout_members(reader: StripeReader, payout_id: str) -> list[str]:
+    """Which balance transactions a payout swept (GET ?payout=, all pages)."""
+    return [bt["id"] for bt in reader.list_all("/v1/balance_transactions", {"payout": payout_id})]
 
 
 def _flush(reader: StripeReader, conn: psycopg.Connection, table_name: str, hours: dict[int, list[tuple]],
-           payouts: dict[int, list[dict]], resume_key: str, lowest_done: int,
-           pool: Executor | None = None) -> tuple[int, int]:
-    """Commit whole hours in one transaction, with the resume cursor, so a kill never leaves half an hour."""
+           payouts: dict[int, list[tuple[str, Future | None]]], resume_key: str, lowest_done: int) -> tuple[int, int]:
+    """Commit whole hours in one transaction, with the resume cursor, so a kill never leaves half an hour.
+
+    `payouts` are the hours' automatic payouts with their membership listing, already under way when a
+    pool was given (started as soon as the payout's page arrived), else listed here.
+    """
     account = reader.stripe_account or ""
-    automatic = [po["id"] for objs in payouts.values() for po in objs if po.get("automatic")]
-    members = _payout_members(reader, automatic, pool)
+    members = {po: fut.result() if fut is not None else _payout_members(reader, po)
+               for objs in payouts.values() for po, fut in objs}
     table = TABLES[table_name]
     rows = [r for h in sorted(hours) for r in hours[h]]
     with conn.transaction():
@@ -131,7 +129,7 @@ def extract_chunk(reader: StripeReader, url: str, table_name: str, start: int, e
     upper = resumed_at if resumed_at is not None else end
     result = WindowResult(table_name, start, end)
     hours: dict[int, list[tuple]] = {}
-    payouts: dict[int, list[dict]] = {}
+    payouts: dict[int, list[tuple[str, Future | None]]] = {}
     lowest_done = upper
 
     def flush(below_hour: int | None) -> None:
@@ -142,7 +140,7 @@ def extract_chunk(reader: StripeReader, url: str, table_name: str, start: int, e
         # Every hour at or above this one is committed: the exclusive upper bound to resume from.
         lowest_done = below_hour + HOUR if below_hour is not None else start
         n, m = _flush(reader, conn, table_name, {h: hours.pop(h) for h in done},
-                      {h: payouts.pop(h) for h in done if h in payouts}, resume_key, lowest_done, pool)
+                      {h: payouts.pop(h) for h in done if h in payouts}, resume_key, lowest_done)
         result.rows += n
         result.payout_members += m
 
@@ -155,8 +153,10 @@ def extract_chunk(reader: StripeReader, url: str, table_name: str, start: int, e
                     h = int(obj["created"]) - int(obj["created"]) % HOUR
                     hours.setdefault(h, []).append(row)
                     result.rows_by_hour[h] = result.rows_by_hour.get(h, 0) + 1
-                    if table_name == "payouts":
-                        payouts.setdefault(h, []).append(obj)
+                    if table_name == "payouts" and obj.get("automatic"):
+                        # The membership listing starts now, in parallel; the hour's commit waits for it.
+                        fut = pool.submit(_payout_members, reader, obj["id"]) if pool is not None else None
+                        payouts.setdefault(h, []).append((obj["id"], fut))
                 if page:
                     last_hour = int(page[-1]["created"]) - int(page[-1]["created"]) % HOUR
                     flush(below_hour=last_hour)

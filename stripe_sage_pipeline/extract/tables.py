@@ -17,6 +17,16 @@ from typing import Any
 
 SCHEMA = "stripe_staging"
 
+try:  # orjson serialises a page's raw JSON several times faster; the jsonb Postgres stores is the same
+    import orjson
+
+    def _dumps(value: Any) -> str:
+        return orjson.dumps(value).decode()
+except ImportError:  # pragma: no cover - depends on the environment
+
+    def _dumps(value: Any) -> str:
+        return json.dumps(value, separators=(",", ":"))
+
 
 class MalformedObject(ValueError):
     """A Stripe object that lacks a field the pipeline relies on, or carries a value of the wrong type."""
@@ -93,7 +103,7 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
     "bool": lambda v: bool(v),
     "ts": _ts,
     "ref": lambda v: v["id"] if isinstance(v, dict) else str(v),  # expandable: id or expanded object
-    "json": lambda v: json.dumps(v, separators=(",", ":")),
+    "json": _dumps,
     "numeric": lambda v: str(v),
 }
 
@@ -115,7 +125,7 @@ def to_row(table: Table, obj: dict, stripe_account: str, extracted_at: datetime)
             values.append(_CONVERT[col.kind](raw))
         except (TypeError, ValueError, KeyError, OverflowError) as exc:
             raise MalformedObject(table.object_type, oid, col.path, f"has a bad value {raw!r}: {exc}") from None
-    values.append(json.dumps(obj, separators=(",", ":")))
+    values.append(_dumps(obj))
     values.append(extracted_at)
     return tuple(values)
 

@@ -465,6 +465,8 @@ class EmulatorState:
             raise ApiError(400, f"This property cannot be expanded ({name}).", param="expand")
         if name == "refunds" and obj.get("object") == "charge":
             value: Any = self._charge_refunds(obj["id"])
+        elif name not in obj:
+            return  # an optional field the object does not carry (a refund's failure_balance_transaction) stays absent
         else:
             value = obj.get(name)
             if isinstance(value, str):

@@ -52,9 +52,9 @@ def test_estimate_pages_from_the_first_page():
 
 def test_chunk_counts_share_the_slots_by_pages_and_keep_chunks_long():
     counts = concurrency.chunk_counts({"balance_transactions": 1000, "charges": 900, "disputes": 2, "refunds": 60}, 40)
-    # 60 of 1962 pages: 2.4 of the 80 chunks, rounded down to a power of two; 2 pages: one chunk.
+    # 60 of 1962 pages: 2.4 of the 80 chunks, rounded down the ladder; 2 pages: one chunk.
     assert counts["disputes"] == 1 and counts["refunds"] == 2
-    assert counts["balance_transactions"] == 32 and counts["charges"] == 32
+    assert counts["balance_transactions"] == 32 and counts["charges"] == 32  # 40.8 and 36.7 of the 80
     assert sum(counts.values()) <= 2 * 40 + 4
     for table, pages in {"balance_transactions": 1000, "charges": 900, "refunds": 60}.items():
         assert pages / counts[table] >= 10  # a chunk's partly empty last page costs at most 5%

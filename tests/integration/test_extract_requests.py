@@ -1,0 +1,93 @@
+"""Fewer requests for the same staged rows: the sized, probed plan and the update path's `expand[]`."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from stripe_sage_pipeline.extract import extract
+from stripe_sage_pipeline.extract.client import StripeReader
+from stripe_sage_pipeline.extract.staging import ensure_schema
+from stripe_sage_pipeline.extract.tables import SCHEMA, TABLES
+from stripe_sage_pipeline.runtime.db import libpq_url
+from stripe_sage_sandboxes.stripe_emulator import EmulatorConfig, EmulatorServer, EmulatorState, generate
+from tests.extract_helpers import snapshot, window_of
+
+KEY = "sk_test_emulator"
+
+
+@pytest.fixture(scope="module")
+def emulator():
+    """Four generated days served on an ephemeral port (read-only for these tests)."""
+    state = EmulatorState(EmulatorConfig(seed=5))
+    generate(state, seed=5, days=4, volume=0.5)
+    srv = EmulatorServer(state, port=0).start()
+    yield state, srv
+    srv.stop()
+
+
+def _db(pg_server, name: str) -> str:
+    with psycopg.connect(f"host=127.0.0.1 port={pg_server.port} user=postgres dbname=postgres", autocommit=True) as c:
+        c.execute(f'drop database if exists "{name}"')
+        c.execute(f'create database "{name}"')
+    conninfo = libpq_url(pg_server.url(name))
+    with psycopg.connect(conninfo) as conn:
+        ensure_schema(conn)
+    return conninfo
+
+
+def test_sized_plan_stages_the_same_rows_as_fixed_chunks_with_fewer_requests(emulator, pg_server):
+    """All tables at once, sized from the limit and latency, probed: same rows, same sums as 16 fixed chunks per table."""
+    state, srv = emulator
+    start, end = window_of(state.summary())
+    fixed_db, sized_db = _db(pg_server, "req_fixed"), _db(pg_server, "req_sized")
+    fixed = StripeReader(KEY, srv.url, rate_limit_per_s=None)
+    for t in TABLES:  # the previous plan: table after table, 16 chunks each
+        extract.extract_window(fixed, fixed_db, t, start, end, workers=8, pieces=16)
+    sized = StripeReader(KEY, srv.url, rate_limit_per_s=1000)
+    res = extract.extract_windows(sized, sized_db, list(TABLES), start, end)
+    assert res.errors == {}
+    assert res.in_flight >= 2
+    assert snapshot(sized_db) == snapshot(fixed_db)
+    with psycopg.connect(sized_db) as conn:
+        sums = {c: {"amount": a, "fee": f, "net": n} for c, a, f, n in conn.execute(
+            f"select currency, sum(amount)::bigint, sum(fee)::bigint, sum(net)::bigint from {SCHEMA}.balance_transactions group by 1")}
+    assert sums == state.summary()["balance_transactions"]
+    # Per table: its pages, one partly filled page per chunk, and one per payout membership list.
+    staged = {t: n for t, n in ((t, r.rows) for t, r in res.results.items())}
+    members = sum(r.payout_members for r in res.results.values())
+    floor = sum(-(-n // 100) or 1 for n in staged.values())
+    assert sized.stats.requests < fixed.stats.requests
+    assert sized.stats.requests <= floor + sum(res.chunks.values()) + state.summary()["counts"]["payouts"] + members // 100
+
+
+def test_update_path_stages_what_listing_stages_with_one_request_per_changed_object(emulator, pg_server):
+    """Re-fetching every charge, refund, payout and dispute: identical rows, balance transactions brought along by expand[]."""
+    state, srv = emulator
+    start, end = window_of(state.summary())
+    listed_db, refetched_db = _db(pg_server, "req_listed"), _db(pg_server, "req_refetched")
+    extract.extract_windows(StripeReader(KEY, srv.url, rate_limit_per_s=None), listed_db, list(TABLES), start, end)
+    changed = {t: {o["id"] for o in state.iter_rendered(t)} for t in ("charges", "refunds", "payouts", "disputes")}
+    reader = StripeReader(KEY, srv.url, rate_limit_per_s=None)
+    n = extract.refetch_objects(reader, refetched_db, changed)
+    listed, refetched = snapshot(listed_db), snapshot(refetched_db)
+    for t in changed:
+        assert refetched[t] == listed[t] and len(refetched[t]) == len(changed[t]), t
+    # Every balance transaction those objects point at, row for row as listed; here that is all of them.
+    bt_ids = set()
+    with psycopg.connect(listed_db) as conn:
+        for t, cols in (("charges", ["balance_transaction_id"]), ("refunds", ["balance_transaction_id"]),
+                        ("payouts", ["balance_transaction_id", "failure_balance_transaction_id"])):
+            for col in cols:
+                bt_ids |= {r[0] for r in conn.execute(f"select {col} from {SCHEMA}.{t} where {col} is not null")}
+        bt_ids |= {r[0] for r in conn.execute(
+            f"select jsonb_array_elements(balance_transactions)->>'id' from {SCHEMA}.disputes")}
+        pages = conn.execute(
+            f"select coalesce(sum(greatest(1, ceil(n / 100.0))), 0)::int from (select p.id, count(m.balance_transaction_id) n "
+            f"from {SCHEMA}.payouts p left join {SCHEMA}.payout_balance_transactions m on m.payout_id = p.id "
+            "where p.automatic and p.status in ('paid', 'in_transit', 'failed') group by p.id) x").fetchone()[0]
+    assert [r for r in listed["balance_transactions"] if r[1] in bt_ids] == refetched["balance_transactions"]
+    assert n["balance_transactions"] == len(bt_ids) == len(listed["balance_transactions"])
+    assert refetched["payout_balance_transactions"] == listed["payout_balance_transactions"]
+    # One request per object plus the ?payout= pages: not one for any balance transaction.
+    assert reader.stats.requests == sum(len(ids) for ids in changed.values()) + pages
