@@ -56,6 +56,7 @@ class Settings:
     intacct_refresh_token: str | None = None  # authorization-code grant: refresh instead of client credentials
     intacct_rate_per_minute: int = 110
     intacct_locations: str | None = None  # "usd=US-01,eur=EU-01": the location of each currency (default: ISO code)
+    stripe_extract_workers: int | None = None  # None: sized from the rate limit and Stripe's latency
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -100,4 +101,5 @@ def load_settings() -> Settings:
         intacct_refresh_token=_env("INTACCT_REFRESH_TOKEN"),
         intacct_rate_per_minute=int(_env("INTACCT_RATE_PER_MINUTE", "110")),
         intacct_locations=_env("INTACCT_LOCATIONS"),
+        stripe_extract_workers=int(_env("STRIPE_EXTRACT_WORKERS", "0")) or None,
     )

@@ -52,6 +52,7 @@ class StripeResource(dg.ConfigurableResource):
     api_base: str | None = None
     stripe_account: str | None = None
     rate_limit_per_s: float = 22.0
+    extract_workers: int | None = None  # requests in flight while extracting; None: sized from limit and latency
 
     _reader: StripeReader | None = PrivateAttr(default=None)
 
@@ -122,6 +123,7 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             api_base=os.environ.get("STRIPE_API_BASE") or None,
             stripe_account=os.environ.get("STRIPE_ACCOUNT") or None,
             rate_limit_per_s=s.stripe_rate_limit_per_s,
+            extract_workers=s.stripe_extract_workers,
         ),
         "sage": SageResource(
             target=s.sage_target,

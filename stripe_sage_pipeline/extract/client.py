@@ -100,7 +100,14 @@ class StripeReader:
                                                        rate_limit_per_s)
         self.retry = RetryPolicy(max_retries=max_retries, backoff_base_s=backoff_base_s, backoff_cap_s=backoff_cap_s)
         self.stats = RequestStats()
-        self.latency = LatencyMeter()
+        self.latency = LatencyMeter()  # Stripe's answer time per request
+        self.processing = LatencyMeter()  # the extractor's time per page between answer and next request
+
+    def seconds_per_page(self) -> float:
+        """Observed seconds a worker spends per page (answer + processing): W in Little's law."""
+        from stripe_sage_pipeline.extract.concurrency import seconds_per_page
+
+        return seconds_per_page(self.latency.mean_s, self.processing.mean_s)
 
     @property
     def rate_limit_per_s(self) -> float | None:

@@ -16,6 +16,7 @@ import math
 
 PAGE_SIZE = 100  # Stripe's maximum page
 DEFAULT_LATENCY_S = 0.3  # before any answer was timed: a typical Stripe list page
+DEFAULT_PROCESSING_S = 0.02  # before any page was staged: converting and copying 100 objects on this machine
 UNLIMITED_IN_FLIGHT = 8  # no rate limit to fill: enough to keep 2 cores busy converting and copying pages
 MAX_IN_FLIGHT = 64  # threads are cheap while they wait on the network, not free
 # Chunk counts a table is cut into: a coarse ladder, so a re-run over slightly more data cuts the same
@@ -33,7 +34,7 @@ def in_flight(
     unlimited: int = UNLIMITED_IN_FLIGHT,
     ceiling: int = MAX_IN_FLIGHT,
 ) -> int:
-    """Requests to keep in flight for a rate limit and an observed seconds-per-page.
+    """Requests to keep in flight for a rate limit and the observed seconds per page (`seconds_per_page`).
 
     `explicit` (a worker setting) wins. No rate limit: `unlimited`. Else ⌈λ·W·headroom⌉ + spare, at
     least 1 and at most `ceiling`; e.g. 100 req/s at 0.3 s → 40, 25 req/s at 0.3 s → 12, 100 req/s at 5 ms → 3.
@@ -44,6 +45,12 @@ def in_flight(
         return max(1, unlimited)
     w = DEFAULT_LATENCY_S if latency_s is None or latency_s < 0 else latency_s
     return max(1, min(ceiling, math.ceil(rate_per_s * w * headroom) + spare))
+
+
+def seconds_per_page(latency_s: float | None, processing_s: float | None) -> float:
+    """W in Little's law: Stripe's answer time plus the worker's time on the page (convert, COPY, commit)."""
+    return (DEFAULT_LATENCY_S if latency_s is None else latency_s) + (
+        DEFAULT_PROCESSING_S if processing_s is None else processing_s)
 
 
 def estimate_pages(objects_seen: int, newest: int, oldest_seen: int, start: int, has_more: bool) -> float:

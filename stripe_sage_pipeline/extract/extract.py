@@ -147,6 +147,7 @@ def extract_chunk(reader: StripeReader, url: str, table_name: str, start: int, e
     with conn:
         if upper > start:
             for page in _pages(reader, table.list_path, start, upper, first_page if resumed_at is None else None):
+                t0 = time.monotonic()
                 label = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(int(page[0]["created"]) if page else start))
                 rows = _rows_or_fail(url, table_name, page, account, label)
                 for obj, row in zip(page, rows, strict=True):
@@ -160,6 +161,7 @@ def extract_chunk(reader: StripeReader, url: str, table_name: str, start: int, e
                 if page:
                     last_hour = int(page[-1]["created"]) - int(page[-1]["created"]) % HOUR
                     flush(below_hour=last_hour)
+                reader.processing.add(time.monotonic() - t0)
             flush(below_hour=None)
         if resumed_at is not None or lowest_done != upper:
             conn.execute(f"delete from {SCHEMA}._sync_state where stream = %s and stripe_account = %s",
@@ -250,7 +252,7 @@ def extract_windows(
     first: dict[str, FirstPage] = {}
     pages: dict[str, float] = {}
     if pieces is None:
-        guess = concurrency.in_flight(reader.rate_limit_per_s, reader.latency.mean_s, explicit=workers)
+        guess = concurrency.in_flight(reader.rate_limit_per_s, reader.seconds_per_page(), explicit=workers)
         with ThreadPoolExecutor(max_workers=max(1, min(len(tables), guess))) as pool:
             futures = {t: pool.submit(probe_window, reader, t, start, end) for t in tables}
         for t, fut in futures.items():
@@ -262,7 +264,7 @@ def extract_windows(
             created = [c for c in (_created_or_none(o) for o in fp.objects) if c is not None]
             pages[t] = concurrency.estimate_pages(len(fp.objects), max(created, default=end), min(created, default=end),
                                                   start, fp.has_more) if created else 1.0
-    slots = concurrency.in_flight(reader.rate_limit_per_s, reader.latency.mean_s, explicit=workers)
+    slots = concurrency.in_flight(reader.rate_limit_per_s, reader.seconds_per_page(), explicit=workers)
     out.in_flight = slots
     counts = ({t: pieces for t in tables} if pieces is not None
               else concurrency.chunk_counts({t: pages[t] for t in tables if t in pages}, slots))

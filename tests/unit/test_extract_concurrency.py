@@ -41,6 +41,14 @@ def test_no_rate_limit_and_no_latency_yet():
     assert concurrency.in_flight(100, None) == concurrency.in_flight(100, concurrency.DEFAULT_LATENCY_S)
 
 
+def test_seconds_per_page_adds_the_workers_time_to_stripes():
+    assert concurrency.seconds_per_page(0.3, 0.05) == pytest.approx(0.35)
+    assert concurrency.seconds_per_page(None, None) == pytest.approx(
+        concurrency.DEFAULT_LATENCY_S + concurrency.DEFAULT_PROCESSING_S)
+    # A local emulator answering in 5 ms: the page's processing dominates, and sizes the pool.
+    assert concurrency.in_flight(100, concurrency.seconds_per_page(0.005, 0.03)) == 7
+
+
 def test_estimate_pages_from_the_first_page():
     # A window that fits in its first page is one page.
     assert concurrency.estimate_pages(37, 1_000, 900, 0, has_more=False) == 1.0

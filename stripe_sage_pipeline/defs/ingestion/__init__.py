@@ -51,7 +51,7 @@ def _extract(context: dg.AssetExecutionContext, postgres: PostgresResource, stri
     ensure_events_cursor(reader, url)
     start, end = _window(context)
     t0 = time.monotonic()
-    res = extract_window(reader, url, table, start, end)
+    res = extract_window(reader, url, table, start, end, workers=stripe.extract_workers)
     elapsed = time.monotonic() - t0
     context.log.info(f"{table}: {res.rows} rows over {res.hours} hour(s) in {elapsed:.1f}s")
     return {
@@ -169,7 +169,7 @@ def extract_history(context: dg.OpExecutionContext, config: HistoryConfig, postg
     start, end = ts(config.start), ts(config.end) + 3600
     tables = config.tables or [*PARTITIONED_TABLES, "payouts"]
     # All tables at once: one pool of in-flight requests sized from the rate limit and Stripe's latency.
-    done = extract_windows(reader, url, tables, start, end)
+    done = extract_windows(reader, url, tables, start, end, workers=stripe.extract_workers)
     context.log.info(f"{reader.stats.requests} requests, {done.in_flight} in flight, chunks {done.chunks}")
     if done.errors:
         raise next(iter(done.errors.values()))
