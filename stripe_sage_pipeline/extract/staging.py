@@ -35,7 +35,7 @@ def upsert_rows(conn: psycopg.Connection, table: Table, rows: list[tuple]) -> in
     cols = table.column_names
     tmp = f"_tmp_{table.name}"
     conn.execute(f"create temp table if not exists {tmp} (like {SCHEMA}.{table.name} including defaults) on commit delete rows")
-    conn.execute(f"truncate {tmp}")
+    conn.execute(f"delete from {tmp}")  # empty unless this transaction used it already; cheaper than truncate
     collist = ", ".join(cols)
     with conn.cursor().copy(f"copy {tmp} ({collist}) from stdin") as copy:
         for row in rows:
