@@ -50,7 +50,8 @@ def in_flight(
 def seconds_per_page(latency_s: float | None, processing_s: float | None) -> float:
     """W in Little's law: Stripe's answer time plus the worker's time on the page (convert, COPY, commit)."""
     return (DEFAULT_LATENCY_S if latency_s is None else latency_s) + (
-        DEFAULT_PROCESSING_S if processing_s is None else processing_s)
+        DEFAULT_PROCESSING_S if processing_s is None else processing_s
+    )
 
 
 def estimate_pages(objects_seen: int, newest: int, oldest_seen: int, start: int, has_more: bool) -> float:
@@ -66,7 +67,9 @@ def estimate_pages(objects_seen: int, newest: int, oldest_seen: int, start: int,
     return 1.0 + objects_seen * rest / span / PAGE_SIZE
 
 
-def chunk_counts(pages: dict[str, float], slots: int, *, min_pages: float = 10.0, per_slot: float = 2.0) -> dict[str, int]:
+def chunk_counts(
+    pages: dict[str, float], slots: int, *, min_pages: float = 10.0, per_slot: float = 2.0
+) -> dict[str, int]:
     """Chunks per table so that about `per_slot`·`slots` chunks run in all, each at least `min_pages` long.
 
     Tables get chunks in proportion to their pages (a table of 1 page gets 1 chunk), so the chains of

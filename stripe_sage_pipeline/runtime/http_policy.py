@@ -84,8 +84,13 @@ class RateLimit:
     bucket of the same rate and a window's burst never answers 429.
     """
 
-    def __init__(self, rate_per_s: float | None = None, *, per_minute: float | None = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        rate_per_s: float | None = None,
+        *,
+        per_minute: float | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         if per_minute:
             amount, seconds = max(1, math.floor(per_minute)), 60
         elif rate_per_s and rate_per_s > 0:
@@ -179,17 +184,25 @@ class RetryPolicy:
 
         def wait(state: tenacity.RetryCallState) -> float:
             outcome = state.outcome
-            failed = outcome.exception() if outcome is not None and outcome.failed else (
-                outcome.result() if outcome is not None else None)
+            failed = (
+                outcome.exception()
+                if outcome is not None and outcome.failed
+                else (outcome.result() if outcome is not None else None)
+            )
             return self.delay(state.attempt_number, retry_after(failed))
 
         def before_sleep(state: tenacity.RetryCallState) -> None:
             if on_retry is None or state.outcome is None or state.next_action is None:
                 return
             failed = state.outcome.failed
-            on_retry(RetryEvent(state.attempt_number, state.next_action.sleep,
-                                state.outcome.exception() if failed else None,
-                                None if failed else state.outcome.result()))
+            on_retry(
+                RetryEvent(
+                    state.attempt_number,
+                    state.next_action.sleep,
+                    state.outcome.exception() if failed else None,
+                    None if failed else state.outcome.result(),
+                )
+            )
 
         def give_up(state: tenacity.RetryCallState) -> T:
             assert state.outcome is not None

@@ -50,15 +50,21 @@ def test_sized_plan_stages_the_same_rows_as_fixed_chunks_with_fewer_requests(emu
     assert res.in_flight >= 2
     assert snapshot(sized_db) == snapshot(fixed_db)
     with psycopg.connect(sized_db) as conn:
-        sums = {c: {"amount": a, "fee": f, "net": n} for c, a, f, n in conn.execute(
-            f"select currency, sum(amount)::bigint, sum(fee)::bigint, sum(net)::bigint from {SCHEMA}.balance_transactions group by 1")}
+        sums = {
+            c: {"amount": a, "fee": f, "net": n}
+            for c, a, f, n in conn.execute(
+                f"select currency, sum(amount)::bigint, sum(fee)::bigint, sum(net)::bigint from {SCHEMA}.balance_transactions group by 1"
+            )
+        }
     assert sums == state.summary()["balance_transactions"]
     # Per table: its pages, one partly filled page per chunk, and one per payout membership list.
     staged = {t: n for t, n in ((t, r.rows) for t, r in res.results.items())}
     members = sum(r.payout_members for r in res.results.values())
     floor = sum(-(-n // 100) or 1 for n in staged.values())
     assert sized.stats.requests < fixed.stats.requests
-    assert sized.stats.requests <= floor + sum(res.chunks.values()) + state.summary()["counts"]["payouts"] + members // 100
+    assert (
+        sized.stats.requests <= floor + sum(res.chunks.values()) + state.summary()["counts"]["payouts"] + members // 100
+    )
 
 
 def test_update_path_stages_what_listing_stages_with_one_request_per_changed_object(emulator, pg_server):
@@ -76,16 +82,22 @@ def test_update_path_stages_what_listing_stages_with_one_request_per_changed_obj
     # Every balance transaction those objects point at, row for row as listed; here that is all of them.
     bt_ids = set()
     with psycopg.connect(listed_db) as conn:
-        for t, cols in (("charges", ["balance_transaction_id"]), ("refunds", ["balance_transaction_id"]),
-                        ("payouts", ["balance_transaction_id", "failure_balance_transaction_id"])):
+        for t, cols in (
+            ("charges", ["balance_transaction_id"]),
+            ("refunds", ["balance_transaction_id"]),
+            ("payouts", ["balance_transaction_id", "failure_balance_transaction_id"]),
+        ):
             for col in cols:
                 bt_ids |= {r[0] for r in conn.execute(f"select {col} from {SCHEMA}.{t} where {col} is not null")}
-        bt_ids |= {r[0] for r in conn.execute(
-            f"select jsonb_array_elements(balance_transactions)->>'id' from {SCHEMA}.disputes")}
+        bt_ids |= {
+            r[0]
+            for r in conn.execute(f"select jsonb_array_elements(balance_transactions)->>'id' from {SCHEMA}.disputes")
+        }
         pages = conn.execute(
             f"select coalesce(sum(greatest(1, ceil(n / 100.0))), 0)::int from (select p.id, count(m.balance_transaction_id) n "
             f"from {SCHEMA}.payouts p left join {SCHEMA}.payout_balance_transactions m on m.payout_id = p.id "
-            "where p.automatic and p.status in ('paid', 'in_transit', 'failed') group by p.id) x").fetchone()[0]
+            "where p.automatic and p.status in ('paid', 'in_transit', 'failed') group by p.id) x"
+        ).fetchone()[0]
     assert [r for r in listed["balance_transactions"] if r[1] in bt_ids] == refetched["balance_transactions"]
     assert n["balance_transactions"] == len(bt_ids) == len(listed["balance_transactions"])
     assert refetched["payout_balance_transactions"] == listed["payout_balance_transactions"]

@@ -44,7 +44,8 @@ def test_no_rate_limit_and_no_latency_yet():
 def test_seconds_per_page_adds_the_workers_time_to_stripes():
     assert concurrency.seconds_per_page(0.3, 0.05) == pytest.approx(0.35)
     assert concurrency.seconds_per_page(None, None) == pytest.approx(
-        concurrency.DEFAULT_LATENCY_S + concurrency.DEFAULT_PROCESSING_S)
+        concurrency.DEFAULT_LATENCY_S + concurrency.DEFAULT_PROCESSING_S
+    )
     # A local emulator answering in 5 ms: the page's processing dominates, and sizes the pool.
     assert concurrency.in_flight(100, concurrency.seconds_per_page(0.005, 0.03)) == 7
 
@@ -78,7 +79,12 @@ def test_split_expanded_gives_back_the_listed_object_and_the_balance_transaction
     bt = {"id": "txn_1", "object": "balance_transaction", "amount": 500}
     charge = {"id": "ch_1", "object": "charge", "balance_transaction": bt, "failure_balance_transaction": None}
     plain, carried, missing = split_expanded("charges", charge)
-    assert plain == {"id": "ch_1", "object": "charge", "balance_transaction": "txn_1", "failure_balance_transaction": None}
+    assert plain == {
+        "id": "ch_1",
+        "object": "charge",
+        "balance_transaction": "txn_1",
+        "failure_balance_transaction": None,
+    }
     assert carried == [bt] and missing == []
     assert charge["balance_transaction"] is bt  # the retrieved object is not changed in place
     # A field Stripe did not expand is an id to retrieve on its own.

@@ -71,8 +71,13 @@ def test_retry_policy_retries_transient_failures_and_honours_retry_after():
         return outcome
 
     policy = RetryPolicy(max_retries=5, backoff_base_s=0.01, backoff_cap_s=0.02)
-    result = policy.call(attempt, retry_on_exception=lambda e: isinstance(e, Flaky),
-                         retry_after=lambda e: getattr(e, "retry_after", None), on_retry=events.append, sleep=sleeps.append)
+    result = policy.call(
+        attempt,
+        retry_on_exception=lambda e: isinstance(e, Flaky),
+        retry_after=lambda e: getattr(e, "retry_after", None),
+        on_retry=events.append,
+        sleep=sleeps.append,
+    )
     assert result == "ok"
     assert sleeps[0] == 7  # never sooner than Retry-After
     assert 0 <= sleeps[1] <= 0.02  # full jitter under the cap
@@ -107,7 +112,8 @@ def test_retry_on_result_returns_the_last_result_when_retries_run_out():
     answers = iter([503, 503, 503])
     sleeps: list[float] = []
     got = RetryPolicy(max_retries=2, backoff_base_s=1, backoff_cap_s=4).call(
-        lambda: next(answers), retry_on_result=lambda status: status >= 500, sleep=sleeps.append)
+        lambda: next(answers), retry_on_result=lambda status: status >= 500, sleep=sleeps.append
+    )
     assert got == 503 and len(sleeps) == 2
     assert 0 <= sleeps[0] <= 1 and 0 <= sleeps[1] <= 2  # uniform(0, base·2^(n-1))
 
