@@ -74,15 +74,6 @@ class Table:
         return ["stripe_account", *(c.name for c in self.columns), "raw", "_extracted_at"]
 
 
-def _get(obj: dict, path: str) -> Any:
-    cur: Any = obj
-    for part in path.split("."):
-        if not isinstance(cur, dict) or part not in cur:
-            return _MISSING
-        cur = cur[part]
-    return cur
-
-
 _MISSING = object()
 
 
@@ -108,23 +99,44 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def _readers(table: Table) -> list[tuple[str, str | None, tuple[str, ...], Callable[[Any], Any], bool]]:
+    """Per column: (path, top-level key or None, path parts, converter, required), computed once per table."""
+    specs = _READERS.get(table.name)
+    if specs is None:
+        specs = [(c.path, c.path if "." not in c.path else None, tuple(c.path.split(".")), _CONVERT[c.kind], c.required)
+                 for c in table.columns]
+        _READERS[table.name] = specs
+    return specs
+
+
+_READERS: dict[str, list[tuple[str, str | None, tuple[str, ...], Callable[[Any], Any], bool]]] = {}
+
+
 def to_row(table: Table, obj: dict, stripe_account: str, extracted_at: datetime) -> tuple:
     """Convert one Stripe object to a staging row; raise MalformedObject naming the id and field."""
-    oid = obj.get("id") if isinstance(obj, dict) else None
     if not isinstance(obj, dict):
         raise MalformedObject(table.object_type, None, "<object>", "is not a JSON object")
+    oid = obj.get("id")
     values: list[Any] = [stripe_account]
-    for col in table.columns:
-        raw = _get(obj, col.path)
+    for path, top, parts, convert, required in _readers(table):
+        if top is not None:
+            raw = obj.get(top, _MISSING)
+        else:
+            raw = obj
+            for part in parts:
+                if not isinstance(raw, dict) or part not in raw:
+                    raw = _MISSING
+                    break
+                raw = raw[part]
         if raw is _MISSING or raw is None:
-            if col.required:
-                raise MalformedObject(table.object_type, oid, col.path, "is required but missing" if raw is _MISSING else "is required but null")
+            if required:
+                raise MalformedObject(table.object_type, oid, path, "is required but missing" if raw is _MISSING else "is required but null")
             values.append(None)
             continue
         try:
-            values.append(_CONVERT[col.kind](raw))
+            values.append(convert(raw))
         except (TypeError, ValueError, KeyError, OverflowError) as exc:
-            raise MalformedObject(table.object_type, oid, col.path, f"has a bad value {raw!r}: {exc}") from None
+            raise MalformedObject(table.object_type, oid, path, f"has a bad value {raw!r}: {exc}") from None
     values.append(_dumps(obj))
     values.append(extracted_at)
     return tuple(values)
