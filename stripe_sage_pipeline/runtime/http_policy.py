@@ -101,6 +101,7 @@ class RateLimit:
         self.rate_per_s: float | None = amount / seconds if amount else None
         self._sleep = sleep
         self._lock = threading.Lock()
+        self._turn = threading.Lock()
         if amount:
             self._item = RateLimitItemPerSecond(amount, seconds)
             self._limiter = MovingWindowRateLimiter(MemoryStorage())
@@ -116,15 +117,20 @@ class RateLimit:
             return self._limiter.hit(self._item)
 
     def acquire(self) -> None:
-        """Block until one request may start."""
+        """Block until one request may start.
+
+        Waiters take turns (one sleeps on the window, the others on a lock), so a full window wakes
+        one thread per free place instead of all of them.
+        """
         if not self.amount:
             return
-        while True:
-            with self._lock:
-                if self._limiter.hit(self._item):
-                    return
-                reset_at = self._limiter.get_window_stats(self._item).reset_time
-            self._sleep(min(self.window_s, max(0.001, reset_at - time.time())))
+        with self._turn:
+            while True:
+                with self._lock:
+                    if self._limiter.hit(self._item):
+                        return
+                    reset_at = self._limiter.get_window_stats(self._item).reset_time
+                self._sleep(min(self.window_s, max(0.001, reset_at - time.time())))
 
 
 _SHARED: dict[Hashable, RateLimit] = {}
