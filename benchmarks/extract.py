@@ -8,7 +8,10 @@ after `--latency-ms` 300 and 0 and enforcing a 100 and a 25 req/s limit (the cli
   * objects/s staged (Stripe objects + payout membership rows);
   * requests per 1,000 staged objects, and against the floor: every list needed (one per table, one
     per automatic payout's membership) at 100 objects a page, ceil(n / 100) requests each; goal within 10%;
-  * 429s the emulator served, peak RSS of the extracting process.
+  * 429s the emulator served, CPU seconds and peak RSS of the extracting process;
+  * and, unless `--no-ceiling`, objects/s with no limit at 0 ms: what the machine can stage at all. When
+    100 req/s x objects per request is above it, the 100 req/s busy fraction is bound by CPU, not by
+    the requests in flight (2 shared cores also run the emulator and Postgres).
 
 `--baseline DIR` runs the same measurements with the extractor found in DIR as well (e.g. the code
 before a change: `git archive <commit> stripe_sage_pipeline | tar -x -C DIR`), for before/after figures.
@@ -83,8 +86,9 @@ else:  # the extractor before extract_windows: table after table
     for t in args["tables"]:
         extract.extract_window(r, args["db"], t, args["start"], args["end"])
 dt = time.monotonic() - t0
+ru = resource.getrusage(resource.RUSAGE_SELF)
 print(json.dumps({"seconds": dt, "requests": r.stats.requests, "rate_limited": r.stats.rate_limited,
-                  "maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, **info}))
+                  "maxrss_kb": ru.ru_maxrss, "cpu_s": ru.ru_utime + ru.ru_stime, **info}))
 """
 
 
@@ -121,9 +125,9 @@ def staged(db: str) -> tuple[int, int]:
 
 def measure(label: str, code_dir: Path, pg: EmbeddedPostgres, url: str, latency: int, limit: float | None,
             start: int, end: int) -> dict:
-    admin(url, "/_emulator/config", {"latency_ms": latency, "rate_limit_per_s": limit})
+    admin(url, "/_emulator/config", {"latency_ms": latency, "rate_limit_per_s": limit or None})
     before = admin(url, "/_emulator/requests")
-    db = fresh_db(pg, f"bench_{label}_{latency}_{int(limit or 0)}".replace("-", "_"))
+    db = fresh_db(pg, f"bench_{label}_{latency}_{int(limit or 0)}")
     res = run_worker({"db": db, "url": url, "rate": limit, "tables": TABLES, "start": start, "end": end}, code_dir)
     after = admin(url, "/_emulator/requests")
     objects, floor = staged(db)
@@ -133,11 +137,13 @@ def measure(label: str, code_dir: Path, pg: EmbeddedPostgres, url: str, latency:
     row["objects_per_s"] = round(objects / res["seconds"])
     row["per_1000"] = round(1000 * res["requests"] / objects, 2)
     row["vs_floor"] = round(res["requests"] / floor, 3)
+    row["cpu_per_1000"] = round(1000 * res["cpu_s"] / objects, 3)
     busy = f"{row['busy']:.3f} of the limit" if limit else "no limit"
     print(f"[{label:8}] {latency:>3} ms, {str(int(limit)) + '/s' if limit else 'unlimited':>9}: {busy}, "
           f"{row['objects_per_s']:,} objects/s, {res['requests']} requests for {objects:,} objects = "
           f"{row['per_1000']} per 1,000 ({row['vs_floor']:.3f} x the floor of {floor}), 429s {row['429']}, "
-          f"in flight {res.get('in_flight', '-')}, {res['seconds']:.1f} s, peak RSS {res['maxrss_kb'] / 1024:.0f} MiB",
+          f"in flight {res.get('in_flight', '-')}, {res['seconds']:.1f} s, {row['cpu_per_1000']} CPU s per 1,000 objects, "
+          f"peak RSS {res['maxrss_kb'] / 1024:.0f} MiB",
           flush=True)
     return row
 
@@ -150,6 +156,7 @@ def main() -> None:
     ap.add_argument("--limits", default="100,25")
     ap.add_argument("--baseline", type=Path, default=None, help="a folder with the extractor to compare against")
     ap.add_argument("--baseline-runs", default="300:100", help="latency:limit pairs measured for the baseline")
+    ap.add_argument("--no-ceiling", action="store_true", help="skip the unthrottled run at 0 ms")
     a = ap.parse_args()
     end = 1_790_000_000 - 1_790_000_000 % 86400  # fixed, so figures are comparable between runs
     start = end - (a.days + 1) * 86400  # the generated days (older customers are outside the window)
@@ -167,16 +174,20 @@ def main() -> None:
             for lat in (int(x) for x in a.latencies.split(",")):
                 for lim in (float(x) for x in a.limits.split(",")):
                     rows.append(measure("this", ROOT, pg, url, lat, lim, start, end + 86400))
+            if not a.no_ceiling:  # what this machine can stage with no limit at all: the ceiling of "busy" at 100/s
+                rows.append(measure("this", ROOT, pg, url, 0, None, start, end + 86400))
         finally:
             proc.terminate()
             proc.wait(timeout=30)
     finally:
         pg.stop()
-    print("\n| extractor | latency | limit | busy | objects/s | requests / 1,000 objects | x floor | 429s | peak RSS |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    load = os.getloadavg()[0]
+    print(f"\nload average at the end: {load:.1f} (a busy machine lowers objects/s and, at 100 req/s, the busy fraction)")
+    print("| extractor | latency | limit | busy | objects/s | requests / 1,000 objects | x floor | 429s | CPU s / 1,000 objects | peak RSS |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['label']} | {r['latency_ms']} ms | {str(int(r['limit'])) + '/s' if r['limit'] else 'none'} | {r['busy']} | {r['objects_per_s']:,} | "
-              f"{r['per_1000']} | {r['vs_floor']} | {r['429']} | {r['maxrss_kb'] / 1024:.0f} MiB |")
+              f"{r['per_1000']} | {r['vs_floor']} | {r['429']} | {r['cpu_per_1000']} | {r['maxrss_kb'] / 1024:.0f} MiB |")
 
 
 if __name__ == "__main__":
