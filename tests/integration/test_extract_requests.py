@@ -103,3 +103,29 @@ def test_update_path_stages_what_listing_stages_with_one_request_per_changed_obj
     assert refetched["payout_balance_transactions"] == listed["payout_balance_transactions"]
     # One request per object plus the ?payout= pages: not one for any balance transaction.
     assert reader.stats.requests == sum(len(ids) for ids in changed.values()) + pages
+
+
+def test_history_job_extracts_every_table_in_one_sized_run(emulator, fresh_db, monkeypatch):
+    """`stripe_history_job` through Dagster: every table of the window staged, with the explicit worker setting."""
+    from tests.extract_helpers import counts, partition_key
+
+    state, srv = emulator
+    start, end = window_of(state.summary())
+    monkeypatch.setenv("STRIPE_API_BASE", srv.url)
+    monkeypatch.setenv("STRIPE_RATE_LIMIT_PER_S", "1000")
+    monkeypatch.setenv("STRIPE_EXTRACT_WORKERS", "3")
+    import dagster as dg
+
+    from stripe_sage_pipeline.definitions import defs
+
+    instance = dg.DagsterInstance.ephemeral()
+    config = {"start": partition_key(start), "end": partition_key(end - 3600)}
+    result = (
+        defs()
+        .resolve_job_def("stripe_history_job")
+        .execute_in_process(run_config={"ops": {"extract_history": {"config": config}}}, instance=instance)
+    )
+    assert result.success
+    assert counts(fresh_db) == {t: state.summary()["counts"][t] for t in TABLES}
+    messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any(", 3 in flight," in m for m in messages)  # STRIPE_EXTRACT_WORKERS won over the sizing
