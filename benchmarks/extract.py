@@ -9,7 +9,7 @@ after `--latency-ms` 300 and 0 and enforcing a 100 and a 25 req/s limit (the cli
   * requests per 1,000 staged objects, and against the floor: every list needed (one per table, one
     per automatic payout's membership) at 100 objects a page, ceil(n / 100) requests each; goal within 10%;
   * 429s the emulator served, CPU seconds and peak RSS of the extracting process;
-  * and, unless `--no-ceiling`, objects/s with no limit at 0 ms: what the machine can stage at all. When
+  * and, unless `--no-ceiling`, objects/s with no limit at 0 ms and 64 in flight: what the machine can stage. When
     100 req/s x objects per request is above it, the 100 req/s busy fraction is bound by CPU, not by
     the requests in flight (2 shared cores also run the emulator and Postgres).
 
@@ -79,7 +79,7 @@ r = StripeReader("sk_test_emulator", args["url"], rate_limit_per_s=args["rate"])
 t0 = time.monotonic()
 info = {}
 if hasattr(extract, "extract_windows"):
-    res = extract.extract_windows(r, args["db"], args["tables"], args["start"], args["end"])
+    res = extract.extract_windows(r, args["db"], args["tables"], args["start"], args["end"], workers=args.get("workers"))
     assert not res.errors, res.errors
     info = {"in_flight": res.in_flight, "chunks": res.chunks}
 else:  # the extractor before extract_windows: table after table
@@ -124,11 +124,12 @@ def staged(db: str) -> tuple[int, int]:
 
 
 def measure(label: str, code_dir: Path, pg: EmbeddedPostgres, url: str, latency: int, limit: float | None,
-            start: int, end: int) -> dict:
+            start: int, end: int, workers: int | None = None) -> dict:
     admin(url, "/_emulator/config", {"latency_ms": latency, "rate_limit_per_s": limit or None})
     before = admin(url, "/_emulator/requests")
     db = fresh_db(pg, f"bench_{label}_{latency}_{int(limit or 0)}")
-    res = run_worker({"db": db, "url": url, "rate": limit, "tables": TABLES, "start": start, "end": end}, code_dir)
+    res = run_worker({"db": db, "url": url, "rate": limit, "tables": TABLES, "start": start, "end": end,
+                      "workers": workers}, code_dir)
     after = admin(url, "/_emulator/requests")
     objects, floor = staged(db)
     row = {"label": label, "latency_ms": latency, "limit": limit, **res, "objects": objects, "floor": floor,
@@ -175,7 +176,7 @@ def main() -> None:
                 for lim in (float(x) for x in a.limits.split(",")):
                     rows.append(measure("this", ROOT, pg, url, lat, lim, start, end + 86400))
             if not a.no_ceiling:  # what this machine can stage with no limit at all: the ceiling of "busy" at 100/s
-                rows.append(measure("this", ROOT, pg, url, 0, None, start, end + 86400))
+                rows.append(measure("ceiling", ROOT, pg, url, 0, None, start, end + 86400, workers=64))
         finally:
             proc.terminate()
             proc.wait(timeout=30)
