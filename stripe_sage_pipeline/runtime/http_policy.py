@@ -65,13 +65,17 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
 
 
 def _window(rate_per_s: float) -> tuple[int, int]:
-    """(amount, seconds) of a moving window at or under `rate_per_s`, e.g. 22 → (22, 1), 22.7 → (22, 1), 0.5 → (1, 2).
+    """(amount, seconds) of the shortest moving window within 5% under `rate_per_s`, never above it.
 
-    The window is one second whenever the rate allows, so no burst exceeds a second's worth: a server's
-    per-second bucket of the same rate never sees more than it refills.
+    E.g. 22 → (22, 1), 22.7 → (22, 1), 110/60 → (7, 4), 0.5 → (1, 2). A short window keeps bursts small:
+    a server's per-second bucket of the same rate never sees much more than it refills.
     """
-    if rate_per_s >= 1:
-        return math.floor(rate_per_s), 1
+    for seconds in range(1, 61):
+        amount = math.floor(rate_per_s * seconds + 1e-9)
+        if amount >= 1 and amount / seconds >= 0.95 * rate_per_s:
+            return amount, seconds
+    if rate_per_s * 60 >= 1:
+        return math.floor(rate_per_s * 60 + 1e-9), 60
     return 1, math.ceil(1 / rate_per_s)
 
 

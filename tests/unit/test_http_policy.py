@@ -24,8 +24,9 @@ def test_retry_after_seconds_reads_delta_seconds_and_http_dates():
 def test_rate_limit_windows():
     assert (RateLimit(22).amount, RateLimit(22).window_s) == (22, 1)
     assert (RateLimit(0.5).amount, RateLimit(0.5).window_s) == (1, 2)
-    assert (RateLimit(1.5).amount, RateLimit(1.5).window_s) == (1, 1)  # rounded down, never above the rate
-    assert (RateLimit(0.3).amount, RateLimit(0.3).window_s) == (1, 4)
+    assert (RateLimit(1.5).amount, RateLimit(1.5).window_s) == (3, 2)
+    assert (RateLimit(110 / 60).amount, RateLimit(110 / 60).window_s) == (7, 4)  # 1.75/s: within 5% under 1.83/s
+    assert (RateLimit(0.3).amount, RateLimit(0.3).window_s) == (2, 7)  # 0.286/s
     assert (RateLimit(per_minute=110).amount, RateLimit(per_minute=110).window_s) == (110, 60)
     assert RateLimit(None).rate_per_s is None and RateLimit(0).rate_per_s is None
     # A one-second window whenever possible: never a burst of more than a second's worth.
