@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -182,6 +183,7 @@ def main() -> None:
             proc.wait(timeout=30)
     finally:
         pg.stop()
+        shutil.rmtree(tmp, ignore_errors=True)  # half a GB of Postgres data per run
     load = os.getloadavg()[0]
     print(f"\nload average at the end: {load:.1f} (a busy machine lowers objects/s and, at 100 req/s, the busy fraction)")
     print("| extractor | latency | limit | busy | objects/s | requests / 1,000 objects | x floor | 429s | CPU s / 1,000 objects | peak RSS |")
