@@ -26,6 +26,13 @@ _SECRET_FIELDS = {"stripe_api_key", "stripe_webhook_secret", "sagepro_password",
                   "intacct_client_secret", "intacct_refresh_token"}
 
 
+def sdk_api_version() -> str:
+    """The Stripe API version the installed `stripe` SDK speaks (the default STRIPE_API_VERSION)."""
+    import stripe
+
+    return str(stripe.api_version)
+
+
 def _env(name: str, default: str | None = None) -> str | None:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
@@ -43,6 +50,7 @@ class Settings:
     stripe_account: str | None  # Connect: the connected account id, part of every key when set
     stripe_webhook_secret: str
     stripe_rate_limit_per_s: float
+    stripe_api_version: str  # every Stripe request is made at this version (STRIPE_API_VERSION)
     sagepro_base_url: str | None
     sagepro_user: str
     sagepro_password: str
@@ -89,6 +97,7 @@ def load_settings() -> Settings:
         stripe_account=_env("STRIPE_ACCOUNT"),
         stripe_webhook_secret=_env("STRIPE_WEBHOOK_SECRET", SANDBOX_WEBHOOK_SECRET),
         stripe_rate_limit_per_s=float(_env("STRIPE_RATE_LIMIT_PER_S", default_rate)),
+        stripe_api_version=_env("STRIPE_API_VERSION") or sdk_api_version(),
         sagepro_base_url=_env("SAGEPRO_BASE_URL"),
         sagepro_user=_env("SAGEPRO_USER", SANDBOX_SAGE_USER),
         sagepro_password=_env("SAGEPRO_PASSWORD", SANDBOX_SAGE_PASSWORD),

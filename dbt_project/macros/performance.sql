@@ -25,6 +25,11 @@
     {%- endfor %}
     create index if not exists events_object_idx on {{ s }}.events (stripe_account, object_id);
     create index if not exists charges_invoice_idx on {{ s }}.charges (invoice_id) where invoice_id is not null;
+    create index if not exists charges_payment_intent_idx on {{ s }}.charges (stripe_account, payment_intent_id) where payment_intent_id is not null;
+    create index if not exists invoices_charge_idx on {{ s }}.invoices (stripe_account, charge_id) where charge_id is not null;
+    create index if not exists invoices_payment_intent_idx on {{ s }}.invoices (stripe_account, payment_intent_id) where payment_intent_id is not null;
+    create index if not exists refunds_charge_idx on {{ s }}.refunds (stripe_account, charge_id) where charge_id is not null;
+    create index if not exists disputes_charge_idx on {{ s }}.disputes (stripe_account, charge_id);
 {%- endmacro %}
 
 {#-

@@ -19,7 +19,9 @@ from dataclasses import dataclass, field
 
 import stripe
 
+from stripe_sage_pipeline.extract.tables import include_params
 from stripe_sage_pipeline.runtime.http_policy import RateLimit, RetryPolicy, retry_after_seconds, shared_rate_limit
+from stripe_sage_pipeline.settings import load_settings
 
 log = logging.getLogger(__name__)
 
@@ -89,8 +91,11 @@ class StripeReader:
         backoff_base_s: float = 0.25,
         backoff_cap_s: float = 20.0,
         rate_limit: RateLimit | None = None,
+        api_version: str | None = None,
     ):
         self._api_key = api_key
+        # Every request at one explicit version (STRIPE_API_VERSION, default the SDK's own).
+        self.api_version = api_version or load_settings().stripe_api_version
         self._api_base = api_base
         # One SDK client per thread: a shared one mixed up responses between threads (seen here).
         self._local = threading.local()
@@ -115,7 +120,7 @@ class StripeReader:
         return self.limiter.rate_per_s
 
     def __repr__(self) -> str:  # never show the key
-        return f"StripeReader(account={self.stripe_account!r}, rate={self.limiter.rate_per_s})"
+        return f"StripeReader(account={self.stripe_account!r}, version={self.api_version!r}, rate={self.limiter.rate_per_s})"
 
     @property
     def _client(self) -> stripe.StripeClient:
@@ -123,7 +128,9 @@ class StripeReader:
         if client is None:
             kwargs = {"base_addresses": {"api": self._api_base}} if self._api_base else {}
             # The SDK's own retries ignore Retry-After and skip 429s; ours do both.
-            client = stripe.StripeClient(self._api_key, max_network_retries=0, **kwargs)
+            client = stripe.StripeClient(
+                self._api_key, max_network_retries=0, stripe_version=self.api_version, **kwargs
+            )
             self._local.client = client
         return client
 
@@ -156,6 +163,9 @@ class StripeReader:
     def iter_pages(self, path: str, params: dict | None = None, start_after: str | None = None) -> Iterator[tuple[list[dict], str | None]]:
         """Yield (objects, last_id) page by page, newest first; `start_after` resumes after an id."""
         params = dict(params or {})
+        included = include_params(path, self.api_version, on_list=True).get("expand", [])
+        if included:  # what this version needs, plus whatever the caller expands
+            params["expand"] = [*included, *(e for e in params.get("expand", []) if e not in included)]
         params["limit"] = PAGE_SIZE
         cursor = start_after
         while True:
@@ -180,5 +190,7 @@ class StripeReader:
 
     def retrieve(self, path: str, object_id: str, expand: list[str] | None = None) -> dict:
         """One object by id (e.g. path='/v1/charges')."""
-        params = {"expand": expand} if expand else {}
+        params = include_params(path, self.api_version, on_list=False)
+        if expand:
+            params["expand"] = [*params.get("expand", []), *(e for e in expand if e not in params.get("expand", []))]
         return self.request(f"{path}/{object_id}", **params)

@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 import psycopg
 
 from stripe_sage_pipeline.extract.tables import SCHEMA, TABLES, Table, all_ddl, to_row
+from stripe_sage_pipeline.settings import load_settings
 
 
 def ensure_schema(conn: psycopg.Connection) -> None:
@@ -18,12 +19,15 @@ def ensure_schema(conn: psycopg.Connection) -> None:
             conn.execute(stmt)
 
 
-def rows_for(table: Table, objects: Iterable[dict], stripe_account: str = "", extracted_at: datetime | None = None) -> list[tuple]:
-    """Staging rows for objects, deduplicated by id (the last one wins); raises MalformedObject."""
+def rows_for(table: Table, objects: Iterable[dict], stripe_account: str = "", extracted_at: datetime | None = None,
+             api_version: str | None = None) -> list[tuple]:
+    """Staging rows for objects read at `api_version` (default STRIPE_API_VERSION, the version every
+    reader requests), deduplicated by id (the last one wins); raises MalformedObject."""
     at = extracted_at or datetime.now(UTC)
+    version = api_version or load_settings().stripe_api_version
     rows: dict[str, tuple] = {}
     for obj in objects:
-        row = to_row(table, obj, stripe_account, at)
+        row = to_row(table, obj, stripe_account, at, version)
         rows[row[1]] = row
     return list(rows.values())
 
@@ -48,10 +52,11 @@ def upsert_rows(conn: psycopg.Connection, table: Table, rows: list[tuple]) -> in
     return cur.rowcount
 
 
-def upsert_objects(conn: psycopg.Connection, table_name: str, objects: Iterable[dict], stripe_account: str = "") -> int:
-    """Convert and upsert Stripe objects into one staging table (caller owns the transaction)."""
+def upsert_objects(conn: psycopg.Connection, table_name: str, objects: Iterable[dict], stripe_account: str = "",
+                   api_version: str | None = None) -> int:
+    """Convert and upsert Stripe objects (read at `api_version`) into one staging table (caller owns the transaction)."""
     table = TABLES[table_name]
-    return upsert_rows(conn, table, rows_for(table, objects, stripe_account))
+    return upsert_rows(conn, table, rows_for(table, objects, stripe_account, api_version=api_version))
 
 
 def upsert_payout_members(conn: psycopg.Connection, payout_id: str, bt_ids: Iterable[str], stripe_account: str = "") -> int:

@@ -17,6 +17,16 @@ from typing import Any
 
 SCHEMA = "stripe_staging"
 
+# Stripe API versions from 2025-03-31.basil on are not additive: Charge.invoice, Invoice.charge,
+# Invoice.payment_intent, Invoice.tax and Invoice.total_tax_amounts are gone (invoice payments are
+# InvoicePayment objects under the includable `invoice.payments`, taxes are `total_taxes`).
+CURRENT_SHAPES_SINCE = "2025-03-31"
+
+
+def has_current_shapes(api_version: str | None) -> bool:
+    """True when objects read at `api_version` have the shapes of 2025-03-31.basil and later."""
+    return bool(api_version) and str(api_version)[:10] >= CURRENT_SHAPES_SINCE
+
 try:  # orjson serialises a page's raw JSON several times faster; the jsonb Postgres stores is the same
     import orjson
 
@@ -42,7 +52,7 @@ class Column:
 
     name: str
     pgtype: str
-    path: str  # dotted path in the Stripe JSON
+    path: str  # dotted path in the Stripe JSON; `a|b` reads b when a is absent or null (older/newer shapes)
     kind: str = "text"  # text | int | bool | ts | ref | json | numeric
     required: bool = False
 
@@ -56,6 +66,9 @@ class Table:
     list_path: str  # /v1/... list endpoint
     columns: tuple[Column, ...]
     partitioned: bool = True  # extracted by hourly `created` partitions
+    # Includable fields that must be requested (`expand[]`) at current API versions, e.g. the
+    # invoice's `payments` (the only link from an invoice to the payment intent / charge since basil).
+    includes: tuple[str, ...] = ()
 
     @property
     def key(self) -> tuple[str, ...]:
@@ -65,13 +78,13 @@ class Table:
         cols = ",\n  ".join(f"{c.name} {c.pgtype}" + (" not null" if c.required else "") for c in self.columns)
         return (
             f"create table if not exists {SCHEMA}.{self.name} (\n  stripe_account text not null default '',\n  {cols},\n"
-            f"  raw jsonb not null,\n  _extracted_at timestamptz not null default now(),\n"
+            f"  raw jsonb not null,\n  _api_version text,\n  _extracted_at timestamptz not null default now(),\n"
             f"  primary key (stripe_account, id)\n)"
         )
 
     @property
     def column_names(self) -> list[str]:
-        return ["stripe_account", *(c.name for c in self.columns), "raw", "_extracted_at"]
+        return ["stripe_account", *(c.name for c in self.columns), "raw", "_api_version", "_extracted_at"]
 
 
 _MISSING = object()
@@ -99,11 +112,33 @@ _CONVERT: dict[str, Callable[[Any], Any]] = {
 }
 
 
+def _get(obj: dict, path: str) -> Any:
+    """The value at a dotted path (list positions as digits; `a|b`: the first present, non-null one)."""
+    if "|" in path:
+        value: Any = _MISSING
+        for alternative in path.split("|"):
+            value = _get(obj, alternative)
+            if value is not _MISSING and value is not None:
+                return value
+        return value
+    cur: Any = obj
+    for part in path.split("."):
+        if isinstance(cur, list) and part.isdigit():
+            if int(part) >= len(cur):
+                return _MISSING
+            cur = cur[int(part)]
+            continue
+        if not isinstance(cur, dict) or part not in cur:
+            return _MISSING
+        cur = cur[part]
+    return cur
+
+
 def _readers(table: Table) -> list[tuple[str, str | None, tuple[str, ...], Callable[[Any], Any], bool]]:
     """Per column: (path, top-level key or None, path parts, converter, required), computed once per table."""
     specs = _READERS.get(table.name)
     if specs is None:
-        specs = [(c.path, c.path if "." not in c.path else None, tuple(c.path.split(".")), _CONVERT[c.kind], c.required)
+        specs = [(c.path, c.path if "." not in c.path and "|" not in c.path else None, tuple(c.path.split(".")), _CONVERT[c.kind], c.required)
                  for c in table.columns]
         _READERS[table.name] = specs
     return specs
@@ -112,8 +147,8 @@ def _readers(table: Table) -> list[tuple[str, str | None, tuple[str, ...], Calla
 _READERS: dict[str, list[tuple[str, str | None, tuple[str, ...], Callable[[Any], Any], bool]]] = {}
 
 
-def to_row(table: Table, obj: dict, stripe_account: str, extracted_at: datetime) -> tuple:
-    """Convert one Stripe object to a staging row; raise MalformedObject naming the id and field."""
+def to_row(table: Table, obj: dict, stripe_account: str, extracted_at: datetime, api_version: str | None = None) -> tuple:
+    """Convert one Stripe object (read at `api_version`) to a staging row; raise MalformedObject naming the id and field."""
     if not isinstance(obj, dict):
         raise MalformedObject(table.object_type, None, "<object>", "is not a JSON object")
     oid = obj.get("id")
@@ -121,6 +156,8 @@ def to_row(table: Table, obj: dict, stripe_account: str, extracted_at: datetime)
     for path, top, parts, convert, required in _readers(table):
         if top is not None:
             raw = obj.get(top, _MISSING)
+        elif "|" in path:
+            raw = _get(obj, path)
         else:
             raw = obj
             for part in parts:
@@ -138,6 +175,7 @@ def to_row(table: Table, obj: dict, stripe_account: str, extracted_at: datetime)
         except (TypeError, ValueError, KeyError, OverflowError) as exc:
             raise MalformedObject(table.object_type, oid, path, f"has a bad value {raw!r}: {exc}") from None
     values.append(_dumps(obj))
+    values.append(api_version)
     values.append(extracted_at)
     return tuple(values)
 
@@ -199,12 +237,15 @@ TABLES: dict[str, Table] = {
             C("source_id", "text", "source", "ref"), C("status", "text", required=True), C("description", "text"),
             C("fee_details", "jsonb", required=True),
         )),
+        # charge / payment_intent: the invoice's own fields (up to 2025-03-31) or its first InvoicePayment.
         Table("invoices", "invoice", "/v1/invoices", (
-            ID, CREATED, C("customer_id", "text", "customer", "ref"), C("charge_id", "text", "charge", "ref"),
-            C("payment_intent_id", "text", "payment_intent", "ref"), C("currency", "text", required=True),
+            ID, CREATED, C("customer_id", "text", "customer", "ref"),
+            C("charge_id", "text", "charge|payments.data.0.payment.charge", "ref"),
+            C("payment_intent_id", "text", "payment_intent|payments.data.0.payment.payment_intent", "ref"),
+            C("currency", "text", required=True),
             C("status", "text"), C("number", "text"), C("subtotal", "bigint"), C("tax", "bigint"), C("total", "bigint"),
             C("amount_paid", "bigint"), C("total_tax_amounts", "jsonb"), C("lines", "jsonb"), C("metadata", "jsonb"),
-        )),
+        ), includes=("payments",)),
     ]
 }
 
@@ -263,6 +304,8 @@ def all_ddl() -> list[str]:
     """Every statement that creates the staging schema (idempotent)."""
     stmts = [f"create schema if not exists {SCHEMA}"]
     stmts += [t.ddl() for t in TABLES.values()]
+    # Tables created before the API version was kept gain the column (null: read at an unknown version).
+    stmts += [f"alter table {SCHEMA}.{t.name} add column if not exists _api_version text" for t in TABLES.values()]
     stmts += [PAYOUT_BT_DDL, EVENTS_DDL, SYNC_STATE_DDL, REJECTED_DDL]
     stmts += [f"create index if not exists {t.name}_created_idx on {SCHEMA}.{t.name} (created)" for t in TABLES.values()]
     stmts += [
@@ -270,3 +313,15 @@ def all_ddl() -> list[str]:
         f"create index if not exists payout_bt_bt_idx on {SCHEMA}.payout_balance_transactions (balance_transaction_id)",
     ]
     return stmts
+
+
+def include_params(path: str, api_version: str | None, on_list: bool) -> dict[str, list[str]]:
+    """The `expand[]` a request for `path` (a list endpoint, or one object under it) needs at
+    `api_version` so that the staged object carries every field the pipeline reads."""
+    if not has_current_shapes(api_version):
+        return {}
+    for table in TABLES.values():
+        if table.includes and (path == table.list_path or path.startswith(table.list_path + "/")):
+            is_list = on_list and path == table.list_path
+            return {"expand": [f"data.{f}" if is_list else f for f in table.includes]}
+    return {}

@@ -88,6 +88,8 @@ class Tax(_Strict):
 
     source: Literal["invoice_then_metadata", "metadata", "none"] = "invoice_then_metadata"
     metadata_key: str = "tax_amount"
+    # Refunds, lost disputes (and their reversals) take back the charge's tax pro rata.
+    reverse_on_refunds: bool = True
 
 
 class Accounts(_Strict):
@@ -278,6 +280,7 @@ def mapping_rows(m: Mapping) -> list[dict[str, str]]:
     add("setting", "timezone", m.posting_date.timezone, False)
     add("setting", "tax.source", m.tax.source, False)
     add("setting", "tax.metadata_key", m.tax.metadata_key, False)
+    add("setting", "tax.reverse_on_refunds", str(m.tax.reverse_on_refunds).lower(), False)
     for name, code in m.accounts.model_dump().items():
         add("account", name, code)
     for ccy, pair in m.currencies.items():
@@ -318,10 +321,12 @@ create table if not exists {CONFIG_SCHEMA}.settings (
   singleton boolean primary key default true check (singleton),
   posting_mode text not null, revenue_mode text not null, base_currency text not null,
   activity_date text not null, timezone text not null, tax_source text not null, tax_metadata_key text not null,
+  tax_reversal boolean not null default true,
   revenue_account text not null, sales_tax_account text not null, receivable_account text not null,
   fx_gain_loss_account text not null, suspense_account text not null, default_fee_account text not null,
   default_clearing_account text not null, default_bank_account text not null, fingerprint text not null,
   loaded_at timestamptz not null default now());
+alter table {CONFIG_SCHEMA}.settings add column if not exists tax_reversal boolean not null default true;
 create table if not exists {CONFIG_SCHEMA}.accounts (account_code text primary key, account_name text not null);
 create table if not exists {CONFIG_SCHEMA}.currency_accounts (
   currency text primary key, clearing_account text not null, bank_account text not null);
@@ -349,11 +354,12 @@ def write_config(conn: psycopg.Connection, m: Mapping) -> None:
         d = m.currencies["default"]
         conn.execute(
             f"insert into {CONFIG_SCHEMA}.settings (posting_mode, revenue_mode, base_currency, activity_date, timezone,"
-            " tax_source, tax_metadata_key, revenue_account, sales_tax_account, receivable_account,"
+            " tax_source, tax_metadata_key, tax_reversal, revenue_account, sales_tax_account, receivable_account,"
             " fx_gain_loss_account, suspense_account, default_fee_account, default_clearing_account,"
-            " default_bank_account, fingerprint) values (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
+            " default_bank_account, fingerprint) values (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
             (m.posting_mode, m.revenue_mode, m.base_currency.lower(), m.posting_date.activity_date,
-             m.posting_date.timezone, m.tax.source, m.tax.metadata_key, m.accounts.revenue, m.accounts.sales_tax,
+             m.posting_date.timezone, m.tax.source, m.tax.metadata_key, m.tax.reverse_on_refunds,
+             m.accounts.revenue, m.accounts.sales_tax,
              m.accounts.receivable, m.accounts.fx_gain_loss, m.accounts.suspense, m.fees.default,
              d.clearing, d.bank, m.fingerprint()),
         )

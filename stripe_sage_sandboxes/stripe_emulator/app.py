@@ -20,8 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from stripe_sage_sandboxes.stripe_emulator import ops
-from stripe_sage_sandboxes.stripe_emulator.objects import API_VERSION
+from stripe_sage_sandboxes.stripe_emulator import ops, versions
 from stripe_sage_sandboxes.stripe_emulator.store import ApiError, EmulatorState, dumps, loads, missing
 
 READ_COLLECTIONS = {
@@ -112,10 +111,17 @@ class EmulatorApp:
         )
 
     # ---- transport ---------------------------------------------------------------------------
-    def _response(self, status: int, body: bytes, request_id: str, extra: dict[str, str] | None = None) -> Response:
+    def _response(
+        self,
+        status: int,
+        body: bytes,
+        request_id: str,
+        extra: dict[str, str] | None = None,
+        api_version: str | None = None,
+    ) -> Response:
         headers = {
             "Request-Id": request_id,
-            "Stripe-Version": API_VERSION,
+            "Stripe-Version": versions.normalise(api_version),
             "Cache-Control": "no-cache, no-store",
         }
         if extra:
@@ -181,15 +187,20 @@ class EmulatorApp:
         if not match:
             raise self._unrecognized(method, path)
         resource, oid = match.group(1), match.group(2)
+        # Objects are rendered at the version the request names (the account default without one).
+        api_version = request.headers.get("stripe-version")
         if method == "GET" and resource in READ_COLLECTIONS:
-            body = state.retrieve(resource, oid, params) if oid else state.list(resource, params)
-            return self._response(200, body, request_id)
+            if oid:
+                body = state.retrieve(resource, oid, params, api_version)
+            else:
+                body = state.list(resource, params, api_version)
+            return self._response(200, body, request_id, api_version=api_version)
         if method == "POST" and (resource, oid is None) in {
             ("customers", True),
             ("customers", False),
             ("refunds", True),
         }:
-            return await self._idempotent_post(request, resource, oid, params, pairs, request_id)
+            return await self._idempotent_post(request, resource, oid, params, pairs, request_id, api_version)
         raise self._unrecognized(method, path)
 
     @staticmethod
@@ -220,6 +231,7 @@ class EmulatorApp:
         params: dict[str, Any],
         pairs: list[tuple[str, str]],
         request_id: str,
+        api_version: str | None = None,
     ) -> Response:
         state = self.state
         idem_key = request.headers.get("idempotency-key")
@@ -243,7 +255,7 @@ class EmulatorApp:
                     {"Idempotent-Replayed": "true", "Idempotency-Key": idem_key},
                 )
         try:
-            body = self._post(resource, oid, params, request_id, idem_key)
+            body = self._post(resource, oid, params, request_id, idem_key, api_version)
             status = 200
         except ApiError as err:
             if err.status >= 500 or err.status == 429:
@@ -258,22 +270,30 @@ class EmulatorApp:
                     "request_id": request_id,
                 }
         extra = {"Idempotency-Key": idem_key} if idem_key else None
-        return self._response(status, body, request_id, extra)
+        return self._response(status, body, request_id, extra, api_version)
 
     # ---- write endpoints ---------------------------------------------------------------------
-    def _post(self, resource: str, oid: str | None, params: dict[str, Any], request_id: str, idem: str | None) -> bytes:
+    def _post(
+        self,
+        resource: str,
+        oid: str | None,
+        params: dict[str, Any],
+        request_id: str,
+        idem: str | None,
+        api_version: str | None = None,
+    ) -> bytes:
         state = self.state
         expand = state._expand_paths(params.get("expand"), on_list=False)
         with state.lock:
             if resource == "customers" and oid is None:
                 new_id = self._create_customer(params, request_id, idem)
-                return dumps(state.render_expanded("customers", new_id, expand))
+                return dumps(state.render_expanded("customers", new_id, expand, api_version))
             if resource == "customers":
                 assert oid is not None
                 self._update_customer(oid, params, request_id, idem)
-                return dumps(state.render_expanded("customers", oid, expand))
+                return dumps(state.render_expanded("customers", oid, expand, api_version))
             refund_id = self._create_refund(params, request_id, idem)
-            return dumps(state.render_expanded("refunds", refund_id, expand))
+            return dumps(state.render_expanded("refunds", refund_id, expand, api_version))
 
     @staticmethod
     def _check_params(params: dict[str, Any], allowed: set[str]) -> None:

@@ -113,7 +113,7 @@ def refresh_balance_statuses(state: EmulatorState, at: int) -> int:
             want = "available" if obj["available_on"] <= at else "pending"
             if obj.get("status", "available") != want:
                 obj["status"] = want
-                bts.cache.pop(oid, None)
+                bts.invalidate(oid)
                 n += 1
     return n
 

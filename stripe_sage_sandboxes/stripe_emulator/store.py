@@ -27,6 +27,7 @@ from datetime import UTC, datetime
 from heapq import merge
 from typing import Any
 
+from stripe_sage_sandboxes.stripe_emulator import versions
 from stripe_sage_sandboxes.stripe_emulator.objects import (
     API_VERSION,
     COLLECTIONS,
@@ -180,8 +181,14 @@ class Collection:
         }
         self.raw: set[str] = set()  # objects served exactly as loaded (no template, no derived fields)
         self.history: dict[str, list[dict[str, Any]]] = {}
-        self.cache: dict[str, bytes] = {}
+        self.cache: dict[str, bytes] = {}  # JSON at the 2023-08-16 shapes
+        self.cache_current: dict[str, bytes] = {}  # JSON at current (2025-03-31+) shapes
         self.dirty = False
+
+    def invalidate(self, oid: str) -> None:
+        """Forget the cached renderings of an object that changed."""
+        self.cache.pop(oid, None)
+        self.cache_current.pop(oid, None)
 
     def key_of(self, oid: str) -> Key:
         """The sort key of a stored object."""
@@ -330,7 +337,7 @@ class EmulatorState:
                         c.index_add(name, value, key, bulk=False)
             if old:
                 c.history.setdefault(oid, []).append(old)
-                c.cache.pop(oid, None)
+                c.invalidate(oid)
             return old
 
     def set_extern(self, coll: str, fld: str, oid: str, value: str, *, bulk: bool = False) -> None:
@@ -391,16 +398,25 @@ class EmulatorState:
             ev = self.colls["events"].objs.get(event_id)
             if ev is not None and ev.pending > 0:
                 ev.pending -= 1
-                self.colls["events"].cache.pop(event_id, None)
+                self.colls["events"].invalidate(event_id)
 
     # ---- rendering ---------------------------------------------------------------------------
-    def render(self, coll: str, oid: str, version: int | None = None) -> dict[str, Any]:
-        """The object as Stripe serves it (a fresh top-level dict), optionally at an older version."""
+    def render(
+        self,
+        coll: str,
+        oid: str,
+        version: int | None = None,
+        *,
+        api_version: str | None = None,
+        include: frozenset[str] = frozenset(),
+    ) -> dict[str, Any]:
+        """The object as Stripe serves it at `api_version` (a fresh top-level dict), optionally as it
+        was after its `version`-th update; `include` names expanded includable fields."""
         c = self.colls[coll]
         stored = c.objs[oid]
         raw = oid in c.raw
         if coll == "events" and not raw:
-            return self._render_event(stored)
+            return self._render_event(stored, api_version)
         if raw:
             out = dict(stored)
         else:
@@ -415,19 +431,25 @@ class EmulatorState:
             if coll == "disputes":
                 # The dispute embeds its balance transactions as full objects.
                 out["balance_transactions"] = [
-                    self.render("balance_transactions", t) if isinstance(t, str) else t
+                    self.render("balance_transactions", t, api_version=api_version) if isinstance(t, str) else t
                     for t in out["balance_transactions"]
                 ]
-        return out
+        if coll == "events":
+            return out
+        if versions.is_current(api_version):
+            return versions.current_rendering(coll, out, include=include)
+        return out if raw else versions.old_rendering(coll, out)
 
-    def _render_event(self, ev: Event) -> dict[str, Any]:
-        data: dict[str, Any] = {"object": self.render(ev.coll, ev.oid, ev.version)}
+    def _render_event(self, ev: Event, api_version: str | None = None) -> dict[str, Any]:
+        # The event's object at the requested version (Stripe renders an event at the version of
+        # the endpoint or request that reads it; the pipeline re-fetches objects anyway).
+        data: dict[str, Any] = {"object": self.render(ev.coll, ev.oid, ev.version, api_version=api_version)}
         if ev.prev:
             data["previous_attributes"] = ev.prev
         return {
             "id": ev.id,
             "object": "event",
-            "api_version": API_VERSION,
+            "api_version": versions.normalise(api_version) if api_version else API_VERSION,
             "created": ev.created,
             "data": data,
             "livemode": False,
@@ -436,13 +458,17 @@ class EmulatorState:
             "type": ev.type,
         }
 
-    def body(self, coll: str, oid: str) -> bytes:
-        """Cached JSON bytes of the object as served."""
+    def body(self, coll: str, oid: str, api_version: str | None = None) -> bytes:
+        """Cached JSON bytes of the object as served at `api_version`."""
         c = self.colls[coll]
-        data = c.cache.get(oid)
+        current = versions.is_current(api_version)
+        cache = c.cache_current if current else c.cache
+        if coll == "events" and current:
+            cache = {}  # an event names its version: not cached per version family
+        data = cache.get(oid)
         if data is None:
-            data = dumps_compact(self.render(coll, oid))
-            c.cache[oid] = data
+            data = dumps_compact(self.render(coll, oid, api_version=api_version))
+            cache[oid] = data
         return data
 
     def find(self, oid: str) -> tuple[str, dict[str, Any] | Event] | None:
@@ -458,13 +484,16 @@ class EmulatorState:
         return created >= self.now() - EVENT_RETENTION_S
 
     # ---- expand ------------------------------------------------------------------------------
-    def _expand(self, obj: dict[str, Any], parts: list[str], full: str) -> None:
+    def _expand(self, obj: dict[str, Any], parts: list[str], full: str, api_version: str | None = None) -> None:
         name, rest = parts[0], parts[1:]
-        allowed = EXPANDABLE.get(obj.get("object", ""), frozenset())
+        kind = obj.get("object", "")
+        allowed = versions.expandable(kind, EXPANDABLE.get(kind, frozenset()), api_version)
         if name not in allowed:
             raise ApiError(400, f"This property cannot be expanded ({name}).", param="expand")
-        if name == "refunds" and obj.get("object") == "charge":
-            value: Any = self._charge_refunds(obj["id"])
+        if name == "refunds" and kind == "charge":
+            value: Any = self._charge_refunds(obj["id"], api_version)
+        elif name in versions.INCLUDABLE.get(kind, ()) and name in obj:
+            value = obj[name]  # rendered with the object (render(include=...))
         elif name not in obj:
             return  # an optional field the object does not carry (a refund's failure_balance_transaction) stays absent
         else:
@@ -472,21 +501,21 @@ class EmulatorState:
             if isinstance(value, str):
                 found = self.find(value)
                 if found is not None and not isinstance(found[1], Event):
-                    value = self.render(found[0], value)
+                    value = self.render(found[0], value, api_version=api_version)
         obj[name] = value
         if not rest or value is None:
             return
         if isinstance(value, dict) and value.get("object") == "list":
             for item in value["data"]:
-                self._expand(item, rest, full)
+                self._expand(item, rest, full, api_version)
         elif isinstance(value, dict):
-            self._expand(value, rest, full)
+            self._expand(value, rest, full, api_version)
 
-    def _charge_refunds(self, charge_id: str) -> dict[str, Any]:
+    def _charge_refunds(self, charge_id: str, api_version: str | None = None) -> dict[str, Any]:
         keys = self.colls["refunds"].indexes["charge"].get(charge_id, [])
         return {
             "object": "list",
-            "data": [self.render("refunds", oid) for _neg, oid in keys],
+            "data": [self.render("refunds", oid, api_version=api_version) for _neg, oid in keys],
             "has_more": False,
             "url": f"/v1/charges/{charge_id}/refunds",
         }
@@ -521,16 +550,19 @@ class EmulatorState:
             paths.append(parts)
         return paths
 
-    def render_expanded(self, coll: str, oid: str, paths: list[list[str]]) -> dict[str, Any]:
-        """Render one object and expand the given paths in it."""
-        out = self.render(coll, oid)
+    def render_expanded(
+        self, coll: str, oid: str, paths: list[list[str]], api_version: str | None = None
+    ) -> dict[str, Any]:
+        """Render one object at `api_version` and expand the given paths in it."""
+        include = frozenset(p[0] for p in paths)
+        out = self.render(coll, oid, api_version=api_version, include=include)
         for parts in paths:
-            self._expand(out, parts, ".".join(parts))
+            self._expand(out, parts, ".".join(parts), api_version)
         return out
 
     # ---- read API ----------------------------------------------------------------------------
-    def retrieve(self, coll: str, oid: str, params: dict[str, Any]) -> bytes:
-        """GET /v1/<coll>/<id> body."""
+    def retrieve(self, coll: str, oid: str, params: dict[str, Any], api_version: str | None = None) -> bytes:
+        """GET /v1/<coll>/<id> body at `api_version`."""
         _reject_unknown(params, {"expand"})
         with self.lock:
             c = self.colls[coll]
@@ -539,11 +571,11 @@ class EmulatorState:
                 raise missing(coll, oid)
             paths = self._expand_paths(params.get("expand"), on_list=False)
             if not paths:
-                return self.body(coll, oid)
-            return dumps(self.render_expanded(coll, oid, paths))
+                return self.body(coll, oid, api_version)
+            return dumps(self.render_expanded(coll, oid, paths, api_version))
 
-    def list(self, coll: str, params: dict[str, Any]) -> bytes:
-        """GET /v1/<coll> body with Stripe's list semantics."""
+    def list(self, coll: str, params: dict[str, Any], api_version: str | None = None) -> bytes:
+        """GET /v1/<coll> body with Stripe's list semantics, objects at `api_version`."""
         filters = LIST_FILTERS.get(coll, {})
         ranges = RANGE_SCAN_FILTERS.get(coll, set())
         _reject_unknown(params, set(filters) | ranges | IGNORED_LIST_PARAMS)
@@ -574,9 +606,9 @@ class EmulatorState:
                 ckey = c.key_of(cursor)
             keys, has_more = _page(base, preds, lo, hi, limit, ckey if after else None, ckey if before else None)
             if paths:
-                parts = [dumps(self.render_expanded(coll, oid, paths)) for _neg, oid in keys]
+                parts = [dumps(self.render_expanded(coll, oid, paths, api_version)) for _neg, oid in keys]
             else:
-                parts = [self.body(coll, oid) for _neg, oid in keys]
+                parts = [self.body(coll, oid, api_version) for _neg, oid in keys]
         return b"".join(
             (
                 b'{"object":"list","data":[',

@@ -50,6 +50,32 @@ changed as (
     inner join {{ ref('stg_stripe__charges') }} as ch
         on ch.stripe_account = i.stripe_account and ch.invoice_id = i.invoice_id
     where i._extracted_at > {{ extracted_after }} and ch.balance_transaction_id is not null
+    union
+    select ch.stripe_account, ch.balance_transaction_id
+    from {{ ref('stg_stripe__invoices') }} as i
+    inner join {{ ref('stg_stripe__charges') }} as ch
+        on ch.stripe_account = i.stripe_account and ch.charge_id = i.charge_id
+    where i._extracted_at > {{ extracted_after }} and ch.balance_transaction_id is not null
+    union
+    select ch.stripe_account, ch.balance_transaction_id
+    from {{ ref('stg_stripe__invoices') }} as i
+    inner join {{ ref('stg_stripe__charges') }} as ch
+        on ch.stripe_account = i.stripe_account and ch.payment_intent_id = i.payment_intent_id
+    where i._extracted_at > {{ extracted_after }} and ch.balance_transaction_id is not null
+    union
+    -- Refunds and disputes reverse their charge's tax pro rata: re-read them when the charge changes.
+    select r.stripe_account, r.balance_transaction_id
+    from {{ ref('stg_stripe__charges') }} as ch
+    inner join {{ ref('stg_stripe__refunds') }} as r
+        on r.stripe_account = ch.stripe_account and r.charge_id = ch.charge_id
+    where ch._extracted_at > {{ extracted_after }} and r.balance_transaction_id is not null
+    union
+    select d.stripe_account, bt.value ->> 'id'
+    from {{ ref('stg_stripe__charges') }} as ch
+    inner join {{ ref('stg_stripe__disputes') }} as d
+        on d.stripe_account = ch.stripe_account and d.charge_id = ch.charge_id
+    cross join lateral jsonb_array_elements(d.balance_transactions) as bt
+    where ch._extracted_at > {{ extracted_after }}
 ),
 {% endif %}
 
@@ -94,37 +120,51 @@ categorised as (
         on fallback.balance_transaction_type = b.balance_transaction_type
 ),
 
-with_charge as (
+-- The charge a transaction belongs to: its source (a charge), or the charge of its refund / dispute.
+related as (
     select
         c.*,
-        ch.charge_id,
+        coalesce(rf.charge_id, dp.charge_id, c.source_id) as related_charge_id,
+        greatest(rf._extracted_at, dp._extracted_at) as related_extracted_at
+    from categorised as c
+    left join {{ ref('stg_stripe__refunds') }} as rf
+        on c.accounting_category <> 'charge' and rf.stripe_account = c.stripe_account and rf.refund_id = c.source_id
+    left join {{ ref('stg_stripe__disputes') }} as dp
+        on c.accounting_category <> 'charge' and dp.stripe_account = c.stripe_account and dp.dispute_id = c.source_id
+),
+
+with_charge as (
+    select
+        r.*,
+        ch.charge_id as related_charge,
+        case when r.accounting_category = 'charge' then ch.charge_id end as charge_id,
         ch.customer_id,
         ch.currency as presentment_currency,
         ch.amount as presentment_amount,
-        ch._extracted_at as charge_extracted_at,
-        inv.invoice_id,
-        inv._extracted_at as invoice_extracted_at,
-        -- Tax in the charge's (presentment) currency, per the mapping's tax source.
+        greatest(ch._extracted_at, r.related_extracted_at) as charge_extracted_at,
+        {{ invoice_col('invoice_id') }} as invoice_id,
+        {{ invoice_col('_extracted_at') }} as invoice_extracted_at,
+        -- The charge's tax in its (presentment) currency, per the mapping's tax source.
         case
-            when c.accounting_category <> 'charge' or ch.charge_id is null or s.tax_source = 'none' then 0
-            when s.tax_source = 'invoice_then_metadata' and inv.invoice_id is not null
-                then coalesce(inv.tax_amount, 0)
+            when ch.charge_id is null or s.tax_source = 'none' then 0
+            when s.tax_source = 'invoice_then_metadata' and {{ invoice_col('invoice_id') }} is not null
+                then coalesce({{ invoice_col('tax_amount') }}, 0)
             when (ch.metadata ->> s.tax_metadata_key) ~ '^-?[0-9]+$'
                 then (ch.metadata ->> s.tax_metadata_key)::bigint
             else 0
-        end as tax_amount_presentment,
+        end as charge_tax_presentment,
         case
-            when c.accounting_category <> 'charge' or ch.charge_id is null or s.tax_source = 'none' then 'none'
-            when s.tax_source = 'invoice_then_metadata' and inv.invoice_id is not null then 'invoice'
+            when ch.charge_id is null or s.tax_source = 'none' then 'none'
+            when s.tax_source = 'invoice_then_metadata' and {{ invoice_col('invoice_id') }} is not null then 'invoice'
             when (ch.metadata ->> s.tax_metadata_key) ~ '^-?[0-9]+$' then 'metadata'
             else 'none'
-        end as tax_source
-    from categorised as c
+        end as charge_tax_source,
+        s.tax_reversal
+    from related as r
     cross join settings as s
     left join {{ ref('stg_stripe__charges') }} as ch
-        on ch.stripe_account = c.stripe_account and ch.charge_id = c.source_id
-    left join {{ ref('stg_stripe__invoices') }} as inv
-        on inv.stripe_account = ch.stripe_account and inv.invoice_id = ch.invoice_id
+        on ch.stripe_account = r.stripe_account and ch.charge_id = r.related_charge_id
+    {{ charge_invoice_joins('ch', ref('stg_stripe__invoices')) }}
 ),
 
 classified as (
@@ -151,16 +191,34 @@ select
     w.balance_transaction_status,
     w.source_id,
     w.charge_id,
+    w.related_charge as related_charge_id,
     w.customer_id,
     w.invoice_id,
-    w.presentment_currency,
-    w.presentment_amount,
-    w.tax_source,
-    w.tax_amount_presentment,
+    case when w.accounting_category = 'charge' then w.presentment_currency end as presentment_currency,
+    case when w.accounting_category = 'charge' then w.presentment_amount end as presentment_amount,
     case
-        when w.tax_amount_presentment = 0 then 0::bigint
-        when w.presentment_currency = w.currency or w.exchange_rate is null then w.tax_amount_presentment
-        else {{ convert_minor('w.tax_amount_presentment', 'w.presentment_currency', 'w.currency', 'w.exchange_rate') }}
+        when w.accounting_category = 'charge' then w.charge_tax_source
+        when w.charge_tax_presentment <> 0 and w.tax_reversal and w.accounting_category in {{ tax_reversing_categories() }}
+            then 'reversal:' || w.charge_tax_source
+        else 'none'
+    end as tax_source,
+    case when w.accounting_category = 'charge' then w.charge_tax_presentment else 0 end::bigint as tax_amount_presentment,
+    case
+        when w.charge_tax_presentment = 0 then 0::bigint
+        when w.accounting_category = 'charge' then
+            case
+                when w.presentment_currency = w.currency or w.exchange_rate is null then w.charge_tax_presentment
+                else {{ convert_minor('w.charge_tax_presentment', 'w.presentment_currency', 'w.currency', 'w.exchange_rate') }}
+            end
+        -- A refund / dispute / their reversals move the charge's tax pro rata to the amount moved:
+        -- amount x tax / charge amount (both in the presentment currency, so the ratio is exact),
+        -- rounded half away from zero; a full refund reverses exactly the tax posted.
+        when w.tax_reversal and w.accounting_category in {{ tax_reversing_categories() }} and w.presentment_amount <> 0 then
+            case
+                when w.presentment_currency = w.currency and w.amount = -w.presentment_amount then -w.charge_tax_presentment
+                else round(w.amount::numeric * w.charge_tax_presentment / w.presentment_amount)::bigint
+            end
+        else 0::bigint
     end as tax_amount,
     case
         when w.accounting_category = 'charge' then s.revenue_account
