@@ -15,13 +15,14 @@ from stripe_sage_pipeline.runtime.db import libpq_url
 STAGED_KEYS = ("customers", "charges", "refunds", "disputes", "payouts", "balance_transactions", "invoices")
 
 
-def load_stripe_objects(url: str, stripe: dict[str, Any], stripe_account: str = "") -> None:
-    """Upsert a golden-file style `stripe` dict (objects per table + balance_transactions_by_payout)."""
+def load_stripe_objects(url: str, stripe: dict[str, Any], stripe_account: str = "", api_version: str = "2023-08-16") -> None:
+    """Upsert a golden-file style `stripe` dict (objects per table + balance_transactions_by_payout),
+    objects in the shapes of `api_version`."""
     with psycopg.connect(libpq_url(url)) as conn:
         ensure_schema(conn)
         for key in STAGED_KEYS:
             if stripe.get(key):
-                upsert_objects(conn, key, stripe[key], stripe_account)
+                upsert_objects(conn, key, stripe[key], stripe_account, api_version=api_version)
         for payout_id, bt_ids in (stripe.get("balance_transactions_by_payout") or {}).items():
             upsert_payout_members(conn, payout_id, bt_ids, stripe_account)
         conn.commit()

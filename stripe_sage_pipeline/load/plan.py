@@ -189,7 +189,7 @@ def plan_journal_entries(
         if first["entry_type"] == "payout_summary" and payout_statuses is not None:
             status = payout_statuses.get(first["payout_id"])
             # Invariant 2: a payout's summary is posted only once its items are complete and add up.
-            if status != "reconciled":
+            if status not in ("reconciled", "manual"):  # a manual payout has no item list to reconcile
                 item.hold_reason = f"PayoutNotReconciled:{status or 'missing'}"
         items.append(item)
     return items

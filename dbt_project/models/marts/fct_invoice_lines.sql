@@ -235,15 +235,15 @@ select
     l.customer_id,
     cust.custno,
     l.description,
-    -- One unit at the line amount when a discount, included tax or a conversion broke qty x price.
-    case when l.quantity * l.list_unit_price = l.line_amount then l.quantity else 1 end::bigint as quantity,
-    case when l.quantity * l.list_unit_price = l.line_amount then l.list_unit_price else l.line_amount end::bigint
+    -- The line's revenue per unit (after discounts and included tax); one unit when it does not divide.
+    case when l.quantity > 0 and l.line_amount % l.quantity = 0 then l.quantity else 1 end::bigint as quantity,
+    case when l.quantity > 0 and l.line_amount % l.quantity = 0 then l.line_amount / l.quantity else l.line_amount end::bigint
         as unit_price,
     l.line_amount,
     l.tax_amount,
     l.discount_amount,
     l.currency,
-    {{ to_major('case when l.quantity * l.list_unit_price = l.line_amount then l.list_unit_price else l.line_amount end', 'l.currency') }}
+    {{ to_major('case when l.quantity > 0 and l.line_amount % l.quantity = 0 then l.line_amount / l.quantity else l.line_amount end', 'l.currency') }}
         as unit_price_decimal,
     {{ to_major('l.tax_amount', 'l.currency') }} as tax_amount_decimal,
     l.revenue_account,

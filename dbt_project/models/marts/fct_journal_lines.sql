@@ -2,8 +2,11 @@
   Balanced journal lines in both posting modes (accounting.md):
     * detail: one entry per balance transaction (external_ref txn_...), plus Dr Bank / Cr Clearing
       per payout once it is paid, dated at its arrival date;
-    * payout_summary: one entry per paid automatic payout (external_ref po_...): the legs of every
-      transaction it swept plus its bank leg, netted per account (clearing nets to zero);
+    * payout_summary: one entry per paid payout (external_ref po_...): the legs of the activity it
+      paid out plus its bank leg, netted per account. An automatic payout pays out what it swept
+      (clearing nets to zero); a manual payout the activity no automatic payout swept, created
+      since the previous manual payout; both also the activity of an automatic payout that failed
+      before it was paid, whose amount they paid out again (docs/accounting.md);
     * both: a reversing entry when a paid payout later fails (never an edit of the original).
   Lines are per (entry, account): debit or credit, non-negative, in integer minor units of the
   settlement currency. `is_selected_mode` marks the mode the mapping posts.
@@ -42,6 +45,68 @@ payouts as not materialized (
     select * from {{ ref('stg_stripe__payouts') }}
 ),
 
+-- Every payout's state (payouts are few: a handful a day per currency). Paid now, or paid before it
+-- failed: a payout can fail after arrival (a bank return). Events are read only for the payouts not
+-- yet `paid` (recent or failed ones).
+all_payout_state as (
+    select
+        p.*,
+        coalesce(failure_bt.created_at, pe.failed_event_at) as failed_at,
+        (
+            p.payout_status = 'paid'
+            or coalesce(pe.has_paid_event, false)
+            or (p.payout_status = 'failed' and coalesce(failure_bt.created_at, pe.failed_event_at) >= p.arrival_at)
+        ) as was_paid
+    from payouts as p
+    left join {{ ref('stg_stripe__balance_transactions') }} as failure_bt
+        on failure_bt.stripe_account = p.stripe_account
+        and failure_bt.balance_transaction_id = p.failure_balance_transaction_id
+    left join lateral (
+        select
+            bool_or(e.event_type = 'payout.paid') as has_paid_event,
+            min(e.created_at) filter (where e.event_type in ('payout.failed', 'payout.canceled')) as failed_event_at
+        from {{ ref('stg_stripe__events') }} as e
+        where e.stripe_account = p.stripe_account and e.object_id = p.payout_id
+            and e.event_type in ('payout.paid', 'payout.failed', 'payout.canceled')
+    ) as pe on p.payout_status <> 'paid'
+),
+
+-- Manual payouts (no member list) pay out the balance: in summary mode each one that was not
+-- failed or canceled before it paid takes the activity no automatic payout swept, created after
+-- the previous such manual payout of its account and currency and up to its own creation.
+manual_boundaries as (
+    select
+        ps.stripe_account,
+        ps.payout_id,
+        ps.currency,
+        ps.created_at,
+        lag(ps.created_at) over (
+            partition by ps.stripe_account, ps.currency order by ps.created_at, ps.payout_id
+        ) as previous_created_at,
+        lead(ps.payout_id) over (
+            partition by ps.stripe_account, ps.currency order by ps.created_at, ps.payout_id
+        ) as next_payout_id
+    from all_payout_state as ps
+    where not ps.is_automatic and (ps.payout_status not in ('failed', 'canceled') or ps.was_paid)
+),
+
+-- An automatic payout that failed before it was paid returns its amount to the balance (its
+-- failure transaction); the payout that pays that amount out again, automatic (it swept the failure
+-- transaction) or manual (the failure is in its range), takes the failed payout's activity too.
+failed_resweeps as (
+    select
+        ps.stripe_account,
+        ps.payout_id as failed_payout_id,
+        coalesce(fb.payout_id, mb.payout_id) as sweeping_payout_id
+    from all_payout_state as ps
+    inner join classified as fb
+        on fb.stripe_account = ps.stripe_account and fb.balance_transaction_id = ps.failure_balance_transaction_id
+    left join manual_boundaries as mb
+        on fb.payout_id is null and mb.stripe_account = fb.stripe_account and mb.currency = fb.currency
+        and fb.created_at > coalesce(mb.previous_created_at, '-infinity'::timestamptz) and fb.created_at <= mb.created_at
+    where ps.is_automatic and ps.payout_status in ('failed', 'canceled') and not ps.was_paid
+),
+
 {% if is_incremental() %}
 {#- High-water marks of this table (indexed), as literals (macros/incremental.sql). -#}
 {%- set classified_after = scalar_bound("select coalesce(max(_classified_at), '-infinity'::timestamptz) from " ~ this) -%}
@@ -52,7 +117,7 @@ window_transactions as (
     where c._classified_at > {{ classified_after }}
 ),
 
-window_payouts as (
+changed_payouts as (
     select p.stripe_account, p.payout_id
     from payouts as p
     where p._extracted_at > {{ extracted_after }}
@@ -60,8 +125,34 @@ window_payouts as (
     select e.stripe_account, e.object_id
     from {{ ref('stg_stripe__events') }} as e
     where e._extracted_at > {{ extracted_after }} and e.event_type like 'payout.%'
+),
+
+window_payouts as (
+    select stripe_account, payout_id from changed_payouts
     union
     select w.stripe_account, w.payout_id from window_transactions as w where w.payout_id is not null
+    union
+    -- the manual payout whose range holds a changed unswept transaction
+    select mb.stripe_account, mb.payout_id
+    from window_transactions as w
+    inner join manual_boundaries as mb
+        on w.payout_id is null and mb.stripe_account = w.stripe_account and mb.currency = w.currency
+        and w.created_at > coalesce(mb.previous_created_at, '-infinity'::timestamptz) and w.created_at <= mb.created_at
+    union
+    -- a changed manual payout moves the start of the next one's range
+    select mb.stripe_account, mb.next_payout_id
+    from manual_boundaries as mb
+    inner join changed_payouts as cp on cp.stripe_account = mb.stripe_account and cp.payout_id = mb.payout_id
+    where mb.next_payout_id is not null
+    union
+    -- the payout that re-swept a failed payout that changed or whose transactions changed
+    select fr.stripe_account, fr.sweeping_payout_id
+    from failed_resweeps as fr
+    where fr.sweeping_payout_id is not null and (fr.stripe_account, fr.failed_payout_id) in (
+        select stripe_account, payout_id from changed_payouts
+        union
+        select stripe_account, payout_id from window_transactions where payout_id is not null
+    )
 ),
 {% else %}
 window_transactions as (
@@ -73,37 +164,10 @@ window_payouts as (
 ),
 {% endif %}
 
-payout_events as (
-    -- Once per payout (not a look-up per payout): reported paid? first failed/canceled when?
-    select
-        e.stripe_account,
-        e.object_id as payout_id,
-        bool_or(e.event_type = 'payout.paid') as has_paid_event,
-        min(e.created_at) filter (where e.event_type in ('payout.failed', 'payout.canceled')) as failed_event_at
-    from {{ ref('stg_stripe__events') }} as e
-    where e.event_type in ('payout.paid', 'payout.failed', 'payout.canceled')
-    {% if is_incremental() %}
-        and (e.stripe_account, e.object_id) in (select stripe_account, payout_id from window_payouts)
-    {% endif %}
-    group by e.stripe_account, e.object_id
-),
-
 payout_state as (
-    select
-        p.*,
-        coalesce(failure_bt.created_at, pe.failed_event_at) as failed_at,
-        -- Paid now, or paid before it failed: a payout can fail after arrival (a bank return).
-        (
-            p.payout_status = 'paid'
-            or coalesce(pe.has_paid_event, false)
-            or (p.payout_status = 'failed' and coalesce(failure_bt.created_at, pe.failed_event_at) >= p.arrival_at)
-        ) as was_paid
-    from payouts as p
-    inner join window_payouts as wp on wp.stripe_account = p.stripe_account and wp.payout_id = p.payout_id
-    left join {{ ref('stg_stripe__balance_transactions') }} as failure_bt
-        on failure_bt.stripe_account = p.stripe_account
-        and failure_bt.balance_transaction_id = p.failure_balance_transaction_id
-    left join payout_events as pe on pe.stripe_account = p.stripe_account and pe.payout_id = p.payout_id
+    select ps.*
+    from all_payout_state as ps
+    inner join window_payouts as wp on wp.stripe_account = ps.stripe_account and wp.payout_id = ps.payout_id
 ),
 
 payout_accounts as (
@@ -150,20 +214,43 @@ detail_lines as (
     where not c.is_payout_movement and l.net_amount <> 0
 ),
 
--- payout_summary: the legs of every transaction a paid payout swept, plus its bank leg
+-- payout_summary: the legs of the activity a paid payout paid out, plus its bank leg. An automatic
+-- payout pays out what it swept; a manual one the unswept activity of its range; either also the
+-- activity of an automatic payout that failed before it was paid and whose amount it paid out again.
+summary_members as (
+    select pa.stripe_account, pa.payout_id, c.balance_transaction_id
+    from payout_accounts as pa
+    inner join classified as c on c.stripe_account = pa.stripe_account and c.payout_id = pa.payout_id
+    where pa.is_automatic and not c.is_payout_movement
+    union all
+    select pa.stripe_account, pa.payout_id, c.balance_transaction_id
+    from payout_accounts as pa
+    inner join manual_boundaries as mb on mb.stripe_account = pa.stripe_account and mb.payout_id = pa.payout_id
+    inner join classified as c
+        on c.stripe_account = mb.stripe_account and c.currency = mb.currency and c.payout_id is null
+        and c.created_at > coalesce(mb.previous_created_at, '-infinity'::timestamptz) and c.created_at <= mb.created_at
+    where not c.is_payout_movement
+    union all
+    select pa.stripe_account, pa.payout_id, c.balance_transaction_id
+    from payout_accounts as pa
+    inner join failed_resweeps as fr on fr.stripe_account = pa.stripe_account and fr.sweeping_payout_id = pa.payout_id
+    inner join classified as c on c.stripe_account = fr.stripe_account and c.payout_id = fr.failed_payout_id
+    where not c.is_payout_movement
+),
+
 summary_member_legs as (
     select
-        pa.stripe_account,
-        pa.payout_id,
+        sm.stripe_account,
+        sm.payout_id,
         l.account_code,
         sum(l.net_amount) as signed_amount,
         bool_or(l.is_unmapped) as is_unmapped,
         max(c._classified_at) as _classified_at
-    from payout_accounts as pa
-    inner join classified as c on c.stripe_account = pa.stripe_account and c.payout_id = pa.payout_id
+    from summary_members as sm
+    inner join classified as c
+        on c.stripe_account = sm.stripe_account and c.balance_transaction_id = sm.balance_transaction_id
     cross join lateral unnest(c.leg_accounts, c.leg_amounts, c.leg_unmapped) as l (account_code, net_amount, is_unmapped)
-    where pa.is_automatic and not c.is_payout_movement
-    group by pa.stripe_account, pa.payout_id, l.account_code
+    group by sm.stripe_account, sm.payout_id, l.account_code
 ),
 
 payout_bank_legs as (
@@ -191,7 +278,8 @@ summary_legs as (
         null::text as customer_id,
         'payout' as accounting_category,
         coalesce(l.is_unmapped, false) as is_unmapped,
-        'Stripe payout ' || pa.payout_id || ' arriving ' || (pa.arrival_at at time zone 'UTC')::date::text as memo,
+        case when pa.is_automatic then 'Stripe payout ' else 'Stripe manual payout ' end
+            || pa.payout_id || ' arriving ' || (pa.arrival_at at time zone 'UTC')::date::text as memo,
         l.leg_type,
         l.account_code,
         l.signed_amount,
@@ -204,7 +292,6 @@ summary_legs as (
         select stripe_account, payout_id, 'bank', account_code, signed_amount, false, null::timestamptz
         from payout_bank_legs
     ) as l on l.stripe_account = pa.stripe_account and l.payout_id = pa.payout_id
-    where pa.is_automatic
 ),
 
 -- detail: the payout itself; both modes: the reversal of a paid payout that failed

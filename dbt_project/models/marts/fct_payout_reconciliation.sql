@@ -2,8 +2,8 @@
   One row per payout: what the bank receives (payout.amount) against what the payout swept.
   gross / fees / net_of_items are sums over its member transactions other than the payout's own;
   difference = payout_amount - net_of_items must be zero for a complete automatic payout.
-  status: failed (failed/canceled payout), incomplete (not automatic, no member list, or a listed
-  transaction missing from staging), difference, or reconciled.
+  status: failed (failed/canceled payout), manual (not automatic: no member list to reconcile),
+  incomplete (no member list yet, or a listed transaction missing from staging), difference, or reconciled.
   Incremental by payout: only payouts whose row or member list changed since the last run.
 -#}
 {{
@@ -113,6 +113,9 @@ select
     r.*,
     case
         when r.payout_status in ('failed', 'canceled') then 'failed'
+        -- A manual payout has no member list: Stripe does not itemise it, so there is nothing to
+        -- reconcile it against (summary mode posts the unswept activity of its range with it).
+        when not r.is_automatic then 'manual'
         when not r.is_complete then 'incomplete'
         when r.difference <> 0 then 'difference'
         else 'reconciled'
