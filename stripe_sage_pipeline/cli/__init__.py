@@ -27,6 +27,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     demo.add_argument("--target", choices=["sagepro", "intacct"], default=None,
                       help="post to the Sage Pro sandbox (default) or the Sage Intacct emulator (SAGE_TARGET)")
+    demo.add_argument("--posting-mode", choices=["detail", "payout_summary"],
+                      help="post in this mode instead of the mapping's (a copy of the mapping is used)")
 
     ui = sub.add_parser("ui", help="Dagster webserver and daemon on the embedded defaults")
     ui.add_argument("--port", type=int, default=3000)
@@ -72,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from stripe_sage_pipeline.cli.demo import main_demo
 
-        return main_demo(args.days, args.seed, args.load, args.json, target=args.target)
+        return main_demo(args.days, args.seed, args.load, args.json, target=args.target, posting_mode=args.posting_mode)
     if args.command == "ui":
         from stripe_sage_pipeline.cli.ui import run_ui
 

@@ -33,6 +33,8 @@ ACCOUNT_NAMES = {
     "1010": "Operating Bank", "1150": "Stripe Clearing", "1200": "Accounts Receivable", "2200": "Sales Tax Payable",
     "4000": "Sales Revenue", "4050": "Sales Refunds", "4060": "Chargebacks", "6100": "Processing Fees",
     "6110": "Dispute Fees", "7900": "FX Gain/Loss", "9999": "Stripe Suspense",
+    "1170": "Reserves Held", "1175": "Issuing Funds Held", "2300": "Due to Connected", "2400": "Stripe Capital",
+    "2500": "Unapplied Funds", "4100": "Platform Revenue", "6300": "Issuing Spend", "6400": "Climate", "6900": "Adjustments",
 }
 
 
@@ -53,6 +55,11 @@ class DemoResult:
     tie_out: dict[str, dict[str, str]] = field(default_factory=dict)
     posting_mode: str = ""
     target: str = "sagepro"
+    # Per currency and account: detail minus payout_summary, and the activity not yet paid out
+    # (finance.fct_activity_not_paid_out); they must be equal (docs/accounting.md).
+    mode_difference: dict[str, dict[str, str]] = field(default_factory=dict)
+    not_paid_out: dict[str, dict[str, str]] = field(default_factory=dict)
+    reconciled_payouts_with_clearing_left: int = 0
     days_loaded: int = 0
     seconds: dict[str, float] = field(default_factory=dict)
     psql: str = ""
@@ -105,7 +112,36 @@ def staging_bt_sums(conninfo: str) -> dict[str, dict[str, int]]:
     return {c: {"amount": a, "fee": f, "net": n} for c, a, f, n in rows}
 
 
+def mode_comparison(conninfo: str) -> tuple[dict[str, dict[str, str]], dict[str, dict[str, str]], int]:
+    """(detail minus payout_summary, activity not yet paid out) per currency and account, and how many
+    reconciled automatic payouts' summary entries leave a clearing line (must be 0)."""
+    with psycopg.connect(conninfo) as conn:
+        diff_rows = conn.execute(
+            "select currency, account_code, sum(case posting_mode when 'detail' then debit - credit"
+            " else credit - debit end)::bigint from finance.fct_journal_lines group by 1, 2 order by 1, 2").fetchall()
+        unpaid_rows = conn.execute(
+            "select currency, account_code, sum(net_amount)::bigint from finance.fct_activity_not_paid_out"
+            " group by 1, 2 order by 1, 2").fetchall()
+        clearing_left = conn.execute(
+            "select count(distinct j.entry_id) from finance.fct_journal_lines as j"
+            " join finance.fct_payout_reconciliation as r on r.stripe_account = j.stripe_account and r.payout_id = j.payout_id"
+            " join finance_config.settings as s on true"
+            " left join finance_config.currency_accounts as ca on ca.currency = j.currency"
+            " where j.entry_type = 'payout_summary' and r.reconciliation_status = 'reconciled'"
+            " and j.account_code = coalesce(ca.clearing_account, s.default_clearing_account)").fetchone()[0]
+    diff: dict[str, dict[str, str]] = {}
+    for cur, acct, m in diff_rows:
+        if m:
+            diff.setdefault(cur, {})[acct] = to_decimal_str(int(m), cur)
+    unpaid: dict[str, dict[str, str]] = {}
+    for cur, acct, m in unpaid_rows:
+        if m:
+            unpaid.setdefault(cur, {})[acct] = to_decimal_str(int(m), cur)
+    return diff, unpaid, int(clearing_left)
+
+
 def _finance_summary(conninfo: str, res: DemoResult) -> None:
+    res.mode_difference, res.not_paid_out, res.reconciled_payouts_with_clearing_left = mode_comparison(conninfo)
     with psycopg.connect(conninfo) as conn:
         res.payouts = dict(conn.execute(
             "select reconciliation_status, count(*) from finance.fct_payout_reconciliation group by 1 order by 1").fetchall())
@@ -134,9 +170,22 @@ def _finance_summary(conninfo: str, res: DemoResult) -> None:
         }
 
 
-def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print, target: str | None = None
-             ) -> DemoResult:
-    """Start everything on embedded defaults, run the pipeline end to end, return the summary."""
+def _mapping_with_mode(settings, posting_mode: str) -> Path:
+    """A copy of the mapping with another posting mode (the demo's --posting-mode)."""
+    import yaml
+
+    data = yaml.safe_load(settings.mapping_file.read_text())
+    data["posting_mode"] = posting_mode
+    path = settings.data_dir / f"demo-mapping-{posting_mode}.yaml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print, target: str | None = None,
+             posting_mode: str | None = None) -> DemoResult:
+    """Start everything on embedded defaults, run the pipeline end to end, return the summary.
+    `posting_mode` (detail | payout_summary) overrides the mapping's for this run."""
     from stripe_sage_pipeline.sage.factory import make_target_client
     from stripe_sage_pipeline.sage.readback import gl_movement
     from stripe_sage_sandboxes.stripe_emulator import (
@@ -149,6 +198,8 @@ def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print
     from stripe_sage_sandboxes.targets import start_target_sandbox
 
     settings = load_settings()
+    if posting_mode:
+        os.environ["STRIPE_SAGE_MAPPING"] = str(_mapping_with_mode(settings, posting_mode))
     res = DemoResult(target=target or settings.sage_target)
     t0 = time.monotonic()
     conninfo = libpq_url(database_url(settings))
@@ -263,6 +314,18 @@ def format_summary(res: DemoResult) -> str:
         out.append(f"  {cur.upper()}")
         for code, amount in sorted(accts.items()):
             out.append(f"    {code} {ACCOUNT_NAMES.get(code, ''):<20} {amount:>16}")
+    out += ["", "ACTIVITY NOT YET PAID OUT  (detail minus payout_summary, per account)"]
+    for cur in sorted(set(res.mode_difference) | set(res.not_paid_out)):
+        diff, unpaid = res.mode_difference.get(cur, {}), res.not_paid_out.get(cur, {})
+        ok = diff == unpaid
+        out.append(f"  {cur.upper()}: {'✓ equals the activity not yet paid out' if ok else '✗ differs from it'}")
+        for code in sorted(set(diff) | set(unpaid)):
+            out.append(f"    {code} {ACCOUNT_NAMES.get(code, ''):<20} {unpaid.get(code, '0'):>16}"
+                       + ("" if ok else f"   (detail − summary {diff.get(code, '0')})"))
+    if not res.mode_difference and not res.not_paid_out:
+        out.append("  none: everything is paid out, both modes are equal  ✓")
+    out.append(f"  reconciled payouts whose summary leaves clearing non-zero: {res.reconciled_payouts_with_clearing_left}"
+               f"  {'✓' if res.reconciled_payouts_with_clearing_left == 0 else '✗'}")
     out += ["", "TIE-OUT"]
     for cur, t in sorted(res.tie_out.items()):
         ok_bank = t["stripe_paid_payouts"] == t["sage_bank_movement"]
@@ -279,10 +342,12 @@ def format_summary(res: DemoResult) -> str:
     return "\n".join(out)
 
 
-def main_demo(days: int, seed: int, load: Path | None, as_json: bool, target: str | None = None) -> int:
-    """Entry point of `stripe-sage demo` (`target`: sagepro or intacct; default SAGE_TARGET)."""
+def main_demo(days: int, seed: int, load: Path | None, as_json: bool, target: str | None = None,
+              posting_mode: str | None = None) -> int:
+    """Entry point of `stripe-sage demo` (`target`: sagepro or intacct; default SAGE_TARGET;
+    `posting_mode`: detail or payout_summary instead of the mapping's)."""
     echo = (lambda *_: None) if as_json else print
-    res = run_demo(days=days, seed=seed, load=load, echo=echo, target=target)
+    res = run_demo(days=days, seed=seed, load=load, echo=echo, target=target, posting_mode=posting_mode)
     if as_json:
         print(json.dumps(res.as_json(), indent=1, sort_keys=True, default=str))
     else:

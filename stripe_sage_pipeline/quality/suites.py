@@ -46,6 +46,11 @@ class Check:
     values: tuple[str, ...] = ()
     time_column: str = "_loaded_at"  # rows newer than `since` are the window of an incremental run
     description: str = ""
+    # Blocking: a failure stops everything downstream (the load). Not blocking: the failure is
+    # reported (a warning, alerted) and what it affects is held by the loader itself, so the rest
+    # posts; `holds` says what is held (README "Which checks block what").
+    blocking: bool = True
+    holds: str = ""
 
 
 @dataclass
@@ -82,7 +87,8 @@ def _staging_checks() -> list[Check]:
               columns=("stripe_account", "id"), time_column=t),
         Check("staging_net_equals_amount_minus_fee", s, "balance_transactions", "unexpected_rows", time_column=t,
               sql="select stripe_account, id, amount, fee, net from {batch} where net <> amount - fee",
-              description="Every balance transaction: net == amount - fee."),
+              description="Every balance transaction: net == amount - fee.", blocking=False,
+              holds="its journal entry does not balance: the loader refuses its posting day (and its payout's summary)"),
         # No or one fee detail (nearly every row) is read directly; only longer lists are expanded.
         Check("staging_fee_equals_fee_details", s, "balance_transactions", "unexpected_rows", time_column=t,
               sql="select stripe_account, id, fee, fee_details_total from ("
@@ -91,28 +97,32 @@ def _staging_checks() -> list[Check]:
                   " (select coalesce(sum((d ->> 'amount')::bigint), 0)"
                   " from jsonb_array_elements(fee_details) as d)) as fee_details_total from {batch}) as b"
                   " where fee <> fee_details_total",
-              description="Every balance transaction: fee == sum(fee_details.amount)."),
+              description="Every balance transaction: fee == sum(fee_details.amount).", blocking=False,
+              holds="nothing: the part fee_details do not explain is posted to the default fee account"),
         Check("staging_balance_transaction_currency_iso", s, "balance_transactions", "in_set", column="currency",
               values=tuple(iso_currencies()), time_column=t),
         Check("staging_balance_transaction_type_known", s, "balance_transactions", "in_set", column="type",
-              values=tuple(sorted(BT_TYPES)), time_column=t),
+              values=tuple(sorted(BT_TYPES)), time_column=t, blocking=False,
+              description="Transaction types Stripe documents (a new one is data Stripe legitimately sends).",
+              holds="nothing: an unmapped type posts to suspense, flagged"),
         Check("staging_balance_transaction_status_known", s, "balance_transactions", "in_set", column="status",
-              values=tuple(BT_STATUSES), time_column=t),
+              values=tuple(BT_STATUSES), time_column=t, blocking=False, holds="nothing"),
         Check("staging_charge_ids_unique", s, "charges", "unique", columns=("stripe_account", "id"), time_column=t),
         Check("staging_charge_status_known", s, "charges", "in_set", column="status", values=tuple(CHARGE_STATUSES),
-              time_column=t),
+              time_column=t, blocking=False, holds="nothing: only succeeded charges become invoices"),
         Check("staging_charge_currency_iso", s, "charges", "in_set", column="currency",
               values=tuple(iso_currencies()), time_column=t),
         Check("staging_refund_status_known", s, "refunds", "in_set", column="status", values=tuple(REFUND_STATUSES),
-              time_column=t),
+              time_column=t, blocking=False, holds="nothing: refunds post from their balance transactions"),
         Check("staging_payout_ids_unique", s, "payouts", "unique", columns=("stripe_account", "id"), time_column=t),
         Check("staging_payout_status_known", s, "payouts", "in_set", column="status", values=tuple(PAYOUT_STATUSES),
-              time_column=t),
+              time_column=t, blocking=False, holds="that payout: posted only once paid"),
         Check("staging_payout_members_staged", s, "payout_balance_transactions", "unexpected_rows", time_column=t,
               sql="select m.stripe_account, m.payout_id, m.balance_transaction_id from (select * from {batch}) as m"
                   " where not exists (select 1 from stripe_staging.balance_transactions as b"
                   " where b.stripe_account = m.stripe_account and b.id = m.balance_transaction_id)",
-              description="Every transaction listed in a payout has been extracted."),
+              description="Every transaction listed in a payout has been extracted.", blocking=False,
+              holds="that payout's summary entry (its reconciliation is incomplete until the transaction arrives)"),
     ]
     return checks
 
@@ -129,15 +139,18 @@ def _journal_checks() -> list[Check]:
                   " where entry_id in (select entry_id from {batch} group by entry_id"
                   " having sum(debit) <> sum(credit) or min(currency) <> max(currency))"
                   " group by entry_id",
-              description="Every entry: sum(debit) == sum(credit) to the minor unit, in one currency."),
+              description="Every entry: sum(debit) == sum(credit) to the minor unit, in one currency.", blocking=False,
+              holds="the posting day of that entry (the loader refuses a day with an unbalanced entry)"),
         Check("journal_lines_one_sided", f, "fct_journal_lines", "unexpected_rows",
               sql="select journal_line_id, entry_id, account_code, debit, credit from {batch}"
                   " where debit < 0 or credit < 0 or (debit > 0) = (credit > 0)",
-              description="Every line is non-negative and on exactly one side."),
+              description="Every line is non-negative and on exactly one side.", blocking=False,
+              holds="the posting day of that entry (the loader refuses it)"),
         Check("journal_lines_accounts_in_chart", f, "fct_journal_lines", "unexpected_rows",
               sql="select journal_line_id, entry_id, account_code from (select * from {batch}) as j where not exists"
                   " (select 1 from finance_config.accounts as a where a.account_code = j.account_code)",
-              description="Every account used is in the mapping's chart of accounts."),
+              description="Every account used is in the mapping's chart of accounts.", blocking=False,
+              holds="that entry (dead-lettered by the loader's account check, re-driven once the account exists)"),
         Check("journal_lines_posting_date_present", f, "fct_journal_lines", "not_null", column="posting_date"),
     ]
 
@@ -147,12 +160,14 @@ def _payout_checks() -> list[Check]:
         Check("payout_reconciliation_zero_difference", "finance", "fct_payout_reconciliation", "unexpected_rows",
               sql="select payout_id, payout_status, payout_amount, net_of_items, difference from {batch}"
                   " where is_complete and payout_status not in ('failed', 'canceled') and difference <> 0",
-              description="Every complete automatic payout: amount == sum(net) of its items."),
+              description="Every complete automatic payout: amount == sum(net) of its items.", blocking=False,
+              holds="that payout's summary entry (PayoutNotReconciled:difference)"),
         Check("payout_members_net_to_zero", "finance", "fct_payout_reconciliation", "unexpected_rows",
               sql="select payout_id, net_of_all from {batch}"
                   " where is_complete and has_own_transaction and payout_status not in ('failed', 'canceled')"
                   " and net_of_all <> 0",
-              description="Every complete automatic payout: the net of all its transactions (its own included) is 0."),
+              description="Every complete automatic payout: the net of all its transactions (its own included) is 0.",
+              blocking=False, holds="that payout's summary entry"),
     ]
 
 
@@ -162,7 +177,8 @@ def _invoice_checks() -> list[Check]:
               sql="select document_key, max(document_total) as document_total, sum(line_amount) as lines_total,"
                   " max(document_tax) as document_tax from {batch} group by document_key"
                   " having max(document_total) <> sum(line_amount) + max(document_tax)",
-              description="Every document: total == sum(line amounts) + tax."),
+              description="Every document: total == sum(line amounts) + tax (lines after discounts and included tax).",
+              blocking=False, holds="the posting day of that invoice (the loader refuses it)"),
         Check("invoice_lines_revenue_account_present", "finance", "fct_invoice_lines", "not_null",
               column="revenue_account"),
     ]

@@ -1,7 +1,11 @@
 """Deterministic, realistic Stripe history: customers, charges in five currencies (JPY zero-decimal,
-KWD three-decimal), tax in metadata or on invoices, payment intents, refunds (some returning part of
-the fee), disputes won and lost, daily automatic payouts per currency, one payout that fails after
-it was paid, and an event for every creation and change.
+KWD three-decimal; a share of EUR charges settled in USD at an exchange rate), tax in metadata or on
+invoices (exclusive or tax-inclusive, some with a coupon), payment intents, refunds (some returning
+part of the fee, some failing later), disputes won (some keeping their fee) and lost, daily automatic
+payouts per currency (a negative balance debited from the bank), GBP switching to manual payouts
+halfway through, one payout that fails after it was paid and one that fails in transit, Stripe fees
+and fee credits, VAT on fees, reserve and minimum-balance holds and releases, a top-up, and an event
+for every creation and change.
 
 The simulation walks time forward: each day starts with the automatic payouts (at 00:00 UTC, sweeping
 what became available), then the day's charges and every scheduled follow-up (refund, dispute step,
@@ -28,6 +32,13 @@ CURRENCIES = [("usd", 70, "US"), ("eur", 12, "DE"), ("gbp", 9, "GB"), ("jpy", 5,
 AMOUNTS = {"usd": (4500, 50), "eur": (3900, 50), "gbp": (3500, 50), "jpy": (5000, 100), "kwd": (12500, 250)}
 # Sales tax / VAT rate in basis points, used for tax carried in metadata and on invoices.
 TAX_BP = {"usd": 800, "eur": 1900, "gbp": 2000, "jpy": 1000, "kwd": 0}
+# A share of EUR charges is presented in EUR and settles in USD (the account's settlement currency
+# for EUR is USD for these): USD per EUR.
+EUR_SETTLED_IN_USD = 0.25
+USD_PER_EUR = 1.0842
+# From halfway through the window GBP is paid out manually (no automatic payouts), every few days.
+MANUAL_CURRENCY = "gbp"
+MANUAL_PAYOUT_EVERY_DAYS = 4
 # Share of the day's charges per UTC hour: a business day in the Americas and Europe.
 HOUR_WEIGHTS = [2, 1, 1, 1, 1, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 8, 8, 7, 6, 5, 4, 3, 3]
 BASE_CHARGES_PER_DAY = 110
@@ -78,6 +89,9 @@ class _Gen:
         self.invoice_no = 0
         self.fail_after = self.start + max(1, days // 3) * DAY
         self.fail_chosen = False
+        self.transit_fail_after = self.start + max(2, days // 2) * DAY
+        self.transit_fail_chosen = False
+        self.manual_from = self.start + max(1, days // 2) * DAY
         self.tax_rates = {cur: self.ids.new("txr") for cur, *_ in CURRENCIES}
         self.cur_names = [c for c, _w, _cc in CURRENCIES]
         self.cur_weights = [w for _c, w, _cc in CURRENCIES]
@@ -164,14 +178,18 @@ class _Gen:
         charge_id = self.ids.new("ch")
         country = self.country[currency]
         card = CARD_DETAILS[rng.choice(CARD_BY_COUNTRY[country])]
-        fee = ops.processing_fee(amount, currency)
+        settle_currency, settle_amount, rate = currency, amount, None
+        if currency == "eur" and rng.random() < EUR_SETTLED_IN_USD:
+            settle_currency, settle_amount, rate = "usd", int(round(amount * USD_PER_EUR)), USD_PER_EUR
+        fee = ops.processing_fee(settle_amount, settle_currency)
         bt = ops.new_balance_transaction(
             state,
             self.ids,
-            amount=amount,
+            amount=settle_amount,
             fee=fee,
-            fee_details=[ops.fee_detail(fee, currency, "Stripe processing fees")],
-            currency=currency,
+            fee_details=[ops.fee_detail(fee, settle_currency, "Stripe processing fees")],
+            currency=settle_currency,
+            exchange_rate=rate,
             created=at,
             available_on=ops.day_start(at) + 2 * DAY,
             type="charge",
@@ -291,30 +309,38 @@ class _Gen:
     ) -> None:
         rng, state = self.rng, self.state
         created = at - 3600
-        subtotal = (amount * 10000 + (10000 + tax_bp) // 2) // (10000 + tax_bp)
-        tax = amount - subtotal
+        # Net of tax and discount; the tax on it; a 10 % coupon on some; tax-inclusive prices on some.
+        net = (amount * 10000 + (10000 + tax_bp) // 2) // (10000 + tax_bp)
+        tax = amount - net
+        inclusive = tax_bp > 0 and rng.random() < 0.3
+        discount = net // 9 if rng.random() < 0.3 else 0  # 10 % of the pre-discount net
+        discount_id = self.ids.new("di") if discount else None
+        # Line amounts are before discounts; tax-inclusive ones include their tax.
+        subtotal = net + discount + (tax if inclusive else 0)
         n_lines = rng.choice([1, 1, 2, 3])
         # Split the subtotal and tax over the lines; the last line takes the rounding remainder.
         shares = sorted(rng.sample(range(1, 100), n_lines - 1)) if n_lines > 1 else []
         cuts = [0, *shares, 100]
-        lines, used_amt, used_tax = [], 0, 0
+        lines, used_amt, used_tax, used_disc = [], 0, 0, 0
         for i in range(n_lines):
             if i == n_lines - 1:
-                line_amt, line_tax = subtotal - used_amt, tax - used_tax
+                line_amt, line_tax, line_disc = subtotal - used_amt, tax - used_tax, discount - used_disc
             else:
                 line_amt = subtotal * (cuts[i + 1] - cuts[i]) // 100
                 line_tax = tax * (cuts[i + 1] - cuts[i]) // 100
+                line_disc = discount * (cuts[i + 1] - cuts[i]) // 100
             used_amt += line_amt
             used_tax += line_tax
+            used_disc += line_disc
             lines.append(
                 {
                     "id": self.ids.new("il"),
                     "object": "line_item",
                     "amount": line_amt,
-                    "amount_excluding_tax": line_amt,
+                    "amount_excluding_tax": line_amt - (line_tax if inclusive else 0),
                     "currency": currency,
                     "description": rng.choice(PRODUCTS),
-                    "discount_amounts": [],
+                    "discount_amounts": [{"amount": line_disc, "discount": discount_id}] if discount else [],
                     "discountable": True,
                     "discounts": [],
                     "invoice_item": self.ids.new("ii"),
@@ -329,15 +355,15 @@ class _Gen:
                     "tax_amounts": [
                         {
                             "amount": line_tax,
-                            "inclusive": False,
+                            "inclusive": inclusive,
                             "tax_rate": self.tax_rates[currency],
                             "taxability_reason": "standard_rated" if tax_bp else "not_subject_to_tax",
-                            "taxable_amount": line_amt,
+                            "taxable_amount": line_amt - line_disc - (line_tax if inclusive else 0),
                         }
                     ],
                     "tax_rates": [],
                     "type": "invoiceitem",
-                    "unit_amount_excluding_tax": str(line_amt),
+                    "unit_amount_excluding_tax": str(line_amt - (line_tax if inclusive else 0)),
                 }
             )
         cust = state.get("customers", customer) if customer else None
@@ -363,20 +389,23 @@ class _Gen:
             "period_end": created,
             "period_start": created,
             "subtotal": subtotal,
-            "subtotal_excluding_tax": subtotal,
+            "subtotal_excluding_tax": subtotal - (tax if inclusive else 0),
             "tax": tax,
             "total": amount,
-            "total_excluding_tax": subtotal,
+            "total_excluding_tax": amount - tax,
             "total_tax_amounts": [
                 {
                     "amount": tax,
-                    "inclusive": False,
+                    "inclusive": inclusive,
                     "tax_rate": self.tax_rates[currency],
                     "taxability_reason": "standard_rated" if tax_bp else "not_subject_to_tax",
-                    "taxable_amount": subtotal,
+                    "taxable_amount": net,
                 }
             ],
         }
+        if discount:
+            inv["discounts"] = [discount_id]
+            inv["total_discount_amounts"] = [{"amount": discount, "discount": discount_id}]
         state.add("invoices", inv, bulk=True)
         self.emit("invoice.created", "invoices", invoice_id, created)
         finalized = created + 60
@@ -426,6 +455,7 @@ class _Gen:
             day = self.start + d * DAY
             if d > 0:
                 self.payouts(day)
+            self.balance_activity(day, d)
             hours = rng.choices(range(24), HOUR_WEIGHTS, k=daily[d])
             for h in hours:
                 self.schedule(day + h * 3600 + rng.randrange(3600), "charge")
@@ -454,9 +484,14 @@ class _Gen:
         self._bulk_refund(charge_id, min(amount, remaining), at, reason, fee_return)
 
     def _bulk_refund(self, charge_id: str, amount: int, at: int, reason: str | None, fee_return: bool) -> None:
-        ops.refund_charge(
+        refund_id = ops.refund_charge(
             self.state, charge_id, amount, at=at, reason=reason, fee_return=fee_return, ids=self.ids, bulk=True
         )
+        if self.rng.random() < 0.06:  # the card was closed: the refund comes back a few days later
+            self.schedule(at + self.rng.randrange(2 * DAY, 5 * DAY), "refund_failure", refund_id)
+
+    def do_refund_failure(self, at: int, refund_id: str) -> None:
+        ops.fail_refund(self.state, refund_id, at=at, ids=self.ids, bulk=True)
 
     def do_dispute(self, at: int, charge_id: str, reason: str) -> None:
         state = self.state
@@ -475,10 +510,15 @@ class _Gen:
         ops.submit_dispute_evidence(self.state, dispute_id, at=at, ids=self.ids, bulk=True)
 
     def do_close(self, at: int, dispute_id: str, won: bool) -> None:
-        ops.close_dispute(self.state, dispute_id, "won" if won else "lost", at=at, ids=self.ids, bulk=True)
+        # Some networks keep the dispute fee even when the dispute is won.
+        keep_fee = won and self.rng.random() < 0.4
+        ops.close_dispute(
+            self.state, dispute_id, "won" if won else "lost", at=at, ids=self.ids, bulk=True, return_fee=not keep_fee
+        )
 
     def payouts(self, at: int) -> None:
-        created = ops.run_automatic_payouts(self.state, at=at, ids=self.ids, bulk=True)
+        manual = frozenset({MANUAL_CURRENCY}) if at >= self.manual_from else frozenset()
+        created = ops.run_automatic_payouts(self.state, at=at, ids=self.ids, bulk=True, manual_currencies=manual)
         for payout_id in created:
             arrival = self.state.field("payouts", payout_id, "arrival_date")
             self.schedule(arrival, "paid", payout_id)
@@ -488,9 +528,50 @@ class _Gen:
             if not self.fail_chosen and currency == "usd" and at >= self.fail_after and arrival + 2 * DAY <= self.end:
                 self.fail_chosen = True
                 self.schedule(arrival + DAY + 9 * 3600, "fail", payout_id)
+            # Another never reaches the bank: it fails in transit and is swept again the next day.
+            elif (not self.transit_fail_chosen and currency == "usd" and at >= self.transit_fail_after
+                  and arrival + DAY <= self.end):
+                self.transit_fail_chosen = True
+                self.schedule(arrival - 12 * 3600, "fail", payout_id)
+        days_in = (at - self.manual_from) // DAY
+        if manual and days_in % MANUAL_PAYOUT_EVERY_DAYS == 0:
+            payout_id = ops.create_manual_payout(self.state, MANUAL_CURRENCY, at=at + 10 * 3600, ids=self.ids, bulk=True)
+            if payout_id is not None:
+                self.schedule(at + 10 * 3600 + 3600, "in_transit", payout_id)
+                self.schedule(self.state.field("payouts", payout_id, "arrival_date"), "paid", payout_id)
+
+    def do_in_transit(self, at: int, payout_id: str) -> None:
+        prev = self.state.update("payouts", payout_id, {"status": "in_transit"})
+        self.emit("payout.updated", "payouts", payout_id, at, prev)
 
     def do_paid(self, at: int, payout_id: str) -> None:
-        ops.mark_payout_paid(self.state, payout_id, at=at, ids=self.ids, bulk=True)
+        if self.state.field("payouts", payout_id, "status") in ("pending", "in_transit"):
+            ops.mark_payout_paid(self.state, payout_id, at=at, ids=self.ids, bulk=True)
+
+    def balance_activity(self, day: int, d: int) -> None:
+        """Money movements that are not payments, on fixed days of the window (USD unless said)."""
+        def adj(currency: str, amount: int, type_: str, category: str, description: str, hour: int = 3) -> None:
+            ops.balance_adjustment(self.state, currency, amount, type=type_, category=category, at=day + hour * 3600,
+                                   description=description, ids=self.ids, bulk=True)
+
+        if d % 7 == 3:  # Stripe's billing fees, with the VAT it charges on them
+            adj("usd", -2500, "stripe_fee", "fee", "Billing - Usage Fee")
+            adj("usd", -500, "tax_fee", "tax", "Stripe fee tax (VAT)")
+        if d == 2:
+            adj("usd", 1000, "adjustment", "fee", "Stripe fee credit")
+        if d == 4:
+            adj("usd", -10000, "payout_minimum_balance_hold", "payout_minimum_balance_hold", "Payout minimum balance hold")
+        if d == 11:
+            adj("usd", 10000, "payout_minimum_balance_release", "payout_minimum_balance_release",
+                "Payout minimum balance release")
+        if d == 6:
+            adj("eur", -5000, "reserve_transaction", "risk_reserved_funds", "Reserve held for risk")
+        if d == 20:
+            adj("eur", 5000, "reserve_transaction", "risk_reserved_funds", "Reserve released")
+        if d == 8:
+            adj("usd", 20000, "topup", "topup", "Top-up from bank account")
+        if d == max(1, self.days * 2 // 3):  # more than a day's takings: the balance goes negative
+            adj("kwd", -300000, "adjustment", "other_adjustment", "Adjustment: card scheme assessment", hour=1)
 
     def do_fail(self, at: int, payout_id: str) -> None:
         ops.fail_payout(self.state, payout_id, code="account_closed", at=at, ids=self.ids, bulk=True)

@@ -75,6 +75,7 @@ def new_balance_transaction(
     description: str | None = None,
     bulk: bool = False,
     pool: bool = True,
+    exchange_rate: float | None = None,
 ) -> str:
     """Create a balance transaction (`net = amount - fee`) and queue it for the next automatic payout."""
     obj: dict[str, Any] = {
@@ -96,6 +97,8 @@ def new_balance_transaction(
         obj["fee_details"] = fee_details
     if description is not None:
         obj["description"] = description
+    if exchange_rate is not None:
+        obj["exchange_rate"] = exchange_rate
     state.add("balance_transactions", obj, bulk=bulk)
     if pool:
         state.payout_pool.setdefault(currency, []).append((available_on, obj["id"], amount - fee))
@@ -120,6 +123,18 @@ def refresh_balance_statuses(state: EmulatorState, at: int) -> int:
 
 def _ids(state: EmulatorState, ids: IdFactory | None) -> IdFactory:
     return ids or state.ids
+
+
+def settlement_of(state: EmulatorState, charge_id: str, amount: int) -> tuple[str, int, float | None]:
+    """`amount` of a charge's currency in the currency the charge settled in, at the charge's
+    exchange rate: (currency, amount, exchange_rate or None when it settled as presented)."""
+    currency = state.field("charges", charge_id, "currency")
+    bt_id = state.field("charges", charge_id, "balance_transaction")
+    bt = state.get("balance_transactions", bt_id) if bt_id else None
+    if not bt or bt.get("currency", "usd") == currency or not bt.get("exchange_rate"):
+        return currency, amount, None
+    rate = bt["exchange_rate"]
+    return bt["currency"], int(round(amount * rate)), rate
 
 
 def refund_charge(
@@ -162,17 +177,19 @@ def refund_charge(
                 param="amount",
             )
         refund_id = ids.new("re")
+        settle_currency, settle_amount, rate = settlement_of(state, charge_id, amount)
         fee, details = 0, []
         if fee_return:
-            part = percent_fee(amount, currency)
-            fee, details = -part, [fee_detail(-part, currency, "Stripe processing fees")]
+            part = percent_fee(settle_amount, settle_currency)
+            fee, details = -part, [fee_detail(-part, settle_currency, "Stripe processing fees")]
         bt = new_balance_transaction(
             state,
             ids,
-            amount=-amount,
+            amount=-settle_amount,
             fee=fee,
             fee_details=details,
-            currency=currency,
+            currency=settle_currency,
+            exchange_rate=rate,
             created=at,
             available_on=day_start(at) + 2 * DAY,
             type="refund",
@@ -218,14 +235,16 @@ def open_dispute(
         amount = state.field("charges", charge_id, "amount")
         currency = state.field("charges", charge_id, "currency")
         dispute_id = ids.new("dp")
-        dfee = DISPUTE_FEES.get(currency, 1500)
+        settle_currency, settle_amount, rate = settlement_of(state, charge_id, amount)
+        dfee = DISPUTE_FEES.get(settle_currency, 1500)
         bt = new_balance_transaction(
             state,
             ids,
-            amount=-amount,
+            amount=-settle_amount,
             fee=dfee,
-            fee_details=[fee_detail(dfee, currency, "Dispute fee")],
-            currency=currency,
+            fee_details=[fee_detail(dfee, settle_currency, "Dispute fee")],
+            currency=settle_currency,
+            exchange_rate=rate,
             created=at,
             available_on=day_start(at) + DAY,
             type="adjustment",
@@ -287,9 +306,11 @@ def close_dispute(
     at: int | None = None,
     ids: IdFactory | None = None,
     bulk: bool = False,
+    return_fee: bool = True,
 ) -> None:
     """Close a dispute `won` or `lost`. Won: a `dispute_reversal` balance transaction gives back the
-    amount and the dispute fee (fee negative) and `charge.dispute.funds_reinstated` follows."""
+    amount and (unless `return_fee` is false: Stripe keeps it for some networks) the dispute fee
+    (fee negative), and `charge.dispute.funds_reinstated` follows."""
     ids = _ids(state, ids)
     if status not in ("won", "lost"):
         raise ApiError(400, "status must be 'won' or 'lost'", param="status")
@@ -302,16 +323,15 @@ def close_dispute(
         at = state.now() if at is None else at
         changes: dict[str, Any] = {"status": status}
         if status == "won":
-            amount = state.field("disputes", dispute_id, "amount")
-            currency = state.field("disputes", dispute_id, "currency")
             charge_id = state.field("disputes", dispute_id, "charge")
-            dfee = DISPUTE_FEES.get(currency, 1500)
+            currency, amount, rate = settlement_of(state, charge_id, state.field("disputes", dispute_id, "amount"))
+            dfee = DISPUTE_FEES.get(currency, 1500) if return_fee else 0
             bt = new_balance_transaction(
                 state,
                 ids,
                 amount=amount,
                 fee=-dfee,
-                fee_details=[fee_detail(-dfee, currency, "Dispute fee refund")],
+                fee_details=[fee_detail(-dfee, currency, "Dispute fee refund")] if dfee else [],
                 currency=currency,
                 created=at,
                 available_on=day_start(at) + DAY,
@@ -320,6 +340,7 @@ def close_dispute(
                 source=dispute_id,
                 description=f"Chargeback reversal for {charge_id}",
                 bulk=bulk,
+                exchange_rate=rate,
             )
             changes["balance_transactions"] = [*state.field("disputes", dispute_id, "balance_transactions"), bt]
         old = state.update("disputes", dispute_id, changes)
@@ -345,20 +366,29 @@ def bank_account(state: EmulatorState, currency: str, ids: IdFactory | None = No
 
 
 def run_automatic_payouts(
-    state: EmulatorState, *, at: int | None = None, ids: IdFactory | None = None, bulk: bool = False
+    state: EmulatorState,
+    *,
+    at: int | None = None,
+    ids: IdFactory | None = None,
+    bulk: bool = False,
+    manual_currencies: frozenset[str] = frozenset(),
 ) -> list[str]:
     """Sweep, per currency, every balance transaction available by `at` into one automatic payout
-    (`payout` balance transaction of -amount; membership queryable with `?payout=`)."""
+    (`payout` balance transaction of -amount; membership queryable with `?payout=`). A negative
+    available balance is debited from the bank: a payout of a negative amount. Currencies on a
+    manual schedule are skipped."""
     ids = _ids(state, ids)
     created: list[str] = []
     with state.lock:
         at = state.now() if at is None else at
         for currency in sorted(state.payout_pool):
+            if currency in manual_currencies:
+                continue
             pool = state.payout_pool[currency]
             due = [item for item in pool if item[0] <= at]
             total = sum(net for _avail, _bt, net in due)
-            if not due or total <= 0:
-                continue  # a negative balance waits for more charges, as Stripe's schedule does
+            if not due or total == 0:
+                continue
             state.payout_pool[currency] = [item for item in pool if item[0] > at]
             payout_id = ids.new("po")
             bt = new_balance_transaction(
@@ -395,6 +425,92 @@ def run_automatic_payouts(
     return created
 
 
+def create_manual_payout(
+    state: EmulatorState,
+    currency: str,
+    *,
+    at: int | None = None,
+    ids: IdFactory | None = None,
+    bulk: bool = False,
+) -> str | None:
+    """A manual payout (`automatic: false`) of the whole available balance in `currency`: Stripe
+    does not itemise it (no `?payout=` membership). None when nothing is available."""
+    ids = _ids(state, ids)
+    with state.lock:
+        at = state.now() if at is None else at
+        pool = state.payout_pool.get(currency, [])
+        due = [item for item in pool if item[0] <= at]
+        total = sum(net for _avail, _bt, net in due)
+        if total <= 0:
+            return None
+        state.payout_pool[currency] = [item for item in pool if item[0] > at]
+        payout_id = ids.new("po")
+        bt = new_balance_transaction(
+            state, ids, amount=-total, fee=0, fee_details=[], currency=currency, created=at, available_on=at,
+            type="payout", category="payout", source=payout_id, bulk=bulk, pool=False,
+        )
+        payout = {
+            "id": payout_id,
+            "amount": total,
+            "arrival_date": at + 2 * DAY,
+            "automatic": False,
+            "balance_transaction": bt,
+            "created": at,
+            "currency": currency,
+            "description": None,
+            "destination": bank_account(state, currency, ids),
+            "reconciliation_status": "not_applicable",
+            "status": "pending",
+        }
+        state.add("payouts", payout, bulk=bulk)
+        state.emit("payout.created", "payouts", payout_id, created=at, bulk=bulk, ids=ids)
+        return payout_id
+
+
+def balance_adjustment(
+    state: EmulatorState,
+    currency: str,
+    amount: int,
+    *,
+    type: str,
+    category: str,
+    at: int,
+    description: str,
+    source: str | None = None,
+    ids: IdFactory | None = None,
+    bulk: bool = False,
+) -> str:
+    """A balance transaction that is not a payment: a Stripe fee or fee credit, VAT on fees, a
+    reserve or minimum-balance hold and release, a top-up, an adjustment (fee 0, available at once)."""
+    return new_balance_transaction(
+        state, _ids(state, ids), amount=amount, fee=0, fee_details=[], currency=currency, created=at,
+        available_on=at, type=type, category=category, source=source, description=description, bulk=bulk,
+    )
+
+
+def fail_refund(
+    state: EmulatorState, refund_id: str, *, at: int, ids: IdFactory | None = None, bulk: bool = False
+) -> None:
+    """A refund the bank returns (e.g. a closed card): status `failed`, a `refund_failure` balance
+    transaction credits the amount back, the charge's amount_refunded goes down."""
+    ids = _ids(state, ids)
+    with state.lock:
+        amount = state.field("refunds", refund_id, "amount")
+        charge_id = state.field("refunds", refund_id, "charge")
+        currency, settle_amount, rate = settlement_of(state, charge_id, amount)
+        bt = new_balance_transaction(
+            state, ids, amount=settle_amount, fee=0, fee_details=[], currency=currency, exchange_rate=rate, created=at,
+            available_on=day_start(at) + DAY, type="adjustment", category="refund_failure", source=refund_id,
+            description=f"Refund failure for {charge_id}", bulk=bulk,
+        )
+        prev = state.update(
+            "refunds", refund_id, {"status": "failed", "failure_balance_transaction": bt, "failure_reason": "expired_or_canceled_card"}
+        )
+        refunded = state.field("charges", charge_id, "amount_refunded") - amount
+        state.update("charges", charge_id, {"amount_refunded": refunded, "refunded": False})
+        state.emit("charge.refund.updated", "refunds", refund_id, created=at, prev=prev, bulk=bulk, ids=ids)
+
+
 def mark_payout_paid(
     state: EmulatorState, payout_id: str, *, at: int | None = None, ids: IdFactory | None = None, bulk: bool = False
 ) -> None:
@@ -419,15 +535,16 @@ def fail_payout(
     ids: IdFactory | None = None,
     bulk: bool = False,
 ) -> None:
-    """A paid payout bounces: status `failed` with a failure code, a `payout_failure` balance
-    transaction credits the amount back (swept into a later payout), `payout.failed` is sent."""
+    """A payout bounces, after it was paid or while in transit: status `failed` with a failure
+    code, a `payout_failure` balance transaction credits the amount back (swept into a later
+    payout), `payout.failed` is sent."""
     ids = _ids(state, ids)
     with state.lock:
         if state.get("payouts", payout_id) is None:
             raise missing("payouts", payout_id)
         status = state.field("payouts", payout_id, "status")
-        if status != "paid":
-            raise ApiError(400, f"Only a paid payout can fail; {payout_id} is {status}.", param="id")
+        if status not in ("paid", "in_transit", "pending"):
+            raise ApiError(400, f"Only a paid or in-transit payout can fail; {payout_id} is {status}.", param="id")
         at = state.now() if at is None else at
         amount = state.field("payouts", payout_id, "amount")
         currency = state.field("payouts", payout_id, "currency")

@@ -43,6 +43,11 @@ def _entry(url: str, entry_id: str) -> dict[str, int]:
     return {r["account_code"]: int(r["m"]) for r in rows}
 
 
+def _not_paid_out(url: str) -> dict[str, int]:
+    rows = query(url, "select account_code, net_amount from finance.fct_activity_not_paid_out")
+    return {r["account_code"]: int(r["net_amount"]) for r in rows}
+
+
 def _pro_rata(amount: int, tax: int, gross: int) -> int:
     """amount x tax / gross, rounded half away from zero (what the classification does)."""
     q = Decimal(amount) * tax / gross
@@ -85,6 +90,7 @@ def test_manual_payouts_after_a_switch_from_the_automatic_schedule(fresh_db: str
     # Detail minus summary = the activity not yet paid out (c3), account by account.
     detail, summary = _minor(movement(fresh_db, "detail")), _minor(movement(fresh_db, "payout_summary"))
     assert _diff(detail, summary) == {"1150": c3["net"], "6100": c3["fee"], "4000": -c3["amount"]}
+    assert _not_paid_out(fresh_db) == _diff(detail, summary)
     # Bank = what Stripe paid out, in both modes.
     assert detail["1010"] == summary["1010"] == 7738 + 12000
 
@@ -115,7 +121,7 @@ def test_a_payout_failed_in_transit_is_posted_with_the_payout_that_pays_it_out_a
     assert _entry(fresh_db, "summary:po_again") == {
         "1010": 9680 + 4825, "6100": 320 + 175, "4000": -15000}
     detail, summary = _minor(movement(fresh_db, "detail")), _minor(movement(fresh_db, "payout_summary"))
-    assert detail == summary
+    assert detail == summary and _not_paid_out(fresh_db) == {}
     assert summary["1010"] == 9680 + 4825 and "1150" not in summary
     recon = {r["payout_id"]: r["reconciliation_status"]
              for r in query(fresh_db, "select payout_id, reconciliation_status from finance.fct_payout_reconciliation")}

@@ -108,7 +108,8 @@ def _edge_case_objects() -> dict:
            fee_details=[{"amount": -150, "currency": "usd", "type": "stripe_fee", "description": "fee returned", "application": None}]),
         bt("txn_dp", -8000, 1500, "dispute", "dp_won", type_="adjustment"),
         bt("txn_dpr", 8000, 0, "dispute_reversal", "dp_won", type_="adjustment", created=T0 + DAY),
-        bt("txn_odd", 700, 0, "other_adjustment", None, type_="adjustment"),
+        bt("txn_odd", 700, 0, "stripe_category_added_later", None, type_="type_added_later"),
+        bt("txn_adj", 700, 0, "other_adjustment", None, type_="adjustment"),
         bt("txn_inv_c", 10825, 344, "charge", "ch_inv"),
         bt("txn_fail_p", -3000, 0, "payout", "po_fail", created=T0 - 3 * DAY),
         bt("txn_fail_f", 3000, 0, "payout_reversal", "po_fail", type_="payout_failure", created=T0 - DAY),
@@ -164,7 +165,9 @@ def test_edge_cases(fresh_db: str, edge_mapping) -> None:
     # A won dispute: the reversal credits chargebacks back; the dispute fee stays on 6110.
     assert _lines(fresh_db, "detail:txn_dp") == {"4060": ("80.00", "0.00"), "6110": ("15.00", "0.00"), "1150": ("0.00", "95.00")}
     assert _lines(fresh_db, "detail:txn_dpr") == {"1150": ("80.00", "0.00"), "4060": ("0.00", "80.00")}
-    # Unmapped category: suspense, flagged, not dropped.
+    # Every category of Stripe's current list has an account: an adjustment is not suspense.
+    assert _lines(fresh_db, "detail:txn_adj") == {"1150": ("7.00", "0.00"), "6900": ("0.00", "7.00")}
+    # A category Stripe adds later (no mapping, no type fallback): suspense, flagged, not dropped.
     odd = query(fresh_db, "select account_code, credit_amount, is_unmapped from finance.fct_journal_lines where entry_id = 'detail:txn_odd' and credit > 0")
     assert odd == [{"account_code": "9999", "credit_amount": Decimal("7.00"), "is_unmapped": True}]
     # Tax from the invoice wins over metadata; invoice lines come from the invoice.

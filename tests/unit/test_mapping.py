@@ -36,7 +36,7 @@ def _broken(path: list[str], value) -> dict:
     ("path", "value", "key", "bad", "message"),
     [
         (["categories", "refund"], "4051", "categories.refund", "4051", "not in chart_of_accounts"),
-        (["categories", "refnd"], "4050", "categories.refnd", "refnd", "unknown Stripe reporting category"),
+        (["categories", "Refund Fee"], "4050", "categories.Refund Fee", "Refund Fee", "lower-case letters"),
         (["posting_date", "timezone"], "Mars/Olympus", "posting_date.timezone", "Mars/Olympus", "unknown time zone"),
         (["posting_mode"], "weekly", "posting_mode", "weekly", "'detail' or 'payout_summary'"),
         (["fees", "by_fee_type", "stripe_fee"], "61OO", "fees.by_fee_type.stripe_fee", "61OO", "not in chart_of_accounts"),
@@ -89,3 +89,28 @@ def test_dbt_env_and_args() -> None:
     args = dbt_args("build", select=["a", "b"], full_refresh=True, vars={"lookback_hours": 0})
     assert args[0] == "build" and args[args.index("--select") + 1 : args.index("--select") + 3] == ["a", "b"]
     assert "--full-refresh" in args and '{"lookback_hours": 0}' in args
+
+
+def test_every_current_reporting_category_has_an_account_and_new_strings_are_warnings() -> None:
+    from stripe_sage_pipeline.transform.mapping import BUILT_IN_CATEGORIES, REPORTING_CATEGORIES, mapping_warnings
+
+    m = parse_mapping(DEFAULT)
+    assert REPORTING_CATEGORIES - BUILT_IN_CATEGORIES <= set(m.categories)
+    assert m.categories["other_adjustment"] != m.accounts.suspense and m.categories["topup"] == m.bank_account("usd")
+    # VAT on Stripe's fees lands with the fees, like the tax part of a fee's fee_details.
+    assert m.categories["tax"] == m.fees.by_fee_type["tax"]
+    assert mapping_warnings(m) == []
+    data = copy.deepcopy(DEFAULT)
+    data["categories"]["payout_minimum_balance_hold_v2"] = "1170"
+    data["type_fallback"]["brand_new_type"] = "other_adjustment"
+    warned = parse_mapping(data)
+    assert warned.categories["payout_minimum_balance_hold_v2"] == "1170"
+    assert {w[0] for w in mapping_warnings(warned)} == {
+        "categories.payout_minimum_balance_hold_v2", "type_fallback.brand_new_type"}
+
+
+def test_default_chart_of_the_sage_sandbox_has_every_mapped_account() -> None:
+    from stripe_sage_sandboxes.sage.store import DEFAULT_CHART
+
+    active = {code for code, _name, _type, is_active, is_postable in DEFAULT_CHART if is_active and is_postable}
+    assert set(DEFAULT["chart_of_accounts"]) <= active

@@ -4,6 +4,10 @@ Each suite (stripe_sage_pipeline.quality) becomes one multi-asset check that rep
 per property (`journal_lines_balance`, `staging_net_equals_amount_minus_fee`, ...), on the asset
 of the table it reads; failing rows (first N, with ids) are in the check's metadata.
 
+A check blocks (severity ERROR, `blocking=True`) only when nothing downstream could hold what it
+found; the others fail as warnings with what they hold in their metadata (`holds`), and the loader
+holds exactly that (a posting day, a payout's summary, an entry), so the rest posts.
+
 By default a check reads the rows written since it last passed (`scope: changed`): an hourly run
 validates its window, a full refresh everything it rebuilt. `scope: all` (run config, e.g. from the
 launchpad) validates every row.
@@ -36,7 +40,8 @@ def _suite_check(suite: str, description: str) -> dg.AssetChecksDefinition:
         name=f"{suite}_expectations",
         description=description,
         specs=[
-            dg.AssetCheckSpec(name=c.name, asset=_asset_key(c), blocking=True, description=c.description or c.name)
+            dg.AssetCheckSpec(name=c.name, asset=_asset_key(c), blocking=c.blocking,
+                              description=(c.description or c.name) + (f" Not blocking: holds {c.holds}." if c.holds else ""))
             for c in checks
         ],
         can_subset=True,  # a job that selects one staging table runs only that table's checks
@@ -55,8 +60,10 @@ def _suite_check(suite: str, description: str) -> dg.AssetChecksDefinition:
                 asset_key=_asset_key(c),
                 check_name=r.name,
                 passed=r.passed,
-                severity=dg.AssetCheckSeverity.ERROR,
+                severity=dg.AssetCheckSeverity.ERROR if c.blocking else dg.AssetCheckSeverity.WARN,
                 metadata={
+                    "blocking": c.blocking,
+                    **({"holds": c.holds} if c.holds else {}),
                     "unexpected_count": r.unexpected_count,
                     "rows_read": result.stats["windows"][r.name],
                     "failing_rows": dg.MetadataValue.json(r.failing_rows),
@@ -67,7 +74,7 @@ def _suite_check(suite: str, description: str) -> dg.AssetChecksDefinition:
     return _run
 
 
-staging_expectations = _suite_check("staging", "Great Expectations on the Stripe staging tables (blocking).")
+staging_expectations = _suite_check("staging", "Great Expectations on the Stripe staging tables.")
 journal_lines_expectations = _suite_check("journal_lines", "Every journal entry balances; lines one-sided; accounts in the chart.")
 payout_reconciliation_expectations = _suite_check("payout_reconciliation", "Every complete automatic payout reconciles to zero.")
 invoice_lines_expectations = _suite_check("invoice_lines", "Invoice totals equal lines plus tax.")
