@@ -38,6 +38,7 @@ from stripe_sage_pipeline.sage.errors import CredentialsError, NotFound, SageErr
 from stripe_sage_pipeline.sage.factory import CountingTransport
 from stripe_sage_pipeline.sage.keys import idempotency_key
 from stripe_sage_pipeline.sage.target import Target, as_target
+from stripe_sage_pipeline.settings import load_settings
 from stripe_sage_pipeline.transform.mapping import Mapping, load_mapping
 
 log = logging.getLogger(__name__)
@@ -201,7 +202,8 @@ def stripe_client(api_key: str, api_base: str | None = None, stripe_account: str
     kwargs: dict[str, Any] = {"base_addresses": {"api": api_base}} if api_base else {}
     if stripe_account:
         kwargs["stripe_account"] = stripe_account
-    return stripe.StripeClient(api_key, max_network_retries=3, **kwargs)
+    # Every Stripe request at one explicit version (STRIPE_API_VERSION).
+    return stripe.StripeClient(api_key, max_network_retries=3, stripe_version=load_settings().stripe_api_version, **kwargs)
 
 
 def pull_sage_changes(url: str, client: Any, stripe_sdk: stripe.StripeClient,

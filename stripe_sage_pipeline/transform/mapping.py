@@ -234,7 +234,7 @@ def mapping_warnings(m: Mapping) -> list[tuple[str, Any, str]]:
     for cat in [*m.categories, *m.fees.by_category]:
         if cat not in REPORTING_CATEGORIES:
             warnings.append((f"categories.{cat}", cat, "not a reporting category Stripe documents; used as written"))
-    for bt_type, cat in m.type_fallback.items():
+    for bt_type in m.type_fallback:
         if bt_type not in BT_TYPES:
             warnings.append((f"type_fallback.{bt_type}", bt_type,
                              "not a balance transaction type Stripe documents; used as written"))
