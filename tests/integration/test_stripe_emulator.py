@@ -174,6 +174,9 @@ def test_payout_membership_and_sums(client: stripe.StripeClient, state: Emulator
     owner: dict[str, str] = {}
     for po in payouts:
         items = _all(client, "balance_transactions", payout=po.id)
+        if not po.automatic:  # Stripe does not itemise a manual payout
+            assert items == []
+            continue
         own = [b for b in items if b.type == "payout"]
         assert [b.id for b in own] == [po.balance_transaction] and own[0].amount == -po.amount
         assert sum(b.net for b in items if b.type != "payout") == po.amount
@@ -183,10 +186,16 @@ def test_payout_membership_and_sums(client: stripe.StripeClient, state: Emulator
             assert b.id not in owner, "a balance transaction belongs to one payout"
             owner[b.id] = po.id
     failed = [p for p in payouts if p.status == "failed"]
-    assert len(failed) == 1
-    failure_bt = client.v1.balance_transactions.retrieve(failed[0].failure_balance_transaction)
-    assert failure_bt.type == "payout_failure" and failure_bt.amount == failed[0].amount
-    assert failure_bt.id in owner and owner[failure_bt.id] != failed[0].id, "swept into a later payout"
+    # One bounced after it was paid, one never reached the bank (failed in transit).
+    failure_bts = {p.id: client.v1.balance_transactions.retrieve(p.failure_balance_transaction) for p in failed}
+    assert sorted(failure_bts[p.id].created >= p.arrival_date for p in failed) == [False, True]
+    for p in failed:
+        failure_bt = failure_bts[p.id]
+        assert failure_bt.type == "payout_failure" and failure_bt.amount == p.amount
+        assert failure_bt.id in owner and owner[failure_bt.id] != p.id, "swept into a later payout"
+    manual = [p for p in payouts if not p.automatic]
+    assert manual and {p.currency for p in manual} == {"gbp"}
+    assert any(p.amount < 0 for p in payouts), "a negative balance is debited from the bank"
 
 
 # ---- expand ----------------------------------------------------------------------------------
@@ -347,7 +356,8 @@ def test_payout_fail_admin(live) -> None:
 
 def test_dispute_close_admin(live) -> None:
     st, srv, client, h = live
-    charge = next(c for c in _raw(st, "charges") if not c["disputed"] and not c["amount_refunded"])
+    charge = next(c for c in _raw(st, "charges")
+                  if not c["disputed"] and not c["amount_refunded"] and c["currency"] == "usd")
     dp = h.post(f"/_emulator/charges/{charge['id']}/dispute").json()
     assert dp["status"] == "needs_response" and dp["balance_transactions"][0]["reporting_category"] == "dispute"
     r = h.post(f"/_emulator/disputes/{dp['id']}/close", json={"status": "won"})
@@ -482,9 +492,22 @@ def test_generator_invariants(state: EmulatorState) -> None:
     assert any(b["type"] == "refund" and b["fee"] < 0 for b in bts), "some refunds return part of the fee"
     for d in _raw(state, "disputes"):
         withdrawal = d["balance_transactions"][0]
-        assert (withdrawal["type"], withdrawal["amount"]) == ("adjustment", -d["amount"]) and withdrawal["fee"] > 0
-        if d["status"] == "won":
-            assert d["balance_transactions"][1]["fee"] == -withdrawal["fee"]
+        assert withdrawal["type"] == "adjustment" and withdrawal["fee"] > 0
+        if withdrawal["currency"] == d["currency"]:
+            assert withdrawal["amount"] == -d["amount"]
+        else:  # presented in EUR, settled in USD at the charge's rate
+            assert withdrawal["amount"] == -round(d["amount"] * withdrawal["exchange_rate"])
+        if d["status"] == "won":  # the dispute fee comes back, or the network keeps it
+            assert d["balance_transactions"][1]["fee"] in (-withdrawal["fee"], 0)
+    # A real account's other movements are all there.
+    kinds = {(b["type"], b["reporting_category"]) for b in bts}
+    assert {("stripe_fee", "fee"), ("tax_fee", "tax"), ("adjustment", "refund_failure"), ("topup", "topup"),
+            ("payout_minimum_balance_hold", "payout_minimum_balance_hold"),
+            ("reserve_transaction", "risk_reserved_funds"), ("adjustment", "other_adjustment")} <= kinds
+    assert any(b["currency"] == "usd" and b["exchange_rate"] for b in bts), "EUR charges settled in USD"
+    invoices_all = _raw(state, "invoices")
+    assert any(i["total_discount_amounts"] for i in invoices_all)
+    assert any(t["inclusive"] for i in invoices_all for t in i["total_tax_amounts"])
     jpy = [c for c in _raw(state, "charges") if c["currency"] == "jpy"]
     assert jpy and all(c["amount"] % 100 == 0 for c in jpy)  # whole yen, no cents
     members: dict[str, list[dict[str, Any]]] = {}
@@ -493,6 +516,9 @@ def test_generator_invariants(state: EmulatorState) -> None:
         if b["id"] in payout_of:
             members.setdefault(payout_of[b["id"]], []).append(b)
     for po in _raw(state, "payouts"):
+        if not po["automatic"]:
+            assert po["id"] not in members
+            continue
         items = members[po["id"]]
         assert sum(b["net"] for b in items if b["type"] != "payout") == po["amount"]
         if po["arrival_date"] > END:
@@ -507,7 +533,9 @@ def test_generator_invariants(state: EmulatorState) -> None:
     invoices = _raw(state, "invoices")
     assert invoices
     for inv in invoices:
-        assert inv["total"] == inv["subtotal"] + inv["tax"] == charges[inv["charge"]]["amount"]
+        discount = sum(d["amount"] for d in inv["total_discount_amounts"])
+        included = sum(t["amount"] for t in inv["total_tax_amounts"] if t["inclusive"])
+        assert inv["total"] == inv["subtotal"] - discount + inv["tax"] - included == charges[inv["charge"]]["amount"]
         assert sum(line["amount"] for line in inv["lines"]["data"]) == inv["subtotal"]
     by_hour = state.summary()["counts_by_hour"]["charges"]
     assert sum(by_hour.values()) == len(charges)
@@ -556,3 +584,47 @@ def test_command_line_serves_in_its_own_process(tmp_path: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+# ---- API versions ----------------------------------------------------------------------------
+
+
+def test_objects_render_at_the_requested_api_version(server: EmulatorServer, http: httpx.Client) -> None:
+    from stripe_sage_sandboxes.stripe_emulator.versions import sdk_fields
+
+    fixtures = json.loads((GOLDEN.parents[1] / "reference" / "stripe-openapi" / "fixtures3.json").read_text())["resources"]
+    current = {"Stripe-Version": stripe.api_version}
+    old = http.get("/v1/invoices", params={"limit": 100})
+    assert old.headers["Stripe-Version"] == "2023-08-16"  # the account default without a header
+    by_id = {i["id"]: i for i in old.json()["data"]}
+    r = http.get("/v1/invoices", params=[("limit", "100"), ("expand[]", "data.payments")], headers=current)
+    assert r.headers["Stripe-Version"] == stripe.api_version
+    invoices = r.json()["data"]
+    assert invoices
+    for inv in invoices:
+        # The fields removed in 2025-03-31.basil are gone; every field is one the SDK's Invoice declares,
+        # and every field of the current fixture (bar the includable ones) is there.
+        assert not {"charge", "payment_intent", "tax", "total_tax_amounts", "paid"} & set(inv)
+        assert set(inv) <= sdk_fields("invoice")
+        assert set(fixtures["invoice"]) & sdk_fields("invoice") - {"payments"} <= set(inv)
+        before = by_id[inv["id"]]
+        assert [t["amount"] for t in inv["total_taxes"]] == [t["amount"] for t in before["total_tax_amounts"]]
+        assert [t["tax_behavior"] == "inclusive" for t in inv["total_taxes"]] == [
+            t["inclusive"] for t in before["total_tax_amounts"]]
+        [payment] = inv["payments"]["data"]
+        assert set(payment) <= sdk_fields("invoice_payment")
+        assert payment["payment"] == (
+            {"type": "payment_intent", "payment_intent": before["payment_intent"]} if before["payment_intent"]
+            else {"type": "charge", "charge": before["charge"]})
+        for line in inv["lines"]["data"]:
+            assert set(line) <= sdk_fields("line_item") and "tax_amounts" not in line and "taxes" in line
+    # Includable: only when expanded. Fields that no longer exist cannot be expanded.
+    plain = http.get(f"/v1/invoices/{invoices[0]['id']}", headers=current).json()
+    assert "payments" not in plain
+    assert http.get("/v1/charges", params={"expand[]": "data.invoice"}, headers=current).status_code == 400
+    charges = http.get("/v1/charges", params={"limit": 100}, headers=current).json()["data"]
+    assert all("invoice" not in c and set(c) <= sdk_fields("charge") for c in charges)
+    # The SDK itself, at its own version, reads them as typed objects.
+    client = stripe.StripeClient(KEY, base_addresses={"api": server.url})
+    typed = client.v1.invoices.retrieve(invoices[0]["id"], params={"expand": ["payments"]})
+    assert typed.payments.data[0].invoice == invoices[0]["id"] and typed.total_taxes is not None
