@@ -122,13 +122,22 @@ def mode_comparison(conninfo: str) -> tuple[dict[str, dict[str, str]], dict[str,
         unpaid_rows = conn.execute(
             "select currency, account_code, sum(net_amount)::bigint from finance.fct_activity_not_paid_out"
             " group by 1, 2 order by 1, 2").fetchall()
+        # A reconciled payout's summary nets clearing to zero, except for the amount of a payout that
+        # failed after it was paid and that it swept again (offset by that payout's reversal entry).
         clearing_left = conn.execute(
-            "select count(distinct j.entry_id) from finance.fct_journal_lines as j"
+            "with clearing as (select j.stripe_account, j.payout_id, sum(j.debit - j.credit) as m"
+            " from finance.fct_journal_lines as j"
             " join finance.fct_payout_reconciliation as r on r.stripe_account = j.stripe_account and r.payout_id = j.payout_id"
             " join finance_config.settings as s on true"
             " left join finance_config.currency_accounts as ca on ca.currency = j.currency"
             " where j.entry_type = 'payout_summary' and r.reconciliation_status = 'reconciled'"
-            " and j.account_code = coalesce(ca.clearing_account, s.default_clearing_account)").fetchone()[0]
+            " and j.account_code = coalesce(ca.clearing_account, s.default_clearing_account) group by 1, 2)"
+            " select count(*) from clearing as c where c.m <> coalesce((select -sum(b.amount)"
+            " from finance_intermediate.int_balance_transactions__classified as b"
+            " join stripe_staging.payouts as fp on fp.stripe_account = b.stripe_account"
+            " and fp.failure_balance_transaction_id = b.balance_transaction_id"
+            " where b.stripe_account = c.stripe_account and b.payout_id = c.payout_id"
+            " and b.created_at >= fp.arrival_date), 0)").fetchone()[0]
     diff: dict[str, dict[str, str]] = {}
     for cur, acct, m in diff_rows:
         if m:
@@ -149,7 +158,7 @@ def _finance_summary(conninfo: str, res: DemoResult) -> None:
             {"payout": p, "status": s, "currency": c, "difference": to_decimal_str(int(d), c)}
             for p, s, c, d in conn.execute(
                 "select payout_id, reconciliation_status, currency, difference from finance.fct_payout_reconciliation "
-                "where reconciliation_status <> 'reconciled' order by payout_id limit 20")
+                "where reconciliation_status not in ('reconciled', 'manual') order by payout_id limit 20")
         ]
         for resource, status, n in conn.execute(
                 "select resource, status, count(*) from sage_sync.posting_ledger group by 1, 2 order by 1, 2"):
@@ -161,10 +170,27 @@ def _finance_summary(conninfo: str, res: DemoResult) -> None:
         bank = conn.execute(
             "select currency, sum(amount) filter (where status = 'paid')::bigint from stripe_staging.payouts group by 1"
         ).fetchall()
+        # Money that came in from (or went back to) the bank itself, e.g. top-ups: the bank legs of
+        # activity entries in the posted mode (in payout_summary mode only what has been paid out).
+        from_bank = dict(conn.execute(
+            "select j.currency, sum(j.debit - j.credit)::bigint from finance.fct_journal_lines as j"
+            " join finance_config.settings as s on true"
+            " left join finance_config.currency_accounts as ca on ca.currency = j.currency"
+            " where j.posting_mode = 'detail' and j.entry_type = 'balance_transaction'"
+            " and j.account_code = coalesce(ca.bank_account, s.default_bank_account) group by 1").fetchall())
+        unpaid_bank = dict(conn.execute(
+            "select n.currency, sum(n.net_amount)::bigint from finance.fct_activity_not_paid_out as n"
+            " join finance_config.settings as s on true"
+            " left join finance_config.currency_accounts as ca on ca.currency = n.currency"
+            " where n.account_code = coalesce(ca.bank_account, s.default_bank_account) group by 1").fetchall())
+    summary_mode = res.posting_mode == "payout_summary"
     for cur, paid in bank:
         gl = res.gl_movement.get(cur, {})
+        other = int(from_bank.get(cur) or 0) - (int(unpaid_bank.get(cur) or 0) if summary_mode else 0)
         res.tie_out[cur] = {
             "stripe_paid_payouts": to_decimal_str(int(paid or 0), cur),
+            "bank_activity": to_decimal_str(other, cur),
+            "expected_bank_movement": to_decimal_str(int(paid or 0) + other, cur),
             "sage_bank_movement": gl.get("1010", to_decimal_str(0, cur)),
             "sage_trial_balance_total": f"{sum((Decimal(v) for v in gl.values()), Decimal(0))}",
         }
@@ -328,10 +354,11 @@ def format_summary(res: DemoResult) -> str:
                f"  {'✓' if res.reconciled_payouts_with_clearing_left == 0 else '✗'}")
     out += ["", "TIE-OUT"]
     for cur, t in sorted(res.tie_out.items()):
-        ok_bank = t["stripe_paid_payouts"] == t["sage_bank_movement"]
+        ok_bank = t["expected_bank_movement"] == t["sage_bank_movement"]
         ok_tb = Decimal(t["sage_trial_balance_total"]) == 0
+        extra = "" if Decimal(t["bank_activity"]) == 0 else f" {t['bank_activity']} from top-ups"
         out.append(f"  {cur.upper()}: bank 1010 moved {t['sage_bank_movement']} in Sage; Stripe paid out "
-                   f"{t['stripe_paid_payouts']}  {'✓' if ok_bank else '✗'}   trial balance nets to "
+                   f"{t['stripe_paid_payouts']}{extra}  {'✓' if ok_bank else '✗'}   trial balance nets to "
                    f"{t['sage_trial_balance_total']}  {'✓' if ok_tb else '✗'}")
     out += ["", "NEXT", f"  query the data:   {res.psql}", f"  open the UI:      {res.ui}",
             *([f"  close pack:       {res.close_pack}"] if res.close_pack else []),
