@@ -162,8 +162,18 @@ with_charge as (
         s.tax_reversal
     from related as r
     cross join settings as s
+    {% if is_incremental() -%}
+    -- A run's window: look the charge up by key (joined on an expression, the planner would hash
+    -- every charge).
+    left join lateral (
+        select x.* from {{ ref('stg_stripe__charges') }} as x
+        where x.stripe_account = r.stripe_account and x.charge_id = r.related_charge_id
+        limit 1
+    ) as ch on true
+    {%- else -%}
     left join {{ ref('stg_stripe__charges') }} as ch
         on ch.stripe_account = r.stripe_account and ch.charge_id = r.related_charge_id
+    {%- endif %}
     {{ charge_invoice_joins('ch', ref('stg_stripe__invoices')) }}
 ),
 

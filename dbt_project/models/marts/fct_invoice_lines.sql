@@ -64,12 +64,21 @@ changed_charges as (
 {% endif %}
 
 charges as (
+    {% if is_incremental() -%}
+    -- The run's charges looked up by key (an IN over the union would hash every charge).
+    select ch.*
+    from changed_charges as cc
+    cross join lateral (
+        select x.* from {{ ref('stg_stripe__charges') }} as x
+        where x.stripe_account = cc.stripe_account and x.charge_id = cc.charge_id
+        limit 1
+    ) as ch
+    where ch.charge_status = 'succeeded' and ch.is_captured
+    {%- else -%}
     select ch.*
     from {{ ref('stg_stripe__charges') }} as ch
     where ch.charge_status = 'succeeded' and ch.is_captured
-    {% if is_incremental() %}
-        and (ch.stripe_account, ch.charge_id) in (select stripe_account, charge_id from changed_charges)
-    {% endif %}
+    {%- endif %}
 ),
 
 documents as (

@@ -340,4 +340,14 @@ select
     now() as _loaded_at
 from lines as n
 cross join settings as s
+{% if is_incremental() -%}
+-- A run's few thousand lines: look each payout up by key (the planner, guessing a handful of lines,
+-- would otherwise scan the payouts once per line).
+left join lateral (
+    select x._extracted_at from payouts as x
+    where x.stripe_account = n.stripe_account and x.payout_id = n.payout_id
+    limit 1
+) as p on true
+{%- else -%}
 left join payouts as p on p.stripe_account = n.stripe_account and p.payout_id = n.payout_id
+{%- endif %}
