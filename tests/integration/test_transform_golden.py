@@ -222,7 +222,7 @@ def test_views_and_unit_tests_run_only_when_the_code_or_the_views_changed(fresh_
     assert query(fresh_db, "select count(*) as n from finance.fct_journal_lines")[0]["n"] > 0
 
     # A missing view, changed dbt code, or a changed mapping brings the code steps back.
-    execute(fresh_db, "drop view finance_staging.stg_stripe__events")
+    execute(fresh_db, "drop view finance_staging.stg_stripe__events cascade")  # with the views built on it
     plan = transform.plan_build(fresh_db)
     assert plan.code_steps and not plan.full_refresh and "missing" in plan.reasons[0]
     third = transform.dbt_build(url=fresh_db)
