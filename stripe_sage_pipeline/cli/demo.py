@@ -22,6 +22,7 @@ import psycopg
 
 from stripe_sage_pipeline.automation import rules as automation
 from stripe_sage_pipeline.extract.tables import SCHEMA, TABLES
+from stripe_sage_pipeline.load.plan import POSTABLE_PAYOUT_STATUSES
 from stripe_sage_pipeline.money import to_decimal_str
 from stripe_sage_pipeline.runtime.dagster_home import prepare_dagster_home
 from stripe_sage_pipeline.runtime.db import database_url, libpq_url
@@ -158,7 +159,7 @@ def _finance_summary(conninfo: str, res: DemoResult) -> None:
             {"payout": p, "status": s, "currency": c, "difference": to_decimal_str(int(d), c)}
             for p, s, c, d in conn.execute(
                 "select payout_id, reconciliation_status, currency, difference from finance.fct_payout_reconciliation "
-                "where reconciliation_status not in ('reconciled', 'manual') order by payout_id limit 20")
+                "where reconciliation_status <> all(%s) order by payout_id limit 20", (list(POSTABLE_PAYOUT_STATUSES),))
         ]
         for resource, status, n in conn.execute(
                 "select resource, status, count(*) from sage_sync.posting_ledger group by 1, 2 order by 1, 2"):

@@ -37,6 +37,10 @@ CUSTOMER_FIELD_GROUPS: dict[str, tuple[str, ...]] = {
 # Text fields Sage limits; descriptive ones are cut to fit, identifiers (custno, email) never are.
 CUSTOMER_TRUNCATE = {"company": 40, "phone": 20, "address1": 40, "address2": 40, "city": 20, "state": 10, "zip": 10}
 
+# Reconciliation statuses whose payout summary may post: items complete and adding up, or a manual payout
+# (it has no item list to reconcile; it sums the activity no automatic payout swept).
+POSTABLE_PAYOUT_STATUSES = ("reconciled", "manual")
+
 
 @dataclass
 class PlannedItem:
@@ -189,7 +193,7 @@ def plan_journal_entries(
         if first["entry_type"] == "payout_summary" and payout_statuses is not None:
             status = payout_statuses.get(first["payout_id"])
             # Invariant 2: a payout's summary is posted only once its items are complete and add up.
-            if status not in ("reconciled", "manual"):  # a manual payout has no item list to reconcile
+            if status not in POSTABLE_PAYOUT_STATUSES:
                 item.hold_reason = f"PayoutNotReconciled:{status or 'missing'}"
         items.append(item)
     return items

@@ -26,6 +26,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
+from stripe_sage_pipeline.load.plan import POSTABLE_PAYOUT_STATUSES
 from stripe_sage_pipeline.money import from_decimal_str
 from stripe_sage_pipeline.transform.mapping import Mapping
 
@@ -200,7 +201,7 @@ class ClosePack:
                 out.append(f"{t.currency.upper()}: bank {t.bank_account} in Sage differs from what Stripe paid out")
             if not t.balanced:
                 out.append(f"{t.currency.upper()}: the trial balance does not net to zero")
-        bad = [p for p in self.payouts if p["reconciliation_status"] != "reconciled"]
+        bad = [p for p in self.payouts if p["reconciliation_status"] not in POSTABLE_PAYOUT_STATUSES]
         if bad:
             kinds = ", ".join(sorted({p["reconciliation_status"] for p in bad}))
             out.append(f"{_count(len(bad), 'payout')} not reconciled ({kinds})")
@@ -222,7 +223,7 @@ class ClosePack:
             "month": self.month,
             "ties_out": all(t.ok for t in self.tie_out) and self.sage_read,
             "payouts": len(self.payouts),
-            "payouts_not_reconciled": sum(1 for p in self.payouts if p["reconciliation_status"] != "reconciled"),
+            "payouts_not_reconciled": sum(1 for p in self.payouts if p["reconciliation_status"] not in POSTABLE_PAYOUT_STATUSES),
             "suspense_items": len(self.suspense),
             "dead_letters": len(self.dead_letters),
             "held_entries": len(self.held),
@@ -291,9 +292,9 @@ def _held(conn: psycopg.Connection, first: date, last: date, mapping: Mapping) -
             " left join finance.fct_payout_reconciliation as r"
             "   on r.stripe_account = l.stripe_account and r.payout_id = l.payout_id"
             " where l.is_selected_mode and l.entry_type = 'payout_summary' and l.posting_date between %s and %s"
-            "   and not (coalesce(r.reconciliation_status, 'missing') = 'reconciled'"
+            "   and not (coalesce(r.reconciliation_status, 'missing') = any(%s)"
             "        or (r.reconciliation_status = 'failed' and r.is_complete and r.difference = 0))"
-            " order by l.posting_date, l.external_ref", (first, last)).fetchall()
+            " order by l.posting_date, l.external_ref", (first, last, list(POSTABLE_PAYOUT_STATUSES))).fetchall()
 
 
 def _ledger_status(conn: psycopg.Connection, refs: list[str]) -> dict[str, str]:
