@@ -24,7 +24,9 @@ from psycopg.types.json import Jsonb
 log = logging.getLogger(__name__)
 
 WEBHOOK_URL_ENV = "STRIPE_SAGE_ALERT_WEBHOOK_URL"
-SECRET_ENV_VARS = ("STRIPE_API_KEY", "SAGEPRO_PASSWORD", "STRIPE_WEBHOOK_SECRET")
+SECRET_ENV_VARS = ("STRIPE_API_KEY", "SAGEPRO_PASSWORD", "STRIPE_WEBHOOK_SECRET", "PGPASSWORD")
+# URLs whose password is a secret (the host and database name are not): the password is scrubbed wherever it shows.
+DATABASE_URL_ENV_VARS = ("STRIPE_SAGE_DATABASE_URL", "DAGSTER_POSTGRES_URL", "DATABASE_URL")
 WEBHOOK_TIMEOUT_S = 5.0
 WEBHOOK_RETRIES = 2
 _RETRY_BACKOFF_S = 0.5
@@ -63,6 +65,18 @@ NEXT_STEPS: dict[str, str] = {
         "Look at stripe_staging._rejected_objects: it holds the object with the field and the problem; "
         "fix the object in Stripe or the mapping, then re-run the partition"
     ),
+    "worker_died": (
+        "Nothing to do at first: the run was marked failed because its worker process died (killed, OOM, reboot)"
+        " and run_retries re-runs it from failure; if the retries die too, look for OOM kills (dmesg) and memory"
+    ),
+    "sage_unavailable": (
+        "Sage Pro did not answer (the message names the URL and the cause): check the Sage facade and the network,"
+        " then re-run the failed day; nothing was posted twice, the ledger resends the same keys"
+    ),
+    "quality_check": (
+        "A staging Great Expectations check failed: the message names the check and the rows; fix the source or"
+        " the check, then re-run (nothing downstream read the bad rows)"
+    ),
     "other": "Open the run in the Dagster UI and read the failed step's log; fix the cause, then re-execute from failure",
 }
 
@@ -82,6 +96,9 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
         re.compile(r"blocking asset checks? failed|DagsterAssetCheckFailedError|blocking check", re.IGNORECASE),
     ),
     ("malformed_source", re.compile(r"ExtractionError|MalformedObject|_rejected_objects", re.IGNORECASE)),
+    ("worker_died", re.compile(r"run worker \(pid \d+\) is gone", re.IGNORECASE)),
+    ("sage_unavailable", re.compile(r"SageUnavailable|Sage Pro is unavailable", re.IGNORECASE)),
+    ("quality_check", re.compile(r"staging checks? failed|StagingChecksFailed", re.IGNORECASE)),
     (
         "rate_limit",
         re.compile(
@@ -113,7 +130,7 @@ def ensure_alerts(conn: psycopg.Connection) -> None:
 
 def classify_failure(error_text: str) -> tuple[str, str]:
     """(kind, next_step) for a failed run's error text; kinds: credentials, blocking_check, malformed_source,
-    rate_limit, other."""
+    worker_died, sage_unavailable, quality_check, rate_limit, other."""
     for kind, pattern in _RULES:
         if pattern.search(error_text or ""):
             return kind, NEXT_STEPS[kind]
@@ -127,12 +144,25 @@ def scrub(text: str | None) -> str | None:
         return text
     # Longest first, so a value that contains another is replaced whole; very short values would
     # shred ordinary words and are not real secrets anyway.
-    values = sorted({v for name in SECRET_ENV_VARS if len(v := os.environ.get(name, "")) >= 6}, key=len, reverse=True)
+    secrets = [os.environ.get(name, "") for name in SECRET_ENV_VARS]
+    secrets += [p for name in DATABASE_URL_ENV_VARS for p in _url_passwords(os.environ.get(name, ""))]
+    values = sorted({v for v in secrets if len(v) >= 6}, key=len, reverse=True)
     for value in values:
         text = text.replace(value, "***")
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text
+
+
+def _url_passwords(url: str) -> list[str]:
+    """The password of a URL as written and percent-decoded (either may show in a message), or []."""
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        password = urlsplit(url).password or ""
+    except ValueError:
+        return []
+    return [password, unquote(password)] if password else []
 
 
 def _scrub_json(value: Any) -> Any:

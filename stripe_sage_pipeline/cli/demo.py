@@ -25,7 +25,7 @@ from stripe_sage_pipeline.extract.tables import SCHEMA, TABLES
 from stripe_sage_pipeline.load.plan import POSTABLE_PAYOUT_STATUSES
 from stripe_sage_pipeline.money import to_decimal_str
 from stripe_sage_pipeline.runtime.dagster_home import prepare_dagster_home
-from stripe_sage_pipeline.runtime.db import database_url, libpq_url
+from stripe_sage_pipeline.runtime.db import database_url, libpq_url, redact_url
 from stripe_sage_pipeline.settings import SANDBOX_STRIPE_KEY, load_settings
 
 STAGING_TABLES = [*TABLES, "payout_balance_transactions"]
@@ -87,7 +87,9 @@ def _run_job(defs: dg.Definitions, job_name: str, instance: dg.DagsterInstance, 
             instance=instance, raise_on_error=False, run_config=run_config, **kwargs)
     if not result.success:
         failures = [e.message for e in result.all_events if e.is_failure]
-        raise RuntimeError(f"{job_name} failed: {' | '.join(m for m in failures if m)[:2000]}")
+        from stripe_sage_pipeline.automation.alerts import scrub
+
+        raise RuntimeError(scrub(f"{job_name} failed: {' | '.join(m for m in failures if m)[:2000]}"))
 
 
 def _reset(conninfo: str, sage_dir: Path) -> None:
@@ -230,7 +232,8 @@ def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print
     res = DemoResult(target=target or settings.sage_target)
     t0 = time.monotonic()
     conninfo = libpq_url(database_url(settings))
-    res.psql = f"psql {conninfo}"
+    # The URL's password (an external STRIPE_SAGE_DATABASE_URL has one) never reaches the screen or --json.
+    res.psql = f"psql {redact_url(conninfo)}"
     echo(f"PostgreSQL ready on 127.0.0.1: {res.psql}")
     sage_dir = settings.data_dir / "sage-sandbox-demo"
     _reset(conninfo, sage_dir)

@@ -5,6 +5,7 @@ never its value. When unset, the sandbox defaults apply (they are not secrets).
 """
 
 
+import dataclasses
 import os
 
 import dagster as dg
@@ -36,8 +37,8 @@ class PostgresResource(dg.ConfigurableResource):
     def url(self) -> str:
         """SQLAlchemy URL of the database (starts the embedded server on first use)."""
         if self.database_url:
-            os.environ.setdefault("STRIPE_SAGE_DATABASE_URL", self.database_url)
-            return database_url(load_settings())
+            # The configured URL wins over whatever the process inherited; os.environ is left alone.
+            return database_url(dataclasses.replace(load_settings(), database_url=self.database_url))
         return database_url()
 
     def conninfo(self) -> str:

@@ -11,6 +11,7 @@ from stripe_sage_pipeline.sage.errors import (
     NotFound,
     RecordInvalid,
     SageError,
+    SageUnavailable,
     TransientError,
 )
 from stripe_sage_pipeline.sage.keys import idempotency_key
@@ -23,6 +24,7 @@ __all__ = [
     "RecordInvalid",
     "SageClient",
     "SageError",
+    "SageUnavailable",
     "TransientError",
     "idempotency_key",
 ]

@@ -8,7 +8,12 @@ What the contract asks of a client, in one place:
 * 409 DuplicateExternalReference is resolved by fetching and checking the stored record
   (`already_exists`); 401/403 raise `CredentialsError`; 422 raises `RecordInvalid` with details;
 * a token bucket and a semaphore, shared by every client of one process that talks to the same
-  base URL as the same user, keep requests under `rate_per_minute` and `max_concurrency`.
+  base URL as the same user, keep requests under `rate_per_minute` and `max_concurrency`;
+* a circuit breaker per base URL detects Sage being down once: after `BREAKER_THRESHOLD` attempts in a
+  row that got no answer (connection errors, timeouts, 5xx), or two over `BREAKER_WINDOW_S` seconds,
+  every request fails at once with `SageUnavailable` naming the URL and the cause, instead of each item
+  of a day retrying on its own; after `BREAKER_COOLDOWN_S` one request probes again. 429 is an answer
+  (Sage is up and busy) and never counts.
 
 Credentials go only into the Basic `Authorization` header, never into URLs, logs or `repr`.
 """
@@ -34,6 +39,7 @@ from stripe_sage_pipeline.sage.errors import (
     NotFound,
     RecordInvalid,
     SageError,
+    SageUnavailable,
     TransientError,
 )
 
@@ -86,6 +92,89 @@ class _Limiter:
                     return
                 wait = (1.0 - self.tokens) / self.rate_per_s
             sleep(wait)
+
+
+BREAKER_THRESHOLD = 8  # 15% random 5xx (the chaos mix) trips it once in ~4 million attempt runs
+BREAKER_WINDOW_S = 20.0
+BREAKER_COOLDOWN_S = 30.0
+DOWN_STATUS = frozenset({500, 502, 503, 504})
+
+
+class CircuitBreaker:
+    """Closed while Sage answers; open (fail fast) once it has not answered for a while; thread-safe.
+
+    A failure is an attempt without an answer: a network error or timeout, or a 5xx. The breaker opens
+    after `threshold` failures in a row, or after two when the first was `window_s` or more ago (slow
+    timeouts). While open, `check()` raises `SageUnavailable`; after `cooldown_s` it lets one request
+    through as a probe (half-open): an answer closes it, another failure re-opens it.
+    """
+
+    def __init__(self, base_url: str, threshold: int = BREAKER_THRESHOLD, window_s: float = BREAKER_WINDOW_S,
+                 cooldown_s: float = BREAKER_COOLDOWN_S, clock: Callable[[], float] = time.monotonic) -> None:
+        self.base_url = base_url
+        self.threshold = max(1, threshold)
+        self.window_s = window_s
+        self.cooldown_s = cooldown_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.failures = 0
+        self.first_failure_at: float | None = None
+        self.opened_at: float | None = None
+        self.cause: str | None = None
+        self._probing = False
+
+    @property
+    def is_open(self) -> bool:
+        """True while requests fail fast."""
+        return self.opened_at is not None
+
+    def error(self) -> SageUnavailable:
+        """The error every request gets while the breaker is open."""
+        return SageUnavailable(
+            f"Sage Pro is unavailable at {self.base_url}: {self.cause} ({self.failures} attempts in a row without"
+            f" an answer); nothing more is sent for {self.cooldown_s:.0f} s",
+            status=None, code="SageUnavailable",
+        )
+
+    def check(self) -> None:
+        """Raise `SageUnavailable` while open; after the cooldown let one probe through."""
+        with self._lock:
+            if self.opened_at is None:
+                return
+            if not self._probing and self._clock() - self.opened_at >= self.cooldown_s:
+                self._probing = True
+                return
+        raise self.error()
+
+    def success(self) -> None:
+        """Sage answered: close."""
+        with self._lock:
+            self.failures, self.first_failure_at, self.opened_at, self.cause, self._probing = 0, None, None, None, False
+
+    def failure(self, cause: str) -> bool:
+        """An attempt got no answer; True when the breaker is (now) open."""
+        with self._lock:
+            now = self._clock()
+            self.failures += 1
+            self.cause = cause
+            if self.first_failure_at is None:
+                self.first_failure_at = now
+            if self._probing or self.failures >= self.threshold or (
+                self.failures >= 2 and now - self.first_failure_at >= self.window_s
+            ):
+                self.opened_at, self._probing = now, False
+            return self.opened_at is not None
+
+
+_BREAKERS: dict[str, CircuitBreaker] = {}
+
+
+def shared_breaker(base_url: str) -> CircuitBreaker:
+    """The breaker of a base URL, shared by every client of this process."""
+    with _LIMITERS_LOCK:
+        if base_url not in _BREAKERS:
+            _BREAKERS[base_url] = CircuitBreaker(base_url)
+        return _BREAKERS[base_url]
 
 
 _LIMITERS: dict[tuple[str, str, int | None, int], _Limiter] = {}
@@ -149,6 +238,7 @@ class SageClient:
         *,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         self.base_url = base_url.rstrip("/")
         self.user = user
@@ -158,6 +248,7 @@ class SageClient:
         self._sleep = sleep
         self._random = random.Random()
         self._limiter = _shared_limiter(self.base_url, user, rate_per_minute, max_concurrency)
+        self.breaker = breaker if breaker is not None else shared_breaker(self.base_url)
         # The password lives only inside httpx's BasicAuth; nothing here keeps or prints it.
         self._http = httpx.Client(
             base_url=self.base_url + "/",
@@ -203,15 +294,24 @@ class SageClient:
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
         attempt = 0
         while True:
+            self.breaker.check()
             self._limiter.take_token(self._sleep)
             response: httpx.Response | None = None
             failure: str
             with self._limiter.semaphore:
+                self.breaker.check()  # another thread may have opened it while this one waited
                 try:
                     response = self._http.request(method, url, json=json, params=params, headers=headers)
                 except RETRYABLE_ERRORS as exc:
                     failure = f"{type(exc).__name__}"
+                    if self.breaker.failure(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__):
+                        raise self.breaker.error() from exc
             if response is not None:
+                if response.status_code in DOWN_STATUS:
+                    if self.breaker.failure(f"HTTP {response.status_code} on {method} {url}"):
+                        raise self.breaker.error()
+                else:
+                    self.breaker.success()
                 code = _envelope(response).get("code") if response.status_code == 409 else None
                 # RequestInProgress means our own earlier attempt still runs: wait for its outcome.
                 if response.status_code not in RETRYABLE_STATUS and code != "RequestInProgress":
@@ -394,4 +494,4 @@ class SageClient:
         return self._result("journal-entries", response, self._json(response))
 
 
-__all__ = ["ID_FIELDS", "PostResult", "SageClient"]
+__all__ = ["ID_FIELDS", "CircuitBreaker", "PostResult", "SageClient", "shared_breaker"]

@@ -4,6 +4,7 @@
 * `RecordInvalid` (422): this item is wrong; dead-letter it with `code`/`details` and go on.
 * `NotFound` (404), `Conflict` (409 other than the handled duplicates), `SageError` (other 4xx).
 * `TransientError`: retries ran out on 429/5xx/network errors; the item can be tried again later.
+* `SageUnavailable` (a `TransientError`): Sage is down; stop the day now rather than item by item.
 """
 
 from __future__ import annotations
@@ -59,4 +60,12 @@ class TransientError(SageError):
     """429/5xx/timeouts persisted through every retry; safe to try again later with the same key."""
 
 
-__all__ = ["Conflict", "CredentialsError", "NotFound", "RecordInvalid", "SageError", "TransientError"]
+class SageUnavailable(TransientError):
+    """Sage does not answer at all (the circuit breaker is open): the message names the URL and the cause.
+
+    Raised at once, without a request, while the breaker is open, so a day with hundreds of items fails
+    in seconds instead of retrying each one; nothing was committed by the failed attempts.
+    """
+
+
+__all__ = ["Conflict", "CredentialsError", "NotFound", "RecordInvalid", "SageError", "SageUnavailable", "TransientError"]

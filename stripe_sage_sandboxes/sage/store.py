@@ -124,7 +124,12 @@ class SageStore:
 
         def __enter__(self) -> sqlite3.Connection:
             self.store._lock.acquire()
-            self.store._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self.store._conn.execute("BEGIN IMMEDIATE")
+            except BaseException:
+                # `__exit__` never runs when `__enter__` raises: release here, or every later request waits.
+                self.store._lock.release()
+                raise
             return self.store._conn
 
         def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> None:

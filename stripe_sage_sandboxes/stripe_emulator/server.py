@@ -104,6 +104,12 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _masked(key: str) -> str:
+    """An API key as Stripe shows it: the prefix and the last four characters, never the whole secret."""
+    prefix = key.rsplit("_", 1)[0] + "_" if "_" in key else ""
+    return f"{prefix}…{key[-4:]}" if len(key) > len(prefix) + 8 else f"{prefix}****"
+
+
 def main(argv: list[str] | None = None) -> int:
     """Generate (or load) data and serve it in the foreground."""
     args = build_parser().parse_args(argv)
@@ -125,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         generate(state, seed=args.seed, days=args.days, volume=args.volume, end=args.end)
     counts = state.summary()["counts"]
     print(
-        f"Stripe emulator on http://{args.host}:{args.port} (key {cfg.api_key}); "
+        f"Stripe emulator on http://{args.host}:{args.port} (key {_masked(cfg.api_key)}); "
         f"ready in {time.monotonic() - started:.1f}s: " + ", ".join(f"{n} {name}" for name, n in counts.items()),
         file=sys.stderr,
         flush=True,

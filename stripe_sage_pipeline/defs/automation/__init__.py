@@ -13,6 +13,7 @@ import dagster as dg
 
 from stripe_sage_pipeline.automation import alerts
 from stripe_sage_pipeline.automation import rules as automation
+from stripe_sage_pipeline.defs.automation.recovery import dead_run_recovery_sensor
 from stripe_sage_pipeline.defs.ingestion import extract_job, update_path_job
 from stripe_sage_pipeline.defs.loading import daily_partitions, load_job
 from stripe_sage_pipeline.defs.resources import StripeResource
@@ -183,5 +184,6 @@ defs = dg.Definitions(
         payout_paid_sensor,
         stripe_events_poll_sensor,
         run_failure_alert_sensor,
+        dead_run_recovery_sensor,
     ],
 )

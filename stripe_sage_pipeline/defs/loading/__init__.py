@@ -21,7 +21,8 @@ from stripe_sage_pipeline.load.engine import LoadStats, PartitionBlocked, PlanEr
 from stripe_sage_pipeline.load.ledger import SCHEMA
 from stripe_sage_pipeline.load.loaders import load_cash_receipts, load_invoices, load_journal_entries
 from stripe_sage_pipeline.load.redrive import redrive
-from stripe_sage_pipeline.sage.errors import CredentialsError
+from stripe_sage_pipeline.sage.client import SageClient
+from stripe_sage_pipeline.sage.errors import CredentialsError, SageUnavailable
 from stripe_sage_pipeline.transform.mapping import load_mapping
 
 SAGE_POOL = "sage_api"
@@ -74,12 +75,18 @@ def _result(context: dg.AssetExecutionContext, stats: LoadStats, **extra: object
 
 
 @contextlib.contextmanager
-def _credentials_stop_the_run() -> Iterator[None]:
-    """401/403: fail the run without retries (retrying cannot fix a password); the failure alerts."""
+def _credentials_stop_the_run(client: SageClient | None = None) -> Iterator[None]:
+    """401/403 or Sage down: fail the run at once, without step retries (retrying cannot fix a password, and
+    a Sage that does not answer would hold the pool slot for minutes); the failure alerts with the cause."""
     try:
         yield
     except CredentialsError as err:
         raise dg.Failure(description=f"Sage credentials: {err}", allow_retries=False) from err
+    except SageUnavailable as err:
+        raise dg.Failure(description=str(err), allow_retries=False) from err
+    if client is not None and client.breaker.is_open:
+        # Items failed one by one against an open breaker (each stays computed): the day stops here.
+        raise dg.Failure(description=str(client.breaker.error()), allow_retries=False)
 
 
 def _poster(postgres: PostgresResource, sage: SageResource) -> Poster:
@@ -101,7 +108,7 @@ def sage_customers(context: dg.AssetExecutionContext, postgres: PostgresResource
     """Sage customers for every Stripe customer created up to the partition's day: created, or updated (Stripe-owned fields)."""
     client, counter = sage.client()
     try:
-        with _credentials_stop_the_run():
+        with _credentials_stop_the_run(client):
             stats = customer_sync.push_customers(postgres.url(), client, up_to=_day(context), transport=counter)
     finally:
         client.close()
@@ -123,7 +130,7 @@ def sage_invoices(context: dg.AssetExecutionContext, postgres: PostgresResource,
     mapping = load_mapping()
     poster = _poster(postgres, sage)
     try:
-        with _credentials_stop_the_run():
+        with _credentials_stop_the_run(poster.client):
             stats = load_invoices(postgres.url(), poster, _day(context), mapping)
     except (PartitionBlocked, PlanError) as err:
         raise dg.Failure(description=str(err), allow_retries=False) from err
@@ -147,7 +154,7 @@ def sage_cash_receipts(context: dg.AssetExecutionContext, postgres: PostgresReso
     mapping = load_mapping()
     poster = _poster(postgres, sage)
     try:
-        with _credentials_stop_the_run():
+        with _credentials_stop_the_run(poster.client):
             stats = load_cash_receipts(postgres.url(), poster, _day(context), mapping)
     except PlanError as err:
         raise dg.Failure(description=str(err), allow_retries=False) from err
@@ -171,7 +178,7 @@ def sage_journal_entries(context: dg.AssetExecutionContext, postgres: PostgresRe
     mapping = load_mapping()
     poster = _poster(postgres, sage)
     try:
-        with _credentials_stop_the_run():
+        with _credentials_stop_the_run(poster.client):
             stats = load_journal_entries(postgres.url(), poster, _day(context), mapping)
     except PartitionBlocked as err:
         # The asset itself refuses a partition whose lines break the invariants, whatever ran before.

@@ -29,6 +29,7 @@ from stripe_sage_pipeline.transform.build import (
     prepare_database,
     record_build,
 )
+from stripe_sage_pipeline.transform.manifest import ensure_fresh_manifest
 from stripe_sage_pipeline.transform.mapping import load_mapping, mapping_markdown, mapping_rows
 
 MAPPING_KEY = dg.AssetKey(["finance", "mapping"])
@@ -45,13 +46,8 @@ def dbt_project() -> DbtProject:
     """The dbt project, with its manifest parsed on first use when no manifest exists yet."""
     project = DbtProject(project_dir=DBT_PROJECT_DIR, profiles_dir=DBT_PROJECT_DIR)
     project.prepare_if_dev()
-    if not project.manifest_path.exists():
-        # Outside `dagster dev` nothing prepares the manifest; parsing needs no database connection.
-        from dbt.cli.main import dbtRunner
-
-        res = dbtRunner().invoke(["parse", "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR), "--quiet"])
-        if not res.success:
-            raise RuntimeError(f"dbt parse failed: {res.exception}")
+    # Outside `dagster dev` nothing prepares the manifest: parse it when missing or older than the project.
+    ensure_fresh_manifest(DBT_PROJECT_DIR, project.manifest_path)
     return project
 
 
