@@ -45,6 +45,8 @@ class WindowResult:
     hours: int = 0
     payout_members: int = 0
     rows_by_hour: dict[int, int] = field(default_factory=dict)
+    # Malformed objects met (each kept in _rejected_objects): their hour is not committed, the rest is.
+    rejected: list[str] = field(default_factory=list)
 
 
 def hour_windows(start: int, end: int) -> list[tuple[int, int]]:
@@ -66,6 +68,31 @@ def _record_rejection(url: str, err: MalformedObject, raw: dict | None, account:
             (account, err.object_type, err.object_id or "<no id>", err.field, err.problem, partition,
              json.dumps(raw) if raw is not None else None),
         )
+
+
+def _hour_label(ts: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:00Z", time.gmtime(ts - ts % HOUR))
+
+
+def _rows_keeping_bad(url: str, table_name: str, objects: list[dict], account: str
+                      ) -> tuple[list[tuple[dict, tuple]], list[tuple[dict, MalformedObject]]]:
+    """(object, row) for every well-formed object of a page, and (object, error) for each malformed one;
+    the malformed ones are kept in `_rejected_objects` under the hour they were created in."""
+    table = TABLES[table_name]
+    try:
+        return list(zip(objects, staging.rows_for(table, objects, account), strict=True)), []
+    except MalformedObject:
+        pass  # one at a time, to tell the good from the bad
+    good, bad = [], []
+    for obj in objects:
+        try:
+            good.append((obj, staging.rows_for(table, [obj], account)[0]))
+        except MalformedObject as err:
+            created = obj.get("created") if isinstance(obj, dict) else None
+            label = _hour_label(int(created)) if isinstance(created, int) else "unknown hour"
+            _record_rejection(url, err, obj if isinstance(obj, dict) else None, account, label)
+            bad.append((obj, err))
+    return good, bad
 
 
 def _rows_or_fail(url: str, table_name: str, objects: list[dict], account: str, label: str) -> list[tuple]:
@@ -132,13 +159,22 @@ def extract_chunk(reader: StripeReader, url: str, table_name: str, start: int, e
     payouts: dict[int, list[tuple[str, Future | None]]] = {}
     lowest_done = upper
 
+    bad_hours: set[int] = set()
+
     def flush(below_hour: int | None) -> None:
         nonlocal hours, payouts, lowest_done
         done = [h for h in hours if below_hour is None or h > below_hour]
+        for h in [h for h in done if h in bad_hours]:  # an hour with a malformed object commits nothing
+            done.remove(h)
+            hours.pop(h)
+            payouts.pop(h, None)
         if not done:
             return
-        # Every hour at or above this one is committed: the exclusive upper bound to resume from.
+        # Every hour at or above this one is committed: the exclusive upper bound to resume from. Never
+        # below a failed hour, so that a re-run (after the object is fixed) reads that hour again.
         lowest_done = below_hour + HOUR if below_hour is not None else start
+        if bad_hours:
+            lowest_done = max(lowest_done, min(bad_hours) + HOUR)
         n, m = _flush(reader, conn, table_name, {h: hours.pop(h) for h in done},
                       {h: payouts.pop(h) for h in done if h in payouts}, resume_key, lowest_done)
         result.rows += n
@@ -148,22 +184,33 @@ def extract_chunk(reader: StripeReader, url: str, table_name: str, start: int, e
         if upper > start:
             for page in _pages(reader, table.list_path, start, upper, first_page if resumed_at is None else None):
                 t0 = time.monotonic()
-                label = time.strftime("%Y-%m-%dT%H:%M", time.gmtime(int(page[0]["created"]) if page else start))
-                rows = _rows_or_fail(url, table_name, page, account, label)
-                for obj, row in zip(page, rows, strict=True):
+                good, bad = _rows_keeping_bad(url, table_name, page, account)
+                for obj, err in bad:
+                    created = _created_or_none(obj)
+                    if created is not None:
+                        bad_hours.add(created - created % HOUR)
+                    where = _hour_label(created) if created is not None else "an unknown hour"
+                    result.rejected.append(f"{table_name} {where}: {err}")
+                for obj, row in good:
                     h = int(obj["created"]) - int(obj["created"]) % HOUR
+                    if h in bad_hours:
+                        continue  # the hour of a malformed object commits nothing
                     hours.setdefault(h, []).append(row)
                     result.rows_by_hour[h] = result.rows_by_hour.get(h, 0) + 1
                     if table_name == "payouts" and obj.get("automatic"):
                         # The membership listing starts now, in parallel; the hour's commit waits for it.
                         fut = pool.submit(_payout_members, reader, obj["id"]) if pool is not None else None
                         payouts.setdefault(h, []).append((obj["id"], fut))
-                if page:
-                    last_hour = int(page[-1]["created"]) - int(page[-1]["created"]) % HOUR
+                dated = [c for c in (_created_or_none(o) for o in page) if c is not None]
+                if dated:
+                    last_hour = dated[-1] - dated[-1] % HOUR
                     flush(below_hour=last_hour)
                 reader.processing.add(time.monotonic() - t0)
             flush(below_hour=None)
-        if resumed_at is not None or lowest_done != upper:
+        if bad_hours:
+            # Keep the cursor above the newest failed hour: the chunk is not complete.
+            _set_cursor(conn, resume_key, account, max(lowest_done, max(bad_hours) + HOUR), None)
+        elif resumed_at is not None or lowest_done != upper:
             conn.execute(f"delete from {SCHEMA}._sync_state where stream = %s and stripe_account = %s",
                          (resume_key, account))
     result.hours = len(hour_windows(start, end))
@@ -243,6 +290,9 @@ def extract_windows(
        listed several at a time. `pieces` fixes the chunk count per table (and skips the probes).
 
     A failing table does not stop the others: its error is in `errors`, the others' rows are committed.
+    A malformed object fails only the hour it was created in: that hour commits nothing (the object is
+    kept in `_rejected_objects`), every other hour is committed, and the table's `rejected` names each
+    bad object; the caller decides to fail (the hourly asset, the history job at its end).
     """
     tables = list(dict.fromkeys(tables))
     out = WindowsResult()
@@ -299,6 +349,7 @@ def extract_windows(
             total.hours += res.hours
             total.payout_members += res.payout_members
             total.rows_by_hour.update(res.rows_by_hour)
+            total.rejected.extend(res.rejected)
             if progress:
                 progress(res)
     out.results = {t: r for t, r in totals.items() if t not in out.errors}
@@ -446,11 +497,21 @@ def refetch_objects(reader: StripeReader, url: str, changed: dict[str, set[str]]
     return {t: len(r) for t, r in rows.items()}
 
 
+def raise_if_rejected(rejected: list[str]) -> None:
+    """Fail with every malformed object named (object, field, problem, the hour it was created in)."""
+    if rejected:
+        shown = "\n  ".join(rejected[:50]) + (f"\n  … and {len(rejected) - 50} more" if len(rejected) > 50 else "")
+        raise ExtractionError(
+            f"{len(rejected)} malformed Stripe object(s); the hour of each committed nothing, every other hour was"
+            f" extracted (each object is kept with its reason in {SCHEMA}._rejected_objects):\n  {shown}")
+
+
 def relist_recent(reader: StripeReader, url: str, since: int, until: int) -> dict[str, int]:
     """The age-guard fallback: re-list every object type that can change, created in [since, until)."""
     res = extract_windows(reader, url, MUTABLE_TABLES, since, until)
     if res.errors:
         raise next(iter(res.errors.values()))
+    raise_if_rejected([r for t in MUTABLE_TABLES for r in res.results[t].rejected])
     return {t: res.results[t].rows for t in MUTABLE_TABLES}
 
 

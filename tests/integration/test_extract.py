@@ -291,3 +291,60 @@ def test_connect_account_is_part_of_every_key(emulator, fresh_db):
         per_account = dict(conn.execute(f"select stripe_account, count(*) from {SCHEMA}.charges group by 1").fetchall())
     n = state.summary()["counts"]["charges"]
     assert per_account == {"": n, "acct_CONNECTED1": n}
+
+
+def test_history_job_a_malformed_object_fails_only_its_table_hour_and_the_staging_checks_run(emulator, fresh_db, monkeypatch):
+    """stripe_history_job with one balance transaction without `amount` and one with an unknown currency: every
+    other hour and table is extracted, the staging checks run on the history path and catch the currency, and
+    the run fails at the end naming the bad object with the hour it was created in."""
+    state, srv = emulator
+    conninfo = _prepare(fresh_db)
+    start, end = window_of(state.summary())
+    hour = end - 2 * 86400 - 3600 * 7
+    base = {"object": "balance_transaction", "amount": 500, "available_on": hour + 90, "created": hour + 60,
+            "currency": "usd", "description": None, "exchange_rate": None, "fee": 0, "fee_details": [], "net": 500,
+            "reporting_category": "charge", "source": None, "status": "available", "type": "charge"}
+    bad = {**base, "id": "txn_MISSINGAMOUNT", "created": hour + 120}
+    del bad["amount"]
+    odd_currency = {**base, "id": "txn_ODDCURRENCY", "currency": "xyz", "created": hour - 3 * 3600}
+    state.finalize()
+    bts_in_bad_hour = state.summary()["counts_by_hour"]["balance_transactions"].get(
+        time.strftime("%Y-%m-%dT%H", time.gmtime(hour)), 0) + 1  # + the malformed one's good neighbour below
+    state.add("balance_transactions", {**base, "id": "txn_GOODNEIGHBOUR"}, raw=True)
+    state.add("balance_transactions", odd_currency, raw=True)
+    state.finalize()
+    expected = state.summary()["counts"]  # the malformed object is added after: summary() cannot sum it
+    state.add("balance_transactions", bad, raw=True)
+    state.finalize()
+    monkeypatch.setenv("STRIPE_API_BASE", srv.url)
+    monkeypatch.setenv("STRIPE_RATE_LIMIT_PER_S", "1000")
+    from stripe_sage_pipeline.definitions import defs
+
+    result = defs().resolve_job_def("stripe_history_job").execute_in_process(
+        raise_on_error=False,
+        run_config={"ops": {"extract_history": {"config": {"start": partition_key(start),
+                                                           "end": partition_key(end - 3600)}}}},
+    )
+    assert not result.success
+    failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
+    assert failure.step_key == "check_staging_history"  # extraction itself went through every table
+    message = str(failure.event_specific_data.error)
+    bad_hour = time.strftime("%Y-%m-%dT%H:00Z", time.gmtime(hour))
+    assert f"balance_transactions {bad_hour}: balance_transaction txn_MISSINGAMOUNT: field 'amount'" in message
+    assert "staging_balance_transaction_currency_iso" in message
+    evaluations = {e.event_specific_data.check_name: e.event_specific_data.passed for e in result.all_events
+                   if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    assert evaluations["staging_balance_transaction_currency_iso"] is False
+    assert evaluations["staging_charge_currency_iso"] is True
+
+    got = counts(fresh_db)
+    for table in TABLES:
+        if table != "balance_transactions":
+            assert got[table] == expected[table], table
+    with psycopg.connect(conninfo) as conn:
+        assert got["balance_transactions"] == expected["balance_transactions"] - bts_in_bad_hour
+        in_hour = conn.execute(f"select count(*) from {SCHEMA}.balance_transactions where created >= to_timestamp(%s)"
+                               " and created < to_timestamp(%s)", (hour, hour + 3600)).fetchone()[0]
+        rejected = conn.execute(f"select object_id, field, partition_key from {SCHEMA}._rejected_objects").fetchall()
+    assert in_hour == 0
+    assert rejected == [("txn_MISSINGAMOUNT", "amount", bad_hour)]

@@ -8,7 +8,13 @@ from datetime import UTC
 import dagster as dg
 
 from stripe_sage_pipeline.defs.resources import PostgresResource, StripeResource
-from stripe_sage_pipeline.extract.extract import ensure_events_cursor, extract_window, extract_windows, sync_events
+from stripe_sage_pipeline.extract.extract import (
+    ensure_events_cursor,
+    extract_window,
+    extract_windows,
+    raise_if_rejected,
+    sync_events,
+)
 from stripe_sage_pipeline.extract.tables import SCHEMA, TABLES
 
 START_DATE = os.environ.get("STRIPE_SAGE_START_DATE", "2025-01-01-00:00")
@@ -54,6 +60,7 @@ def _extract(context: dg.AssetExecutionContext, postgres: PostgresResource, stri
     res = extract_window(reader, url, table, start, end, workers=stripe.extract_workers)
     elapsed = time.monotonic() - t0
     context.log.info(f"{table}: {res.rows} rows over {res.hours} hour(s) in {elapsed:.1f}s")
+    raise_if_rejected(res.rejected)
     return {
         "rows_in_window": res.rows,
         "hours": res.hours,
@@ -113,13 +120,18 @@ def payouts(context: dg.AssetExecutionContext, postgres: PostgresResource, strip
     pool=STRIPE_POOL,
     deps=[staging_key(t) for t in ("charges", "refunds", "disputes", "payouts", "customers", "invoices")],
 )
-def stripe_events(context: dg.AssetExecutionContext, postgres: PostgresResource, stripe: StripeResource) -> dg.MaterializeResult:
+def stripe_events(context: dg.AssetExecutionContext, postgres: PostgresResource, stripe: StripeResource):
     """The update path: new Stripe events since the cursor (with a look-back); changed objects re-fetched into staging."""
     url = postgres.conninfo()
     _ensure_schema(url)
     res = sync_events(stripe.reader(), url)
     context.log.info(f"update path: {res.events_new} new events, re-fetched {res.objects_refetched}")
-    return dg.MaterializeResult(metadata={
+    # The update path writes staging too: its rows pass the same checks before anything downstream reads them.
+    evaluations, failed = run_staging_checks(postgres, {t for t, n in res.objects_refetched.items() if n})
+    yield from evaluations
+    if failed:
+        raise dg.Failure(description=staging_failure_text(failed, []))
+    yield dg.MaterializeResult(metadata={
         "events_listed": res.events_listed,
         "events_new": res.events_new,
         "objects_refetched": dg.MetadataValue.json(res.objects_refetched),
@@ -153,10 +165,53 @@ class HistoryConfig(dg.Config):
     tables: list[str] = []
 
 
-@dg.op(pool=STRIPE_POOL)
+def run_staging_checks(postgres: PostgresResource, tables: set[str] | None = None
+                       ) -> tuple[list[dg.AssetCheckEvaluation], list[str]]:
+    """Run the staging Great Expectations checks (rows changed since each last passed) of `tables` (all when
+    None): each check's evaluation on its staging asset (for the step to yield), and the failures as text."""
+    from stripe_sage_pipeline.quality import run_suite, suite_checks
+
+    checks = [c for c in suite_checks("staging") if tables is None or c.table in tables]
+    if not checks:
+        return [], []
+    result = run_suite("staging", postgres.url(), scope="changed", checks=[c.name for c in checks])
+    by_name = {c.name: c for c in checks}
+    evaluations, failed = [], []
+    for r in result.checks:
+        c = by_name[r.name]
+        evaluations.append(dg.AssetCheckEvaluation(
+            asset_key=dg.AssetKey([c.schema, c.table]), check_name=r.name, passed=r.passed,
+            severity=dg.AssetCheckSeverity.ERROR, blocking=False,  # the step blocks itself, with every reason
+            metadata={"unexpected_count": r.unexpected_count, "rows_read": result.stats["windows"][r.name],
+                      "failing_rows": dg.MetadataValue.json(r.failing_rows), **({"error": r.error} if r.error else {})},
+        ))
+        if not r.passed:
+            failed.append(f"{r.name} on {c.schema}.{c.table}: {r.error or f'{r.unexpected_count} row(s)'}"
+                          + (f", e.g. {r.failing_rows[:3]}" if r.failing_rows else ""))
+    return evaluations, failed
+
+
+def staging_failure_text(failed_checks: list[str], rejected: list[str]) -> str:
+    """Why a run that wrote staging fails: every failed staging check and every malformed object."""
+    parts = []
+    if rejected:
+        parts.append(f"{len(rejected)} extraction problem(s); each malformed object is kept in"
+                     f" {SCHEMA}._rejected_objects (its hour committed nothing, every other hour and table was"
+                     " extracted):\n  "
+                     + "\n  ".join(rejected[:50]))
+    if failed_checks:
+        parts.append(f"{len(failed_checks)} staging check(s) failed (nothing downstream should read these rows):\n  "
+                     + "\n  ".join(failed_checks))
+    return "\n".join(parts)
+
+
+@dg.op(pool=STRIPE_POOL, out=dg.Out(list))
 def extract_history(context: dg.OpExecutionContext, config: HistoryConfig, postgres: PostgresResource,
-                    stripe: StripeResource) -> None:
-    """Extract every Stripe object created in a long window in one step, committed hour by hour."""
+                    stripe: StripeResource) -> list:
+    """Extract every Stripe object created in a long window in one step, committed hour by hour.
+
+    A malformed object fails only its table's hour: every other hour and table goes on, and the objects
+    are returned (named) for `check_staging_history`, which fails the run at the end."""
     from datetime import datetime
 
     def ts(key: str) -> int:
@@ -171,18 +226,38 @@ def extract_history(context: dg.OpExecutionContext, config: HistoryConfig, postg
     # All tables at once: one pool of in-flight requests sized from the rate limit and Stripe's latency.
     done = extract_windows(reader, url, tables, start, end, workers=stripe.extract_workers)
     context.log.info(f"{reader.stats.requests} requests, {done.in_flight} in flight, chunks {done.chunks}")
-    if done.errors:
-        raise next(iter(done.errors.values()))
+    # A table that failed outright (not a malformed object: those fail only their hour) is named at the end too.
+    rejected: list[str] = [f"{table}: the whole table failed: {type(err).__name__}: {err}"
+                           for table, err in done.errors.items()]
     for table in tables:
+        if table not in done.results:
+            continue
         res = done.results[table]
-        context.log.info(f"{table}: {res.rows} rows")
+        context.log.info(f"{table}: {res.rows} rows" + (f", {len(res.rejected)} malformed" if res.rejected else ""))
+        for problem in res.rejected:
+            context.log.error(problem)
+        rejected += res.rejected
         keys = [staging_key(table)] + ([staging_key("payout_balance_transactions")] if table == "payouts" else [])
         for key in keys:
             context.log_event(dg.AssetObservation(asset_key=key, metadata={
                 "history_window": f"{config.start} .. {config.end}",
                 "rows_in_window": res.payout_members if key.path[-1] == "payout_balance_transactions" else res.rows,
                 "table_rows": _count_table(url, key.path[-1]),
+                "malformed_objects": dg.MetadataValue.json(res.rejected[:50]),
             }))
+    return rejected
+
+
+@dg.op(out={})
+def check_staging_history(context: dg.OpExecutionContext, rejected: list, postgres: PostgresResource):
+    """The staging Great Expectations checks on what the history load wrote (the hourly path runs them as
+    asset checks); fails the run naming every malformed object and every failed check."""
+    evaluations, failed = run_staging_checks(postgres)
+    yield from evaluations
+    if failed or rejected:
+        raise dg.Failure(description=staging_failure_text(failed, rejected),
+                         metadata={"malformed_objects": dg.MetadataValue.json(rejected[:200]),
+                                   "failed_checks": dg.MetadataValue.json(failed)})
 
 
 @dg.job(description="First load or catch-up of a long window in one run (the hourly partitions cover what follows).")
@@ -191,9 +266,11 @@ def stripe_history_job() -> None:
 
     A single-run backfill of the hourly assets does the same work but records every hour of every table
     as a partition in Dagster's event log; for months of history that bookkeeping costs more than the
-    extraction itself, so the first load goes through this job.
+    extraction itself, so the first load goes through this job. The staging checks run at its end, as
+    they do after every other path that writes staging; a malformed object fails only its table's hour,
+    and the run fails at the end naming each one.
     """
-    extract_history()
+    check_staging_history(extract_history())
 
 
 defs = dg.Definitions(assets=[*staging_assets, stripe_events], jobs=[extract_job, update_path_job, stripe_history_job])
