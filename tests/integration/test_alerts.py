@@ -219,3 +219,56 @@ def test_webhook_failure_is_recorded_not_raised(conninfo):
     assert statuses[:2] == ["failed: HTTP 500", "failed: HTTP 400"]
     assert statuses[2].startswith("failed: ConnectError")
     assert "/hooks/T000/B000" not in statuses[2]
+
+
+def test_suspense_postings_and_held_items_raise_one_alert_each_per_distinct_set(conninfo):
+    """A day with a line booked to 9999 Suspense and a held payout summary: one alert each, with the refs and the
+    net per currency; loading the same day again does not alert again, a new suspense entry does."""
+    from datetime import date
+    from types import SimpleNamespace
+
+    from stripe_sage_pipeline.automation.attention import Attention, held_items, raise_attention_alerts, suspense_lines
+
+    day = date(2026, 7, 1)
+    with psycopg.connect(conninfo) as conn:
+        conn.execute("create schema finance")
+        conn.execute(
+            "create table finance.fct_journal_lines (entry_id text, external_ref text, posting_date date,"
+            " is_selected_mode boolean, line_number int, account_code text, debit bigint, credit bigint,"
+            " currency text, is_unmapped boolean, accounting_category text, balance_transaction_id text)")
+        conn.execute(
+            "insert into finance.fct_journal_lines values"
+            " ('je1', 'txn_MAPPED', '2026-07-01', true, 1, '1150', 1000, 0, 'usd', false, 'charge', 'txn_MAPPED'),"
+            " ('je1', 'txn_MAPPED', '2026-07-01', true, 2, '4000', 0, 1000, 'usd', false, 'charge', 'txn_MAPPED'),"
+            " ('je2', 'txn_ODD', '2026-07-01', true, 1, '1150', 250, 0, 'usd', false, 'climate', 'txn_ODD'),"
+            " ('je2', 'txn_ODD', '2026-07-01', true, 2, '9999', 0, 250, 'usd', true, 'climate', 'txn_ODD'),"
+            " ('je3', 'txn_OTHERMODE', '2026-07-01', false, 1, '9999', 0, 70, 'usd', true, 'climate', 'txn_OTHERMODE')")
+        lines = suspense_lines(conn, day, "9999")
+    assert [(ln["external_ref"], ln["account_code"], ln["credit"]) for ln in lines] == [("txn_ODD", "9999", 250)]
+    held = held_items([SimpleNamespace(resource="journal-entries", external_ref="po_1", hold_reason="PayoutNotReconciled:pending"),
+                       SimpleNamespace(resource="journal-entries", external_ref="txn_MAPPED", hold_reason=None)])
+    att = Attention(day, suspense=lines, held=held)
+
+    first = raise_attention_alerts(conninfo, att, run_id="run-1", job_name="load_job")
+    assert len(first) == 2
+    rows = {r["kind"]: r for r in alert_rows(conninfo)}
+    assert "txn_ODD" in rows["suspense_posting"]["message"] and "climate" in rows["suspense_posting"]["message"]
+    assert "'usd': -250" in rows["suspense_posting"]["message"]
+    assert rows["suspense_posting"]["severity"] == "warning" and rows["suspense_posting"]["run_id"] == "run-1"
+    assert "po_1" in rows["held_entries"]["message"] and "PayoutNotReconciled:pending" in rows["held_entries"]["message"]
+    assert att.metadata()["suspense_lines"] == 1
+
+    assert raise_attention_alerts(conninfo, att, run_id="run-2") == []  # the same items: no second alert
+    more = Attention(day, suspense=[*lines, {**lines[0], "external_ref": "txn_ODD2", "entry_id": "je4"}])
+    assert len(raise_attention_alerts(conninfo, more)) == 1
+
+
+def test_new_failure_kinds_and_database_url_passwords_are_scrubbed(monkeypatch):
+    assert classify_failure("run worker (pid 4242) is gone: killed or crashed")[0] == "worker_died"
+    assert classify_failure("Sage Pro is unavailable at http://127.0.0.1:9/sagepro: ConnectError")[0] == "sage_unavailable"
+    assert classify_failure("2 staging check(s) failed (nothing downstream ...)")[0] == "quality_check"
+    monkeypatch.setenv("STRIPE_SAGE_DATABASE_URL", "postgresql://etl:Pa%24%24word-42@db.internal:5432/finance")
+    monkeypatch.setenv("DAGSTER_POSTGRES_URL", "postgresql+psycopg2://dagster:other-secret-7@db.internal/dagster")
+    text = scrub("could not connect (password Pa$$word-42), also Pa%24%24word-42 and other-secret-7 at db.internal")
+    assert "Pa$$word-42" not in text and "Pa%24%24word-42" not in text and "other-secret-7" not in text
+    assert "db.internal" in text  # the host is not a secret

@@ -15,11 +15,18 @@ from datetime import date
 
 import dagster as dg
 
+from stripe_sage_pipeline.automation.attention import Attention, held_items, raise_attention_alerts, suspense_lines
 from stripe_sage_pipeline.defs.resources import PostgresResource, SageResource, StripeResource
 from stripe_sage_pipeline.load import customers as customer_sync
 from stripe_sage_pipeline.load.engine import LoadStats, PartitionBlocked, PlanError, Poster
 from stripe_sage_pipeline.load.ledger import SCHEMA
-from stripe_sage_pipeline.load.loaders import load_cash_receipts, load_invoices, load_journal_entries
+from stripe_sage_pipeline.load.loaders import (
+    load_cash_receipts,
+    load_invoices,
+    load_journal_entries,
+    plan_partition_entries,
+    plan_partition_receipts,
+)
 from stripe_sage_pipeline.load.redrive import redrive
 from stripe_sage_pipeline.sage.client import SageClient
 from stripe_sage_pipeline.sage.errors import CredentialsError, SageUnavailable
@@ -87,6 +94,32 @@ def _credentials_stop_the_run(client: SageClient | None = None) -> Iterator[None
     if client is not None and client.breaker.is_open:
         # Items failed one by one against an open breaker (each stays computed): the day stops here.
         raise dg.Failure(description=str(client.breaker.error()), allow_retries=False)
+
+
+def _attention(context: dg.AssetExecutionContext, postgres: PostgresResource, day: date, items: list,
+               suspense_account: str | None = None) -> dict:
+    """Suspense postings and held items of the day: an alert each (once per distinct set), and metadata."""
+    import psycopg
+
+    att = Attention(day, held=held_items(items))
+    if suspense_account:
+        with psycopg.connect(postgres.conninfo()) as conn:
+            att.suspense = suspense_lines(conn, day, suspense_account)
+    raise_attention_alerts(postgres.conninfo(), att, run_id=context.run_id, job_name=context.job_name)
+    if att.suspense:
+        context.log.warning(f"{len(att.suspense)} line(s) of {day} booked to suspense account {suspense_account}")
+    if att.held:
+        context.log.warning(f"{len(att.held)} item(s) of {day} held back: " + ", ".join(
+            f"{h['external_ref']} ({h['reason']})" for h in att.held[:10]))
+    meta = att.metadata()
+    return {k: dg.MetadataValue.json(v) if isinstance(v, list) else v for k, v in meta.items()}
+
+
+def _planned(postgres: PostgresResource, plan, day: date, mapping) -> list:
+    import psycopg
+
+    with psycopg.connect(postgres.conninfo()) as conn:
+        return plan(conn, day, mapping)
 
 
 def _poster(postgres: PostgresResource, sage: SageResource) -> Poster:
@@ -160,7 +193,9 @@ def sage_cash_receipts(context: dg.AssetExecutionContext, postgres: PostgresReso
         raise dg.Failure(description=str(err), allow_retries=False) from err
     finally:
         poster.close()
-    return _result(context, stats, revenue_mode=mapping.revenue_mode)
+    attention = _attention(context, postgres, _day(context),
+                           _planned(postgres, plan_partition_receipts, _day(context), mapping)) if stats.held else {}
+    return _result(context, stats, revenue_mode=mapping.revenue_mode, **attention)
 
 
 @dg.asset(
@@ -192,7 +227,9 @@ def sage_journal_entries(context: dg.AssetExecutionContext, postgres: PostgresRe
         raise dg.Failure(description=str(err), allow_retries=False) from err
     finally:
         poster.close()
-    return _result(context, stats, posting_mode=mapping.posting_mode)
+    items = _planned(postgres, plan_partition_entries, _day(context), mapping) if stats.held else []
+    attention = _attention(context, postgres, _day(context), items, mapping.accounts.suspense)
+    return _result(context, stats, posting_mode=mapping.posting_mode, **attention)
 
 
 DEAD_LETTERS_KEY = dg.AssetKey(["sage", "dead_letters"])
