@@ -98,7 +98,7 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
     ("malformed_source", re.compile(r"ExtractionError|MalformedObject|_rejected_objects", re.IGNORECASE)),
     ("worker_died", re.compile(r"run worker \(pid \d+\) is gone", re.IGNORECASE)),
     ("sage_unavailable", re.compile(r"SageUnavailable|Sage Pro is unavailable", re.IGNORECASE)),
-    ("quality_check", re.compile(r"staging check(?:s|\\(s\\))? failed", re.IGNORECASE)),
+    ("quality_check", re.compile(r"staging check(?:s|\(s\))? failed", re.IGNORECASE)),
     (
         "rate_limit",
         re.compile(
