@@ -5,6 +5,11 @@ The receiver does no processing of its own. A valid event is written to `stripe_
 later reads `pending_events()` and turns them into runs, then calls `mark_processed()`. Keeping the
 request path down to one INSERT is what keeps it inside Stripe's delivery timeout.
 
+Nothing is refused silently: every rejected delivery (bad or missing signature, signed but not an event,
+413, a timestamp far in the future, a known event id with a different body) is kept with its reason in
+`stripe_staging.webhook_rejections` (the body too when it was validly signed), logged, and alerted
+(`sage_sync.alerts`, at most one alert per ten minutes, with the counts per reason).
+
 Run it with `stripe-sage webhooks [--host 127.0.0.1] [--port 8787]`; point a Stripe webhook endpoint (or
 `stripe listen --forward-to`) at `http://HOST:PORT/stripe/webhooks`.
 """
@@ -14,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import socket
@@ -27,6 +33,7 @@ import stripe
 import uvicorn
 from psycopg.pq import TransactionStatus
 from starlette.applications import Starlette
+from starlette.background import BackgroundTask
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -53,20 +60,50 @@ create table if not exists stripe_staging.webhook_inbox (
 );
 create index if not exists webhook_inbox_pending_idx
     on stripe_staging.webhook_inbox (event_created, received_at) where processed_at is null;
+create table if not exists stripe_staging.webhook_rejections (
+    id bigserial primary key,
+    received_at timestamptz not null default now(),
+    http_status integer not null,
+    reason text not null,
+    event_id text,
+    signature_valid boolean not null,
+    body_bytes bigint,
+    body_sha256 text,
+    body bytea
+);
+create index if not exists webhook_rejections_received_idx on stripe_staging.webhook_rejections (received_at desc);
 """
 
+# Bodies of validly signed deliveries are kept (bounded) so the sender's mistake can be read; an unsigned
+# body is anyone's, so only its size and hash are.
+KEPT_BODY_BYTES = 64 * 1024
+FUTURE_SKEW_S = 300  # an event or signature stamped further ahead than this is not believed
+ALERT_EVERY_S = 600  # at most one alert per ten minutes about rejected deliveries, however many arrive
+
+# One statement: the insert, and (for a duplicate id) whether the stored body equals this one. The outer
+# select sees the table as it was before the insert, so a new event reads NULL there.
 _INSERT = """
-insert into stripe_staging.webhook_inbox (event_id, event_type, object_type, object_id, event_created, payload)
-values (%s, %s, %s, %s, to_timestamp(%s), %s::jsonb)
-on conflict (event_id) do nothing
-returning event_id
+with ins as (
+    insert into stripe_staging.webhook_inbox (event_id, event_type, object_type, object_id, event_created, payload)
+    values (%(id)s, %(type)s, %(object_type)s, %(object_id)s, to_timestamp(%(created)s), %(payload)s::jsonb)
+    on conflict (event_id) do nothing
+    returning event_id
+)
+select (select event_id from ins),
+       (select payload = %(payload)s::jsonb from stripe_staging.webhook_inbox where event_id = %(id)s)
+"""
+
+_REJECT = """
+insert into stripe_staging.webhook_rejections (http_status, reason, event_id, signature_valid, body_bytes, body_sha256, body)
+values (%s, %s, %s, %s, %s, %s, %s)
 """
 
 
 def ensure_inbox(conn: psycopg.Connection) -> None:
     """Create `stripe_staging.webhook_inbox` (and its schema) if missing; commits unless in autocommit."""
-    # Skip the DDL when the table exists: concurrent `create schema if not exists` can still collide.
-    if conn.execute("select to_regclass('stripe_staging.webhook_inbox')").fetchone()[0] is None:
+    # Skip the DDL when the tables exist: concurrent `create schema if not exists` can still collide.
+    if None in conn.execute("select to_regclass('stripe_staging.webhook_inbox'),"
+                            " to_regclass('stripe_staging.webhook_rejections')").fetchone():
         conn.execute(INBOX_DDL)
     if not conn.autocommit:
         conn.commit()
@@ -120,10 +157,43 @@ class _AsyncConnPool:
             await self._idle.pop().close()
 
 
-async def _insert(pool: _AsyncConnPool, params: tuple[Any, ...]) -> tuple[Any, ...] | None:
+async def _insert(pool: _AsyncConnPool, params: dict[str, Any]) -> tuple[Any, ...] | None:
     async with pool.connection() as conn:
         cur = await conn.execute(_INSERT, params)
         return await cur.fetchone()
+
+
+def alert_rejections(conninfo: str, reason: str, status: int, event_id: str | None) -> int | None:
+    """Raise one alert about rejected deliveries (with the counts per reason of the last hour), unless one was
+    raised in the last `ALERT_EVERY_S` seconds: a burst of bad requests is one alert, the table keeps each."""
+    from stripe_sage_pipeline.automation.alerts import ensure_alerts, raise_alert
+
+    lock = "select pg_advisory_{}(hashtext('stripe_staging.webhook_rejected_alert'))"
+    with psycopg.connect(conninfo, autocommit=True) as conn:
+        # Deliveries are rejected concurrently: one at a time decides, so a burst makes one alert.
+        conn.execute(lock.format("lock"))
+        try:
+            ensure_alerts(conn)
+            recent = conn.execute(
+                "select exists (select 1 from sage_sync.alerts where kind = 'webhook_rejected'"
+                " and raised_at > now() - make_interval(secs => %s))", (ALERT_EVERY_S,)).fetchone()[0]
+            if recent:
+                return None
+            counts = dict(conn.execute(
+                "select reason, count(*) from stripe_staging.webhook_rejections"
+                " where received_at > now() - interval '1 hour' group by 1 order by 2 desc").fetchall())
+            return raise_alert(
+                conninfo, severity="warning", kind="webhook_rejected",
+                title=f"Stripe webhook delivery rejected: {reason}",
+                message=f"HTTP {status} for {event_id or 'a delivery without a usable event id'}; rejected in the"
+                        f" last hour: {counts}",
+                next_step="Read stripe_staging.webhook_rejections (reason, event id, body of signed deliveries); a"
+                          " wrong STRIPE_WEBHOOK_SECRET rejects every delivery; the update path still re-reads"
+                          " Stripe's events",
+                details={"reason": reason, "http_status": status, "event_id": event_id, "last_hour": counts},
+            )
+        finally:
+            conn.execute(lock.format("unlock"))
 
 
 def _event_fields(event: Any) -> tuple[str, str, str | None, str | None, int | None]:
@@ -143,6 +213,23 @@ def _event_fields(event: Any) -> tuple[str, str, str | None, str | None, int | N
     return event_id, event_type, object_type, object_id, created
 
 
+def _signature_time(header: str | None) -> int | None:
+    """The `t=` of a Stripe-Signature header (already verified), or None."""
+    for part in (header or "").split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "t" and value.isdigit():
+            return int(value)
+    return None
+
+
+def _alert_quietly(conninfo: str, reason: str, status: int, event_id: str | None) -> None:
+    """The alert about a rejection, after the answer went out; its own failure is logged, never raised."""
+    try:
+        alert_rejections(conninfo, reason, status, event_id)
+    except Exception as exc:  # an alert that cannot be raised must not break the receiver
+        log.error("alert about a rejected webhook failed: %s", type(exc).__name__)
+
+
 def create_app(
     conninfo: str,
     secret: str,
@@ -156,51 +243,85 @@ def create_app(
     """
     pool = _AsyncConnPool(conninfo)
 
+    async def reject(status: int, reason: str, *, body: bytes | None = None, size: int | None = None,
+                     signed: bool = False, event_id: str | None = None, answer: JSONResponse | None = None
+                     ) -> JSONResponse:
+        """Keep the rejection with its reason (and the body of a signed delivery), log it, alert after answering."""
+        log.warning("rejected webhook (HTTP %d): %s%s", status, reason, f" [{event_id}]" if event_id else "")
+        digest = hashlib.sha256(body).hexdigest() if body is not None else None
+        kept = body[:KEPT_BODY_BYTES] if body is not None and signed else None
+        try:
+            async with pool.connection() as conn:
+                await conn.execute(_REJECT, (status, reason, event_id, signed,
+                                             size if size is not None else (len(body) if body is not None else None),
+                                             digest, kept))
+        except psycopg.Error as exc:  # the answer must not depend on the bookkeeping
+            log.error("webhook rejection not recorded: %s", type(exc).__name__)
+        response = answer or _error(status, reason)
+        response.background = BackgroundTask(_alert_quietly, conninfo, reason, status, event_id)
+        return response
+
     async def receive(request: Request) -> JSONResponse:
         declared = request.headers.get("content-length")
         if declared is not None:
             try:
                 if int(declared) > max_body_bytes:
-                    return _error(413, f"body larger than {max_body_bytes} bytes")
+                    return await reject(413, f"body larger than {max_body_bytes} bytes", size=int(declared))
             except ValueError:
-                return _error(400, "invalid Content-Length")
+                return await reject(400, "invalid Content-Length")
         try:
             body = await _read_bounded(request, max_body_bytes)
         except _BodyTooLarge:
-            return _error(413, f"body larger than {max_body_bytes} bytes")
+            return await reject(413, f"body larger than {max_body_bytes} bytes (chunked)")
 
+        header = request.headers.get("stripe-signature")
         try:
-            stripe.WebhookSignature.verify_header(body, request.headers.get("stripe-signature"), secret, tolerance_s)
+            stripe.WebhookSignature.verify_header(body, header, secret, tolerance_s)
         except stripe.SignatureVerificationError as exc:
             # The SDK's message says which check failed (missing, mismatch, stale) and carries no secret.
-            log.warning("rejected webhook: %s", exc.user_message or "signature verification failed")
-            return _error(400, "invalid Stripe-Signature: " + (exc.user_message or "verification failed"))
+            return await reject(400, "invalid Stripe-Signature: " + (exc.user_message or "verification failed"),
+                                body=body)
         except UnicodeDecodeError:
-            return _error(400, "body is not UTF-8")
+            return await reject(400, "body is not UTF-8", body=body)
 
+        now = time.time()
+        signed_at = _signature_time(header)
+        if signed_at is not None and signed_at > now + FUTURE_SKEW_S:
+            return await reject(400, f"signature timestamp {signed_at} is in the future", body=body, signed=True)
         try:
             text = body.decode("utf-8")
             fields = _event_fields(json.loads(text))
         except ValueError as exc:  # json.JSONDecodeError is a ValueError
-            return _error(400, f"not a Stripe event: {exc}")
+            return await reject(400, f"not a Stripe event: {exc}", body=body, signed=True)
 
         event_id, event_type, object_type, object_id, created = fields
+        if created is not None and created > now + FUTURE_SKEW_S:
+            return await reject(400, f"event created {created} is in the future", body=body, signed=True,
+                                event_id=event_id)
+        params = {"id": event_id, "type": event_type, "object_type": object_type, "object_id": object_id,
+                  "created": created, "payload": text}
         try:
             try:
-                inserted = await _insert(pool, (event_id, event_type, object_type, object_id, created, text))
+                inserted, same_body = await _insert(pool, params)
             except psycopg.OperationalError:
                 # A pooled connection the server has since closed: one fresh attempt before giving up.
-                inserted = await _insert(pool, (event_id, event_type, object_type, object_id, created, text))
+                inserted, same_body = await _insert(pool, params)
         except psycopg.DataError as exc:
             # e.g. a \u0000 escape, which jsonb refuses: retrying would never help, so do not ask Stripe to.
-            log.error("webhook %s not storable: %s", event_id, type(exc).__name__)
-            return _error(400, "payload cannot be stored as jsonb")
+            return await reject(400, f"payload cannot be stored as jsonb ({type(exc).__name__})", body=body,
+                                signed=True, event_id=event_id)
         except psycopg.Error as exc:
             # Any other database failure: 500 makes Stripe retry the delivery later.
             log.error("webhook %s not stored: %s", event_id, type(exc).__name__)
             return _error(500, "could not store the event; retry later")
 
         duplicate = inserted is None
+        if duplicate and same_body is False:
+            # Stripe's retries carry the same body: a different one under a known id is kept and reported, and
+            # answered 200 (the first body stays; a retry would not change that).
+            return await reject(200, "duplicate event id with a different body (the first one is kept)", body=body,
+                                signed=True, event_id=event_id,
+                                answer=JSONResponse({"received": True, "duplicate": True, "conflict": True}))
         log.info("webhook %s %s %s", event_id, event_type, "duplicate" if duplicate else "stored")
         return JSONResponse({"received": True, "duplicate": duplicate})
 

@@ -188,3 +188,49 @@ def test_pending_events_and_mark_processed(client, conninfo):
 def test_helpers_work_before_the_receiver_ever_ran(conninfo):
     assert pending_events(conninfo) == []
     assert mark_processed(conninfo, ["evt_none"], "run-x") == 0
+
+
+def rejections(conninfo: str) -> list[tuple]:
+    with psycopg.connect(conninfo) as conn:
+        return conn.execute(
+            "select http_status, reason, event_id, signature_valid, body is not null from"
+            " stripe_staging.webhook_rejections order by id").fetchall()
+
+
+def test_rejected_deliveries_are_kept_with_their_reason_and_alerted_once(client, conninfo):
+    """Signed-but-malformed, 413, a future timestamp, a known id with another body and a bad signature: each is a
+    row with its reason (bodies only of signed deliveries), and the burst raises one alert."""
+    malformed = b'{"object": "event"}'
+    assert post(client, malformed, sign(malformed)).status_code == 400
+    big = event("evt_big", padding="x" * (MAX_BODY + 1))
+    assert post(client, big, sign(big)).status_code == 413
+    future = event("evt_future", created=int(time.time()) + 86400)
+    assert post(client, future, sign(future)).status_code == 400
+    first = event("evt_dup", amount=1000)
+    assert post(client, first, sign(first)).json() == {"received": True, "duplicate": False}
+    assert post(client, first, sign(first)).json() == {"received": True, "duplicate": True}  # Stripe's retry
+    other = event("evt_dup", amount=999_999)
+    assert post(client, other, sign(other)).json() == {"received": True, "duplicate": True, "conflict": True}
+    forged = event("evt_forged")
+    assert post(client, forged, sign(forged, secret="whsec_wrong")).status_code == 400
+
+    rows = rejections(conninfo)
+    assert [(r[0], r[2], r[3], r[4]) for r in rows] == [
+        (400, None, True, True),
+        (413, None, False, False),
+        (400, "evt_future", True, True),
+        (200, "evt_dup", True, True),
+        (400, None, False, False),
+    ]
+    reasons = [r[1] for r in rows]
+    assert reasons[0].startswith("not a Stripe event") and "larger than" in reasons[1]
+    assert "in the future" in reasons[2] and "different body" in reasons[3] and "Stripe-Signature" in reasons[4]
+    assert [r[0] for r in inbox_rows(conninfo)] == ["evt_dup"]
+    assert inbox_rows(conninfo)[0][5]["data"]["object"]["amount"] == 1000  # the first body stays
+
+    # The alert is raised after the answer went out (a background task): the last rejection's task has run
+    # once a request that goes after it has been answered.
+    assert client.get("/health").status_code == 200
+    with psycopg.connect(conninfo) as conn:
+        alerts = conn.execute("select kind, title from sage_sync.alerts").fetchall()
+    assert len(alerts) == 1 and alerts[0][0] == "webhook_rejected"
