@@ -257,6 +257,12 @@ def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print
         os.environ.setdefault("STRIPE_RATE_LIMIT_PER_S", "500")
         prepare_dagster_home(settings)
         instance = dg.DagsterInstance.get()
+        # A demo killed mid-run (Ctrl-C, SIGKILL) left its run STARTED holding its pool slot: fail it, free it.
+        from stripe_sage_pipeline.runtime.recovery import recover
+
+        recovered = recover(instance, grace_s=0)
+        if recovered:
+            echo(f"Recovered from an earlier run: {recovered.summary()}")
         from stripe_sage_pipeline.definitions import defs as build_defs
         from stripe_sage_pipeline.transform.mapping import load_mapping
 

@@ -17,14 +17,20 @@ def test_demo_on_the_golden_example_prints_reconciled_payouts_and_the_golden_gl_
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "SAGEPRO_", "DAGSTER_"))}
     env.update({"STRIPE_SAGE_DATA_DIR": str(tmp_path / "data"), "STRIPE_SAGE_PG_PORT": str(port)})
+    # As an external database would be given: a URL with a password (the embedded server trusts, so it works).
+    pg = EmbeddedPostgres(tmp_path / "data", port).start()
+    password = "Demo-Db-Pa55word"
+    env["STRIPE_SAGE_DATABASE_URL"] = pg.url().replace("postgres@", f"postgres:{password}@", 1)
+    assert password in env["STRIPE_SAGE_DATABASE_URL"]
     try:
         out = subprocess.run(
             [sys.executable, "-m", "stripe_sage_pipeline.cli", "demo", "--load", str(golden_path), "--json"],
             env=env, capture_output=True, text=True, timeout=600,
         )
     finally:
-        EmbeddedPostgres(tmp_path / "data", port).stop()
+        pg.stop()
     assert out.returncode == 0, out.stderr[-3000:]
+    assert password not in out.stdout and password not in out.stderr  # no secret in any output, --json included
     summary = json.loads(out.stdout)
     expected = json.loads(Path(golden_path).read_text())["expected"]
     stripe = json.loads(Path(golden_path).read_text())["stripe"]

@@ -1,0 +1,57 @@
+"""Pure rules of the resilience work: the Sage circuit breaker, the dbt manifest's staleness."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from stripe_sage_pipeline.sage.client import CircuitBreaker
+from stripe_sage_pipeline.sage.errors import SageUnavailable
+from stripe_sage_pipeline.transform.manifest import manifest_is_stale
+
+
+def test_breaker_ignores_scattered_faults_and_probes_after_the_cooldown():
+    now = [0.0]
+    breaker = CircuitBreaker("http://sage.invalid", threshold=3, window_s=20, cooldown_s=30, clock=lambda: now[0])
+    for _ in range(10):  # a 503 here and there between answers never opens it
+        assert breaker.failure("HTTP 503") is False
+        breaker.check()
+        breaker.success()
+    assert not breaker.failure("timeout")
+    now[0] = 25.0
+    assert breaker.failure("timeout")  # two failures 25 s apart: Sage is not answering
+    with pytest.raises(SageUnavailable, match=r"unavailable at http://sage\.invalid: timeout"):
+        breaker.check()
+    now[0] = 56.0
+    breaker.check()  # the cooldown passed: one probe goes through ...
+    with pytest.raises(SageUnavailable):
+        breaker.check()  # ... and only one
+    breaker.success()
+    breaker.check()
+    assert not breaker.is_open
+
+
+def test_breaker_opens_after_threshold_failures_in_a_row():
+    breaker = CircuitBreaker("http://sage.invalid", threshold=4, window_s=1000, cooldown_s=30, clock=lambda: 0.0)
+    assert [breaker.failure("ConnectError") for _ in range(4)] == [False, False, False, True]
+    with pytest.raises(SageUnavailable, match="4 attempts in a row"):
+        breaker.check()
+
+
+def test_manifest_is_stale_when_missing_or_older_than_any_project_file(tmp_path):
+    project = tmp_path / "dbt"
+    (project / "models" / "marts").mkdir(parents=True)
+    (project / "dbt_project.yml").write_text("name: x")
+    model = project / "models" / "marts" / "m.sql"
+    model.write_text("select 1")
+    manifest = project / "target" / "manifest.json"
+    assert manifest_is_stale(project, manifest)
+    manifest.parent.mkdir()
+    manifest.write_text("{}")
+    os.utime(model, (1_000, 1_000))
+    os.utime(project / "dbt_project.yml", (1_000, 1_000))
+    os.utime(manifest, (2_000, 2_000))
+    assert not manifest_is_stale(project, manifest)
+    os.utime(model, (3_000, 3_000))  # a model edited after the parse
+    assert manifest_is_stale(project, manifest)
