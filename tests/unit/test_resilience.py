@@ -55,3 +55,38 @@ def test_manifest_is_stale_when_missing_or_older_than_any_project_file(tmp_path)
     assert not manifest_is_stale(project, manifest)
     os.utime(model, (3_000, 3_000))  # a model edited after the parse
     assert manifest_is_stale(project, manifest)
+
+
+def test_postgres_resource_configuration_beats_an_inherited_variable(monkeypatch):
+    from stripe_sage_pipeline.defs.resources import PostgresResource
+
+    monkeypatch.setenv("STRIPE_SAGE_DATABASE_URL", "postgresql://inherited@old-host/db1")
+    resource = PostgresResource(database_url="postgresql://configured@new-host/db2")
+    assert resource.url() == "postgresql+psycopg://configured@new-host/db2"
+    assert os.environ["STRIPE_SAGE_DATABASE_URL"] == "postgresql://inherited@old-host/db1"  # left alone
+
+
+def test_sage_sandbox_releases_its_lock_when_begin_fails(tmp_path):
+    """Another writer holds the SQLite file: the store's BEGIN IMMEDIATE raises; later writes from any thread
+    still get the store's lock (before, the first failure kept it forever and every other thread hung)."""
+    import sqlite3
+    import threading
+
+    from stripe_sage_sandboxes.sage.store import SageStore
+
+    store = SageStore(tmp_path / "books.sqlite")
+    other = sqlite3.connect(str(tmp_path / "books.sqlite"), isolation_level=None, timeout=0)
+    other.execute("BEGIN IMMEDIATE")
+    store._conn.execute("PRAGMA busy_timeout = 50")  # fail fast instead of the default five seconds
+    with pytest.raises(sqlite3.OperationalError, match="locked"):
+        store.create_customer({"custno": "C0001", "company": "Blocked"}, "pipeline")
+    other.execute("ROLLBACK")
+    other.close()
+
+    done: list[dict] = []
+    worker = threading.Thread(target=lambda: done.append(store.create_customer({"custno": "C0002", "company": "Next"},
+                                                                                 "pipeline")))
+    worker.start()
+    worker.join(timeout=30)
+    assert not worker.is_alive() and done and done[0]["custno"] == "C0002"
+    store.close()
