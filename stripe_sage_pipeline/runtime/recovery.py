@@ -1,10 +1,12 @@
 """Crash recovery without a human: runs whose worker died are failed, and their pool slots freed.
 
-Dagster's `DefaultRunLauncher` (a run worker process per run, started by the local code server) cannot
-tell the run-monitoring daemon that a worker died: a run worker killed with SIGKILL (OOM killer, a
-reboot, a Ctrl-C'd demo) leaves its run `STARTED` forever, holding its `sage_api`/`stripe_api` pool
-slot, and every later run of that pool waits behind it. This module closes that gap with public
-Dagster APIs only:
+With Dagster's `DefaultRunLauncher` a run worker is a child of the local code server. When a worker is
+killed (OOM killer, SIGKILL) while its code server lives, the code server notices and fails the run, but
+the run's `sage_api`/`stripe_api` pool slot stays claimed until something frees it. When the code server
+is gone too (the daemon that started it was killed) or the run was executed in process (a Ctrl-C'd
+`stripe-sage demo`), nobody notices: the run stays `STARTED` forever, holding its slot, and every later
+run of that pool waits behind it. The run-monitoring daemon cannot tell either: the default launcher does
+not support worker health checks. This module closes the gap with public Dagster APIs only:
 
 * `dead_runs()`: in-progress runs whose worker process (the pid of its `RUN_START` event) no longer
   exists on this host, or is a zombie, or is a newer process that reused the pid;
