@@ -15,7 +15,7 @@
 4. The two Sage states are compared item by item: missing, extra, differing (GL postings of the same
    external_ref), duplicates, and the trial balance per currency.
 
-    python benchmarks/chaos.py [--days 10] [--volume 1.4] [--seed 21] [--kills 3] [--target sage]
+    python benchmarks/chaos.py [--days 10] [--volume 1.6] [--seed 21] [--kills 3] [--target sage]
 
 Heavy (a daemon, a run worker per day, two Sage sandboxes, one dbt build): run it on a quiet machine.
 Uses STRIPE_SAGE_DATABASE_URL's server when set, else the embedded one (STRIPE_SAGE_PG_PORT /
@@ -372,7 +372,7 @@ def main() -> int:
     """Run the benchmark and print its figures."""
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--days", type=int, default=10)
-    p.add_argument("--volume", type=float, default=1.4)
+    p.add_argument("--volume", type=float, default=1.6)
     p.add_argument("--seed", type=int, default=21)
     p.add_argument("--kills", type=int, default=3, help="load run workers to SIGKILL (the daemon is killed once)")
     p.add_argument("--timeout", type=int, default=2400, help="seconds to wait for every day to post")
