@@ -6,7 +6,7 @@
 2. Reference: clone A posted to a fault-free Sage sandbox, in process, day by day.
 3. Chaos: clone B posted through Dagster as production runs it — a `dagster-daemon` on the project's
    `dagster.yaml` (queued runs, one-slot `sage_api` pool, run monitoring, run retries, the dead-run
-   recovery sensor), one `load_job` run per posting day launched with `dagster job launch` — against a
+   recovery sensor), one `load_job` run per posting day queued through the webserver's GraphQL API — against a
    Sage sandbox answering 10% 429, 10% 503 and 5% commit-then-504. Meanwhile the benchmark SIGKILLs
    the run worker of `--kills` load runs and the daemon once, at random points. The only thing it does
    besides killing is what a process supervisor (systemd `Restart=always`) does: start the daemon again.
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import random
 import signal
@@ -225,11 +224,50 @@ class Daemon:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-def _launch(env: dict[str, str], day: date) -> None:
-    subprocess.run([str(BIN / "dagster"), "job", "launch", "-w", str(PROJECT_ROOT / "workspace.yaml"),
-                    "-j", "load_job", "--tags", json.dumps({"dagster/partition": f"{day:%Y-%m-%d}",
-                                                            "stripe_sage/chaos": "1"})],
-                   cwd=PROJECT_ROOT, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+@contextlib.contextmanager
+def _webserver(env: dict[str, str], log_path: Path) -> Iterator[Any]:
+    """A Dagster webserver on a free loopback port, for its GraphQL API (what the UI's Launch button uses)."""
+    import httpx
+    from dagster_graphql import DagsterGraphQLClient
+
+    from stripe_sage_pipeline.runtime.embedded_pg import free_port
+
+    port = free_port()
+    log = open(log_path, "a")  # noqa: SIM115 (the child keeps it)
+    proc = subprocess.Popen([str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w",
+                             str(PROJECT_ROOT / "workspace.yaml")], cwd=PROJECT_ROOT, env=env, stdout=log,
+                            stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"http://127.0.0.1:{port}/server_info", timeout=5).status_code == 200:
+                    break
+            if proc.poll() is not None:
+                raise SystemExit(f"dagster-webserver exited; see {log_path}")
+            time.sleep(1)
+        yield DagsterGraphQLClient("127.0.0.1", port_number=port)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _launch(client: Any, day: date) -> str:
+    """Queue the load_job run of one posting day, as the UI's launchpad does."""
+    tags = {"dagster/partition": f"{day:%Y-%m-%d}", "stripe_sage/chaos": "1"}
+    for attempt in range(5):
+        try:
+            return client.submit_job_execution("load_job", tags=tags)
+        except Exception:  # the code location may still be loading
+            if attempt == 4:
+                raise
+            time.sleep(5)
+    raise AssertionError("unreachable")
 
 
 def _render_home(home: Path) -> None:
@@ -270,11 +308,16 @@ def chaos_run(args: argparse.Namespace, url: str, target: Target, srv: Any, mapp
     # Kill moments spread over the expected run time; the daemon dies between the first and the last.
     next_kill_at = t0 + rng.uniform(20, 40)
     daemon_kill_at = t0 + rng.uniform(60, 120)
+    web = _webserver(env, workdir / "webserver.log")
     try:
+        client = web.__enter__()
         for day in days:
-            _launch(env, day)
+            _launch(client, day)
         launched = time.monotonic()
-        print(f"  launched {len(days)} load_job runs in {launched - t0:.0f} s", flush=True)
+        print(f"  launched {len(days)} load_job runs in {launched - t0:.0f} s (daemon and webserver start-up"
+              " included)", flush=True)
+        next_kill_at = max(next_kill_at, launched + rng.uniform(5, 20))
+        daemon_kill_at = max(daemon_kill_at, launched + rng.uniform(40, 90))
         deadline = time.monotonic() + args.timeout
         done: set[str] = set()
         while time.monotonic() < deadline:
@@ -317,6 +360,7 @@ def chaos_run(args: argparse.Namespace, url: str, target: Target, srv: Any, mapp
             "daemon_killed_at_s": round(daemon_killed_at - t0) if daemon_killed_at else None,
         }
     finally:
+        web.__exit__(None, None, None)
         daemon.stop()
 
 
