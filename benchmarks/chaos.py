@@ -198,12 +198,14 @@ class Daemon:
     def __init__(self, env: dict[str, str], log_path: Path) -> None:
         self.env, self.log_path = env, log_path
         self.proc: subprocess.Popen | None = None
+        self.groups: list[int] = []  # every daemon's process group: its code server and run workers live there
 
     def start(self) -> None:
         log = open(self.log_path, "a")  # noqa: SIM115 (the child keeps it)
         self.proc = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
                                      cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
+        self.groups.append(self.proc.pid)
 
     def kill(self) -> None:
         """SIGKILL the daemon process only (its code server and run workers are left as a crash leaves them)."""
@@ -212,16 +214,18 @@ class Daemon:
         self.proc.wait(timeout=30)
 
     def stop(self) -> None:
-        """End the daemon and everything it started (its own process group)."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(self.proc.pid, signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
+        """End every daemon started and everything they started (code servers wait for their run workers on
+        SIGTERM, so whatever is left after a grace period is SIGKILLed, group by group)."""
+        for group in self.groups:
             with contextlib.suppress(ProcessLookupError):
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                os.killpg(group, signal.SIGTERM)
+        if self.proc is not None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=30)
+        time.sleep(2)
+        for group in self.groups:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
 
 
 @contextlib.contextmanager

@@ -111,18 +111,21 @@ def dead_runs(instance: dg.DagsterInstance, grace_s: float = 10.0, now: float | 
 
 
 def free_finished_slots(instance: dg.DagsterInstance) -> list[str]:
-    """Release the pool slots (claimed or pending) still held by runs that have finished; their run ids."""
+    """Release the pool slots (claimed or pending) still held by runs that have finished, or that the instance
+    no longer knows (deleted from the UI while holding one); their run ids."""
     storage = instance.event_log_storage
     if not storage.supports_global_concurrency_limits:
         return []
     run_ids = list(storage.get_concurrency_run_ids())
     if not run_ids:
         return []
-    freed = []
-    for record in instance.get_run_records(filters=dg.RunsFilter(run_ids=run_ids, statuses=FINISHED)):
-        storage.free_concurrency_slots_for_run(record.dagster_run.run_id)
-        freed.append(record.dagster_run.run_id)
-    return freed
+    records = instance.get_run_records(filters=dg.RunsFilter(run_ids=run_ids))
+    known = {r.dagster_run.run_id for r in records}
+    stale = [r.dagster_run.run_id for r in records if r.dagster_run.status in FINISHED]
+    stale += [run_id for run_id in run_ids if run_id not in known]
+    for run_id in stale:
+        storage.free_concurrency_slots_for_run(run_id)
+    return stale
 
 
 def recover(instance: dg.DagsterInstance, grace_s: float = 10.0) -> Recovery:
