@@ -15,14 +15,14 @@
 4. The two Sage states are compared item by item: missing, extra, differing (GL postings of the same
    external_ref), duplicates, and the trial balance per currency.
 
-    python benchmarks/chaos.py [--days 10] [--volume 1.6] [--seed 21] [--kills 3] [--target sage]
+    python benchmarks/chaos.py [--days 10] [--volume 1.6] [--seed 21] [--kills 3] [--target sagepro]
 
 Heavy (a daemon, a run worker per day, two Sage sandboxes, one dbt build): run it on a quiet machine.
 Uses STRIPE_SAGE_DATABASE_URL's server when set, else the embedded one (STRIPE_SAGE_PG_PORT /
 STRIPE_SAGE_DATA_DIR choose which); works in databases of its own (`chaos_*`), recreated each time.
-The target is chosen by `--target` or STRIPE_SAGE_TARGET: `sage` (the Sage Pro sandbox) today; another
-target plugs in by adding an entry to TARGETS (a sandbox with fault injection, the environment that points
-the pipeline at it, and a reader of its records and GL postings).
+The target is chosen by `--target` or SAGE_TARGET (the pipeline's own setting): `sagepro` (the Sage Pro
+sandbox) today; another target plugs in by adding an entry to TARGETS (a sandbox with fault injection, the
+environment that points the pipeline at it, and a reader of its records and GL postings).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def _sage_start(data_dir: Path, faults: bool, seed: int) -> Any:
 
 
 def _sage_env(srv: Any) -> dict[str, str]:
-    return {"SAGEPRO_BASE_URL": srv.base_url, "SAGEPRO_RATE_PER_MINUTE": "6000"}
+    return {"SAGE_TARGET": "sagepro", "SAGEPRO_BASE_URL": srv.base_url, "SAGEPRO_RATE_PER_MINUTE": "6000"}
 
 
 def _sage_state(srv: Any) -> dict[str, Any]:
@@ -107,7 +107,9 @@ def _sage_state(srv: Any) -> dict[str, Any]:
         client.close()
 
 
-TARGETS: dict[str, Target] = {"sage": Target(_sage_start, _sage_env, _sage_state)}
+# Keyed like the pipeline's own SAGE_TARGET setting. `intacct` (stripe_sage_sandboxes/intacct, which has the same
+# fault injection) is the next entry: its sandbox, INTACCT_* environment and a reader of its records and GL lines.
+TARGETS: dict[str, Target] = {"sagepro": Target(_sage_start, _sage_env, _sage_state)}
 
 
 # -- data --------------------------------------------------------------------------------------------
@@ -425,7 +427,8 @@ def main() -> int:
     p.add_argument("--kills", type=int, default=3, help="load run workers to SIGKILL (the daemon is killed once)")
     p.add_argument("--timeout", type=int, default=2400, help="seconds to wait for every day to post")
     p.add_argument("--recovery-interval", type=int, default=5, help="seconds between dead-run recovery passes")
-    p.add_argument("--target", default=os.environ.get("STRIPE_SAGE_TARGET", "sage"), choices=sorted(TARGETS))
+    p.add_argument("--target", default=os.environ.get("SAGE_TARGET", "sagepro"), choices=sorted(TARGETS),
+                   help="the accounting target (default: SAGE_TARGET, as the pipeline reads it)")
     args = p.parse_args()
     target = TARGETS[args.target]
     t0 = time.monotonic()
