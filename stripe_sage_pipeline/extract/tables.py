@@ -55,7 +55,6 @@ class Table:
     object_type: str  # Stripe's `object` value
     list_path: str  # /v1/... list endpoint
     columns: tuple[Column, ...]
-    partitioned: bool = True  # extracted by hourly `created` partitions
 
     @property
     def key(self) -> tuple[str, ...]:
