@@ -9,7 +9,6 @@ the `sage_api` pool, so concurrent runs stay under Sage's rate limit together.
 
 
 import contextlib
-import os
 from collections.abc import Iterator
 from datetime import date
 
@@ -22,10 +21,11 @@ from stripe_sage_pipeline.load.ledger import SCHEMA
 from stripe_sage_pipeline.load.loaders import load_cash_receipts, load_invoices, load_journal_entries
 from stripe_sage_pipeline.load.redrive import redrive
 from stripe_sage_pipeline.sage.errors import CredentialsError
+from stripe_sage_pipeline.settings import load_settings
 from stripe_sage_pipeline.transform.mapping import load_mapping
 
 SAGE_POOL = "sage_api"
-START_DATE = os.environ.get("STRIPE_SAGE_START_DATE", "2025-01-01-00:00")[:10]
+START_DATE = load_settings().start_date[:10]
 
 # end_offset=1: today's partition exists, so a payout arriving today can post today.
 daily_partitions = dg.DailyPartitionsDefinition(start_date=START_DATE, timezone="UTC", end_offset=1)
