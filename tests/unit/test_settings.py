@@ -60,3 +60,11 @@ def test_instance_config_takes_the_queue_and_pool_limits() -> None:
     assert tuned["concurrency"]["runs"]["max_concurrent_runs"] == 7
     assert tuned["concurrency"]["pools"]["default_limit"] == 2
     assert default["concurrency"] == yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())["concurrency"]
+
+
+def test_every_variable_read_is_documented_in_env_example() -> None:
+    import re
+
+    read = set(re.findall(r'get\("([A-Z0-9_]+)"', (PROJECT_ROOT / "stripe_sage_pipeline" / "settings.py").read_text()))
+    documented = set(re.findall(r"^([A-Z0-9_]+)=", (PROJECT_ROOT / ".env.example").read_text(), re.MULTILINE))
+    assert len(read) >= 20 and read <= documented, sorted(read - documented)
