@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -41,12 +43,18 @@ def pytest_collection_modifyitems(config, items):
 
 
 @pytest.fixture(scope="session")
-def pg_server(tmp_path_factory) -> EmbeddedPostgres:
-    """A real PostgreSQL server (from the pip wheel) on 127.0.0.1 for the whole session."""
-    data_dir = tmp_path_factory.mktemp("pg")
+def pg_server() -> EmbeddedPostgres:
+    """A real PostgreSQL server (from the pip wheel) on 127.0.0.1 for the whole session.
+
+    Its data lives outside pytest's temporary root: the server runs as an unprivileged user, and every
+    pytest session that starts (another run on a shared machine) resets that root to mode 0700, which
+    would cut a running server off from its own files.
+    """
+    data_dir = Path(tempfile.mkdtemp(prefix="stripe-sage-test-pg-"))
     pg = EmbeddedPostgres(data_dir, free_port()).start()
     yield pg
     pg.stop()
+    shutil.rmtree(data_dir, ignore_errors=True)
 
 
 def admin_connection(pg_server: EmbeddedPostgres) -> psycopg.Connection:
