@@ -9,7 +9,7 @@
 
   Every row is read on a full refresh, with `test_scope: all`, and when the staging views are built
   (first build, changed dbt code). An hourly run checks the transactions it (re)classified: their
-  count and net against staging, and the clearing lines of their detail entries.
+  count and net against staging, and the clearing lines of their detail entries (index look-ups).
 -#}
 {{ config(meta={'dagster': {'ref': {'name': 'fct_journal_lines'}}}) }}
 {%- set classified_model = ref('int_balance_transactions__classified') -%}
@@ -36,12 +36,14 @@ staged as (
     group by b.stripe_account, lower(b.currency)
 ),
 
+{% if whole %}
 -- The payout and payout-failure transactions whose entry is in the journal (detail mode).
 posted_payout_movements as (
     select distinct stripe_account, balance_transaction_id
     from {{ ref('fct_journal_lines') }}
     where posting_mode = 'detail' and entry_type in ('payout', 'payout_reversal') and balance_transaction_id is not null
 ),
+{% endif %}
 
 by_classification as (
     select
@@ -49,11 +51,14 @@ by_classification as (
         c.currency,
         count(*) as transactions,
         sum(c.net) as net,
+        -- What the clearing account moved by: the activity, and the payouts once posted (hourly: the activity).
         coalesce(sum(c.net) filter (where not c.is_payout_movement
             {%- if whole %} or p.balance_transaction_id is not null{% endif %}), 0) as expected_clearing
     from classified as c
+    {% if whole %}
     left join posted_payout_movements as p
         on p.stripe_account = c.stripe_account and p.balance_transaction_id = c.balance_transaction_id
+    {% endif %}
     group by c.stripe_account, c.currency
 ),
 
