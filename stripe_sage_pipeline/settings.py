@@ -24,10 +24,10 @@ SANDBOX_INTACCT_CLIENT_SECRET = "intacct-sandbox-secret"
 SANDBOX_INTACCT_USERNAME = "pipeline@STRIPESAGE"
 
 _SECRET_FIELDS = {"stripe_api_key", "stripe_webhook_secret", "sagepro_password", "database_url",
-                  "intacct_client_secret", "intacct_refresh_token"}
+                  "intacct_client_secret", "intacct_refresh_token", "studio_token"}
 # The variables whose values are secrets (alerts scrub them from every text they store or send).
 SECRET_ENV_VARS = ("STRIPE_API_KEY", "SAGEPRO_PASSWORD", "STRIPE_WEBHOOK_SECRET", "INTACCT_CLIENT_SECRET",
-                   "INTACCT_REFRESH_TOKEN")
+                   "INTACCT_REFRESH_TOKEN", "STRIPE_SAGE_STUDIO_TOKEN")
 
 
 def _read(name: str, default: str | None = None, env: Mapping[str, str] | None = None) -> str | None:
@@ -81,6 +81,8 @@ class Settings:
     dagster_home: Path | None = None  # None: data_dir/dagster_home
     max_concurrent_runs: int | None = None  # None: dagster.yaml's
     pool_limit: int | None = None  # steps at once per API pool; None: dagster.yaml's
+    studio_token: str | None = None  # the mapping studio's access token (required off 127.0.0.1)
+    dagster_url: str | None = None  # the webserver the studio launches transform_job in; None: its default
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -142,4 +144,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         dagster_home=Path(get("DAGSTER_HOME", str(data_dir / "dagster_home"))).expanduser().resolve(),
         max_concurrent_runs=_int(get("STRIPE_SAGE_MAX_CONCURRENT_RUNS")),
         pool_limit=_int(get("STRIPE_SAGE_POOL_LIMIT")),
+        studio_token=get("STRIPE_SAGE_STUDIO_TOKEN"),
+        dagster_url=get("STRIPE_SAGE_DAGSTER_URL"),
     )

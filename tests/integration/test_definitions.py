@@ -31,6 +31,8 @@ def test_every_stage_contributes_its_assets(defs: dg.Definitions) -> None:
             "finance/fct_invoice_lines", "finance/fct_payout_reconciliation", "finance/dim_customers"} <= keys
     # load: the Sage resources and the dead-letter re-drive
     assert {"sage/customers", "sage/invoices", "sage/cash_receipts", "sage/journal_entries", "sage/dead_letters"} <= keys
+    # report: the month-end close pack
+    assert "reporting/close_pack" in keys
     # check: dbt data tests, dbt unit tests and the Great Expectations suites, all on assets of the graph
     checks = graph.asset_check_keys
     assert {c.asset_key for c in checks} <= graph.get_all_asset_keys()
