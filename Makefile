@@ -19,9 +19,9 @@ demo: $(STAMP)
 test: $(STAMP)
 	GX_ANALYTICS_ENABLED=false DAGSTER_TELEMETRY_ENABLED=false $(BIN)/python -m pytest -q
 
-# The unit tier only: pure rules, no servers.
+# The unit tier only: pure rules, no servers (collects tests/unit alone: no Dagster/dbt imports to deselect).
 test-fast: $(STAMP)
-	GX_ANALYTICS_ENABLED=false DAGSTER_TELEMETRY_ENABLED=false $(BIN)/python -m pytest -q -m unit
+	GX_ANALYTICS_ENABLED=false DAGSTER_TELEMETRY_ENABLED=false $(BIN)/python -m pytest -q -m unit tests/unit
 
 ui: $(STAMP)
 	$(BIN)/stripe-sage ui

@@ -8,8 +8,10 @@ masks them, and Dagster resources receive them as `dg.EnvVar`s.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,7 +25,12 @@ SANDBOX_INTACCT_CLIENT_SECRET = "intacct-sandbox-secret"
 SANDBOX_INTACCT_USERNAME = "pipeline@STRIPESAGE"
 
 _SECRET_FIELDS = {"stripe_api_key", "stripe_webhook_secret", "sagepro_password", "database_url",
-                  "intacct_client_secret", "intacct_refresh_token"}
+                  "intacct_client_secret", "intacct_refresh_token", "studio_token"}
+# The variables whose values are secrets (alerts scrub them from every text they store or send).
+SECRET_ENV_VARS = ("STRIPE_API_KEY", "SAGEPRO_PASSWORD", "STRIPE_WEBHOOK_SECRET", "INTACCT_CLIENT_SECRET",
+                   "INTACCT_REFRESH_TOKEN", "STRIPE_SAGE_STUDIO_TOKEN", "PGPASSWORD")
+# URLs whose password is a secret (the host and database name are not): the password is scrubbed wherever it shows.
+DATABASE_URL_ENV_VARS = ("STRIPE_SAGE_DATABASE_URL", "DAGSTER_POSTGRES_URL", "DATABASE_URL")
 
 
 def sdk_api_version() -> str:
@@ -33,9 +40,31 @@ def sdk_api_version() -> str:
     return str(stripe.api_version)
 
 
-def _env(name: str, default: str | None = None) -> str | None:
-    value = os.environ.get(name)
+def _read(name: str, default: str | None = None, env: Mapping[str, str] | None = None) -> str | None:
+    """A variable of the environment (or of `env`); unset and empty are the same."""
+    value = (os.environ if env is None else env).get(name)
     return value if value not in (None, "") else default
+
+
+def env_is_set(name: str) -> bool:
+    """True when the variable has a non-empty value (resources then pass it to Dagster as an EnvVar)."""
+    return _read(name) is not None
+
+
+def secret_values(min_length: int = 6) -> list[str]:
+    """The values of the secret variables that are set, longest first (shorter ones are not real secrets)."""
+    values = {_read(name) or "" for name in SECRET_ENV_VARS}
+    values |= {p for name in DATABASE_URL_ENV_VARS for p in _url_passwords(_read(name) or "")}
+    return sorted((v for v in values if len(v) >= min_length), key=len, reverse=True)
+
+
+def _url_passwords(url: str) -> list[str]:
+    """The password of a URL as written and percent-decoded (either may show in a message), or []."""
+    try:
+        password = urlsplit(url).password or ""
+    except ValueError:
+        return []
+    return [password, unquote(password)] if password else []
 
 
 @dataclass(frozen=True)
@@ -65,6 +94,16 @@ class Settings:
     intacct_rate_per_minute: int = 110
     intacct_locations: str | None = None  # "usd=US-01,eur=EU-01": the location of each currency (default: ISO code)
     stripe_extract_workers: int | None = None  # None: sized from the rate limit and Stripe's latency
+    start_date: str = "2025-01-01-00:00"  # first hourly partition (UTC); the daily ones start on its date
+    sagepro_rate_per_minute: int = 110  # keep under Sage's per-user limit (the sandbox's default is 120/min)
+    events_source: str = "webhooks"  # `webhooks` (the receiver's inbox) or `events_api` (poll Stripe)
+    sensor_interval_s: int = 30
+    alert_webhook_url: str | None = None  # Slack-compatible incoming webhook for alerts
+    dagster_home: Path | None = None  # None: data_dir/dagster_home
+    max_concurrent_runs: int | None = None  # None: dagster.yaml's
+    pool_limit: int | None = None  # steps at once per API pool; None: dagster.yaml's
+    studio_token: str | None = None  # the mapping studio's access token (required off 127.0.0.1)
+    dagster_url: str | None = None  # the webserver the studio launches transform_job in; None: its default
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -82,33 +121,51 @@ class Settings:
         return f"Settings({', '.join(parts)})"
 
 
-def load_settings() -> Settings:
-    """Build `Settings` from the environment."""
-    data_dir = Path(_env("STRIPE_SAGE_DATA_DIR", str(PROJECT_ROOT / ".data"))).expanduser().resolve()
-    stripe_key = _env("STRIPE_API_KEY", SANDBOX_STRIPE_KEY)
+def _int(value: str | None) -> int | None:
+    return int(value) if value is not None else None
+
+
+def load_settings(env: Mapping[str, str] | None = None) -> Settings:
+    """Build `Settings` from the environment (or from `env`, e.g. a subprocess's environment)."""
+
+    def get(name: str, default: str | None = None) -> str | None:
+        return _read(name, default, env)
+
+    data_dir = Path(get("STRIPE_SAGE_DATA_DIR", str(PROJECT_ROOT / ".data"))).expanduser().resolve()
+    stripe_key = get("STRIPE_API_KEY", SANDBOX_STRIPE_KEY)
     # Stripe's own limits: 100 req/s live, 25 req/s in test mode; keep a margin below either.
     default_rate = "90" if stripe_key.startswith(("sk_live_", "rk_live_")) else "22"
     return Settings(
         data_dir=data_dir,
-        database_url=_env("STRIPE_SAGE_DATABASE_URL"),
-        embedded_pg_port=int(_env("STRIPE_SAGE_PG_PORT", "54329")),
+        database_url=get("STRIPE_SAGE_DATABASE_URL"),
+        embedded_pg_port=int(get("STRIPE_SAGE_PG_PORT", "54329")),
         stripe_api_key=stripe_key,
-        stripe_api_base=_env("STRIPE_API_BASE"),
-        stripe_account=_env("STRIPE_ACCOUNT"),
-        stripe_webhook_secret=_env("STRIPE_WEBHOOK_SECRET", SANDBOX_WEBHOOK_SECRET),
-        stripe_rate_limit_per_s=float(_env("STRIPE_RATE_LIMIT_PER_S", default_rate)),
-        stripe_api_version=_env("STRIPE_API_VERSION") or sdk_api_version(),
-        sagepro_base_url=_env("SAGEPRO_BASE_URL"),
-        sagepro_user=_env("SAGEPRO_USER", SANDBOX_SAGE_USER),
-        sagepro_password=_env("SAGEPRO_PASSWORD", SANDBOX_SAGE_PASSWORD),
-        mapping_file=Path(_env("STRIPE_SAGE_MAPPING", str(PROJECT_ROOT / "mapping.yaml"))),
-        sage_target=(_env("SAGE_TARGET", "sagepro") or "sagepro").lower(),
-        intacct_base_url=_env("INTACCT_BASE_URL"),
-        intacct_client_id=_env("INTACCT_CLIENT_ID", SANDBOX_INTACCT_CLIENT_ID),
-        intacct_client_secret=_env("INTACCT_CLIENT_SECRET", SANDBOX_INTACCT_CLIENT_SECRET),
-        intacct_username=_env("INTACCT_USERNAME", SANDBOX_INTACCT_USERNAME),
-        intacct_refresh_token=_env("INTACCT_REFRESH_TOKEN"),
-        intacct_rate_per_minute=int(_env("INTACCT_RATE_PER_MINUTE", "110")),
-        intacct_locations=_env("INTACCT_LOCATIONS"),
-        stripe_extract_workers=int(_env("STRIPE_EXTRACT_WORKERS", "0")) or None,
+        stripe_api_base=get("STRIPE_API_BASE"),
+        stripe_account=get("STRIPE_ACCOUNT"),
+        stripe_webhook_secret=get("STRIPE_WEBHOOK_SECRET", SANDBOX_WEBHOOK_SECRET),
+        stripe_rate_limit_per_s=float(get("STRIPE_RATE_LIMIT_PER_S", default_rate)),
+        stripe_api_version=get("STRIPE_API_VERSION") or sdk_api_version(),
+        sagepro_base_url=get("SAGEPRO_BASE_URL"),
+        sagepro_user=get("SAGEPRO_USER", SANDBOX_SAGE_USER),
+        sagepro_password=get("SAGEPRO_PASSWORD", SANDBOX_SAGE_PASSWORD),
+        mapping_file=Path(get("STRIPE_SAGE_MAPPING", str(PROJECT_ROOT / "mapping.yaml"))),
+        sage_target=(get("SAGE_TARGET", "sagepro") or "sagepro").lower(),
+        intacct_base_url=get("INTACCT_BASE_URL"),
+        intacct_client_id=get("INTACCT_CLIENT_ID", SANDBOX_INTACCT_CLIENT_ID),
+        intacct_client_secret=get("INTACCT_CLIENT_SECRET", SANDBOX_INTACCT_CLIENT_SECRET),
+        intacct_username=get("INTACCT_USERNAME", SANDBOX_INTACCT_USERNAME),
+        intacct_refresh_token=get("INTACCT_REFRESH_TOKEN"),
+        intacct_rate_per_minute=int(get("INTACCT_RATE_PER_MINUTE", "110")),
+        intacct_locations=get("INTACCT_LOCATIONS"),
+        stripe_extract_workers=int(get("STRIPE_EXTRACT_WORKERS", "0")) or None,
+        start_date=get("STRIPE_SAGE_START_DATE", "2025-01-01-00:00"),
+        sagepro_rate_per_minute=int(get("SAGEPRO_RATE_PER_MINUTE", "110")),
+        events_source=get("STRIPE_SAGE_EVENTS_SOURCE", "webhooks"),
+        sensor_interval_s=int(get("STRIPE_SAGE_SENSOR_INTERVAL_S", "30")),
+        alert_webhook_url=get("STRIPE_SAGE_ALERT_WEBHOOK_URL"),
+        dagster_home=Path(get("DAGSTER_HOME", str(data_dir / "dagster_home"))).expanduser().resolve(),
+        max_concurrent_runs=_int(get("STRIPE_SAGE_MAX_CONCURRENT_RUNS")),
+        pool_limit=_int(get("STRIPE_SAGE_POOL_LIMIT")),
+        studio_token=get("STRIPE_SAGE_STUDIO_TOKEN"),
+        dagster_url=get("STRIPE_SAGE_DAGSTER_URL"),
     )

@@ -12,14 +12,12 @@ from typing import Any
 
 import psycopg
 import yaml
-from transform_helpers import golden, load_stripe_objects
 
 from stripe_sage_pipeline.load.customers import push_customers
 from stripe_sage_pipeline.load.post import LoadStats, Poster, load_partition, make_client
 from stripe_sage_pipeline.runtime.db import libpq_url
 from stripe_sage_pipeline.sage.client import SageClient
 from stripe_sage_pipeline.settings import PROJECT_ROOT
-from stripe_sage_pipeline.transform import build as transform
 from stripe_sage_pipeline.transform.mapping import Mapping, parse_mapping
 from stripe_sage_sandboxes.sage import SageSandboxConfig, SageSandboxServer
 
@@ -59,14 +57,6 @@ def write_mapping(tmp_path: Path, monkeypatch: Any, **changes: Any) -> Mapping:
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     monkeypatch.setenv("STRIPE_SAGE_MAPPING", str(path))
     return parse_mapping(data, str(path))
-
-
-def build_golden(url: str, golden_path: Path, stripe: dict | None = None) -> dict:
-    """Golden objects (or a variant) in staging, the marts built; returns the parsed file."""
-    g = golden(golden_path)
-    load_stripe_objects(url, stripe or g["stripe"])
-    transform.dbt_build(url=url)
-    return g
 
 
 def posting_dates(url: str) -> list[date]:

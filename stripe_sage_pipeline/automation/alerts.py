@@ -12,7 +12,6 @@ alerts go to the table and the log only.
 from __future__ import annotations
 
 import logging
-import os
 import re
 import time
 from typing import Any
@@ -21,12 +20,11 @@ import httpx
 import psycopg
 from psycopg.types.json import Jsonb
 
+from stripe_sage_pipeline.settings import load_settings, secret_values
+
 log = logging.getLogger(__name__)
 
-WEBHOOK_URL_ENV = "STRIPE_SAGE_ALERT_WEBHOOK_URL"
-SECRET_ENV_VARS = ("STRIPE_API_KEY", "SAGEPRO_PASSWORD", "STRIPE_WEBHOOK_SECRET", "PGPASSWORD")
-# URLs whose password is a secret (the host and database name are not): the password is scrubbed wherever it shows.
-DATABASE_URL_ENV_VARS = ("STRIPE_SAGE_DATABASE_URL", "DAGSTER_POSTGRES_URL", "DATABASE_URL")
+WEBHOOK_URL_ENV = "STRIPE_SAGE_ALERT_WEBHOOK_URL"  # read through settings (alert_webhook_url)
 WEBHOOK_TIMEOUT_S = 5.0
 WEBHOOK_RETRIES = 2
 _RETRY_BACKOFF_S = 0.5
@@ -144,25 +142,11 @@ def scrub(text: str | None) -> str | None:
         return text
     # Longest first, so a value that contains another is replaced whole; very short values would
     # shred ordinary words and are not real secrets anyway.
-    secrets = [os.environ.get(name, "") for name in SECRET_ENV_VARS]
-    secrets += [p for name in DATABASE_URL_ENV_VARS for p in _url_passwords(os.environ.get(name, ""))]
-    values = sorted({v for v in secrets if len(v) >= 6}, key=len, reverse=True)
-    for value in values:
+    for value in secret_values(min_length=6):
         text = text.replace(value, "***")
     for pattern, replacement in _SECRET_PATTERNS:
         text = pattern.sub(replacement, text)
     return text
-
-
-def _url_passwords(url: str) -> list[str]:
-    """The password of a URL as written and percent-decoded (either may show in a message), or []."""
-    from urllib.parse import unquote, urlsplit
-
-    try:
-        password = urlsplit(url).password or ""
-    except ValueError:
-        return []
-    return [password, unquote(password)] if password else []
 
 
 def _scrub_json(value: Any) -> Any:
@@ -249,7 +233,7 @@ def raise_alert(
     title, message, next_step = scrub(title) or "", scrub(message) or "", scrub(next_step) or ""
     run_id, job_name = scrub(run_id), scrub(job_name)
     clean_details = _scrub_json(details) if details is not None else None
-    url = webhook_url if webhook_url is not None else os.environ.get(WEBHOOK_URL_ENV, "")
+    url = webhook_url if webhook_url is not None else (load_settings().alert_webhook_url or "")
 
     # The row goes in first, so the alert survives even if the webhook call hangs or the process dies.
     with psycopg.connect(conninfo, autocommit=True) as conn:

@@ -6,7 +6,6 @@ never its value. When unset, the sandbox defaults apply (they are not secrets).
 
 
 import dataclasses
-import os
 
 import dagster as dg
 from pydantic import PrivateAttr
@@ -20,13 +19,14 @@ from stripe_sage_pipeline.settings import (
     SANDBOX_SAGE_PASSWORD,
     SANDBOX_SAGE_USER,
     SANDBOX_STRIPE_KEY,
+    env_is_set,
     load_settings,
 )
 
 
 def env_or(name: str, default: str | None) -> str | dg.EnvVar | None:
     """An EnvVar when the variable is set (its value stays out of the UI), else the default."""
-    return dg.EnvVar(name) if os.environ.get(name) else default
+    return dg.EnvVar(name) if env_is_set(name) else default
 
 
 class PostgresResource(dg.ConfigurableResource):
@@ -121,8 +121,8 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
         "postgres": PostgresResource(database_url=env_or("STRIPE_SAGE_DATABASE_URL", None)),
         "stripe": StripeResource(
             api_key=env_or("STRIPE_API_KEY", SANDBOX_STRIPE_KEY),
-            api_base=os.environ.get("STRIPE_API_BASE") or None,
-            stripe_account=os.environ.get("STRIPE_ACCOUNT") or None,
+            api_base=s.stripe_api_base,
+            stripe_account=s.stripe_account,
             rate_limit_per_s=s.stripe_rate_limit_per_s,
             extract_workers=s.stripe_extract_workers,
         ),
@@ -134,11 +134,9 @@ def default_resources() -> dict[str, dg.ConfigurableResource]:
             intacct_username=env_or("INTACCT_USERNAME", s.intacct_username),
             intacct_refresh_token=env_or("INTACCT_REFRESH_TOKEN", None),
             intacct_locations=s.intacct_locations,
-            base_url=os.environ.get("SAGEPRO_BASE_URL") or None,
+            base_url=s.sagepro_base_url,
             user=env_or("SAGEPRO_USER", SANDBOX_SAGE_USER),
             password=env_or("SAGEPRO_PASSWORD", SANDBOX_SAGE_PASSWORD),
-            # Keep under Sage's per-user limit (the sandbox's default is 120/min).
-            rate_per_minute=(s.intacct_rate_per_minute if s.sage_target == "intacct"
-                             else int(os.environ.get("SAGEPRO_RATE_PER_MINUTE", "110"))),
+            rate_per_minute=s.intacct_rate_per_minute if s.sage_target == "intacct" else s.sagepro_rate_per_minute,
         ),
     }

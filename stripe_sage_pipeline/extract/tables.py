@@ -65,7 +65,6 @@ class Table:
     object_type: str  # Stripe's `object` value
     list_path: str  # /v1/... list endpoint
     columns: tuple[Column, ...]
-    partitioned: bool = True  # extracted by hourly `created` partitions
     # Includable fields that must be requested (`expand[]`) at current API versions, e.g. the
     # invoice's `payments` (the only link from an invoice to the payment intent / charge since basil).
     includes: tuple[str, ...] = ()

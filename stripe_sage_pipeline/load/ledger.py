@@ -315,13 +315,3 @@ def dead_letters(conn: psycopg.Connection) -> list[dict[str, Any]]:
     """The dead_letters view as dicts (one row per failing field)."""
     with conn.cursor(row_factory=dict_row) as cur:
         return cur.execute(f"select * from {SCHEMA}.dead_letters order by resource, external_ref, field").fetchall()
-
-
-def status_counts(conn: psycopg.Connection) -> dict[str, dict[str, int]]:
-    """Rows per resource and status."""
-    out: dict[str, dict[str, int]] = {}
-    for resource, status, n in conn.execute(
-        f"select resource, status, count(*) from {SCHEMA}.posting_ledger group by 1, 2 order by 1, 2"
-    ).fetchall():
-        out.setdefault(resource, {})[status] = n
-    return out

@@ -12,20 +12,20 @@ from stripe_sage_pipeline.settings import PROJECT_ROOT, Settings, load_settings
 
 
 def render_instance_config(env: dict[str, str] | None = None) -> str:
-    """The project's dagster.yaml with the queue and pool limits taken from the environment."""
-    env = os.environ if env is None else env
+    """The project's dagster.yaml with the queue and pool limits of the settings (of `env` when given)."""
+    s = load_settings(env)
     config = yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())
-    if env.get("STRIPE_SAGE_MAX_CONCURRENT_RUNS"):
-        config["concurrency"]["runs"]["max_concurrent_runs"] = int(env["STRIPE_SAGE_MAX_CONCURRENT_RUNS"])
-    if env.get("STRIPE_SAGE_POOL_LIMIT"):
-        config["concurrency"]["pools"]["default_limit"] = int(env["STRIPE_SAGE_POOL_LIMIT"])
+    if s.max_concurrent_runs is not None:
+        config["concurrency"]["runs"]["max_concurrent_runs"] = s.max_concurrent_runs
+    if s.pool_limit is not None:
+        config["concurrency"]["pools"]["default_limit"] = s.pool_limit
     return yaml.safe_dump(config, sort_keys=False)
 
 
 def prepare_dagster_home(settings: Settings | None = None) -> Path:
     """Set DAGSTER_HOME (default: <data_dir>/dagster_home) with the project's dagster.yaml and its env vars."""
     s = settings or load_settings()
-    home = Path(os.environ.get("DAGSTER_HOME") or s.data_dir / "dagster_home").resolve()
+    home = s.dagster_home or (s.data_dir / "dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     target = home / "dagster.yaml"
     rendered = render_instance_config()

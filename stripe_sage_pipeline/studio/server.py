@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import secrets
 import sys
 
@@ -37,7 +36,7 @@ def config_from_env(token: str | None = None, dagster_url: str | None = None) ->
         sage_base_url=s.sagepro_base_url,
         sage_user=s.sagepro_user,
         sage_password=s.sagepro_password,
-        dagster_url=dagster_url if dagster_url is not None else os.environ.get(DAGSTER_URL_ENV, DEFAULT_DAGSTER_URL),
+        dagster_url=dagster_url if dagster_url is not None else (s.dagster_url or DEFAULT_DAGSTER_URL),
         token=token,
     )
 
@@ -48,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
                                      description="the mapping studio: see, edit, preview and save mapping.yaml")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need --token)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT)
-    parser.add_argument("--token", default=os.environ.get(TOKEN_ENV) or None,
+    parser.add_argument("--token", default=load_settings().studio_token,
                         help=f"access token, required off loopback (env {TOKEN_ENV}); 'generate' makes one")
     parser.add_argument("--dagster-url", default=None,
                         help=f"Dagster webserver that runs transform_job after a save (env {DAGSTER_URL_ENV}, "

@@ -24,7 +24,6 @@ from stripe_sage_pipeline.settings import PROJECT_ROOT
 from stripe_sage_pipeline.transform.mapping import CONFIG_SCHEMA, Mapping, load_mapping, write_config
 
 DBT_PROJECT_DIR = PROJECT_ROOT / "dbt_project"
-MARTS_SCHEMA = "finance"
 
 
 @functools.cache

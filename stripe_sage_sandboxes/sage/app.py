@@ -50,7 +50,6 @@ DEFAULT_USERS: dict[str, tuple[str, frozenset[str]]] = {
     "pipeline": ("pipeline-secret", frozenset({"read", "post"})),
     "admin": ("admin-secret", frozenset({"read", "post", "admin"})),
 }
-FAULT_KINDS = ("429", "503", "500", "commit-504")
 
 
 @dataclass

@@ -14,11 +14,9 @@ from typing import Any
 from stripe_sage_pipeline.money import exponent
 
 CUSTNO_RE = re.compile(r"^[A-Z0-9][A-Z0-9-]{0,9}$")
-DOCNO_RE = CUSTNO_RE  # invoice numbers follow the same Pro key rules
 GLACNT_RE = re.compile(r"^[0-9A-Z-]{1,16}$")
 DATE_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 AMOUNT_RE = re.compile(r"^(-?)(\d+)(?:\.(\d+))?$")
-QUANTITY_RE = re.compile(r"^\d+(?:\.\d{1,4})?$")
 # Sage Pro stores money as numeric(15, n): keep well inside it.
 MAX_MINOR = 10**15
 

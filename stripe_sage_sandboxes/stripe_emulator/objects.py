@@ -26,7 +26,6 @@ COLLECTIONS: dict[str, tuple[str, str]] = {
     "invoices": ("invoice", "/v1/invoices"),
     "payment_intents": ("payment_intent", "/v1/payment_intents"),
 }
-OBJECT_TO_COLLECTION = {obj: name for name, (obj, _url) in COLLECTIONS.items()}
 
 # Id prefixes Stripe uses for each resource (py_/pyr_/du_ appear for non-card payments and disputes).
 PREFIX_TO_COLLECTION: dict[str, str] = {

@@ -33,7 +33,6 @@ from stripe_sage_sandboxes.stripe_emulator.objects import (
     COLLECTIONS,
     DAY,
     EXPANDABLE,
-    OBJECT_TO_COLLECTION,
     TEMPLATES,
     IdFactory,
     collection_for_id,
@@ -803,8 +802,3 @@ def _page(
                 return rev[::-1], True
             rev.append(key)
     return rev[::-1], False
-
-
-def collection_of_object(obj: dict[str, Any]) -> str:
-    """Collection name for a rendered object (`"charge"` -> `"charges"`)."""
-    return OBJECT_TO_COLLECTION[obj["object"]]

@@ -210,23 +210,25 @@ def test_a_webhook_event_reaches_staging_and_sage_through_the_inbox_sensor(pipel
 
 
 def test_events_poll_sensor_starts_the_update_path_only_for_new_events(pipeline):
-    """Without a public URL, the sensor polls the Events API: a new event → one run request; none → skip."""
+    """Without a public URL, the sensor polls the Events API: no new event → skip; a new event → one run request, once."""
     from stripe_sage_pipeline.defs.automation import stripe_events_poll_sensor
 
-    ctx = dg.build_sensor_context(instance=pipeline.instance, definitions=pipeline.defs,
-                                  resources={"stripe": pipeline.defs.resources["stripe"]})
-    first = stripe_events_poll_sensor(ctx)
-    ctx2 = dg.build_sensor_context(instance=pipeline.instance, definitions=pipeline.defs, cursor=ctx.cursor,
-                                   resources={"stripe": pipeline.defs.resources["stripe"]})
-    again = stripe_events_poll_sensor(ctx2)
-    assert isinstance(again, dg.SkipReason)
+    def evaluate(cursor: str | None) -> tuple[dg.RunRequest | dg.SkipReason, str | None]:
+        ctx = dg.build_sensor_context(instance=pipeline.instance, definitions=pipeline.defs, cursor=cursor,
+                                      resources={"stripe": pipeline.defs.resources["stripe"]})
+        return stripe_events_poll_sensor(ctx), ctx.cursor
+
+    first, cursor = evaluate(None)
+    assert isinstance(first, dg.SkipReason) and cursor is None  # the golden account has no events yet
     client = stripe.StripeClient(KEY, base_addresses={"api": pipeline.emulator.url})
     client.v1.customers.update("cus_GOLD0001", params={"email": "ap2@acme.example"})
-    ctx3 = dg.build_sensor_context(instance=pipeline.instance, definitions=pipeline.defs, cursor=ctx2.cursor,
-                                   resources={"stripe": pipeline.defs.resources["stripe"]})
-    new = stripe_events_poll_sensor(ctx3)
-    assert isinstance(new, dg.RunRequest) and new.tags["stripe_sage/trigger"] == "events_api"
-    assert isinstance(first, (dg.RunRequest, dg.SkipReason))
+    [event] = client.v1.events.list(params={"limit": 1}).data
+    assert event.type == "customer.updated"
+    new, cursor = evaluate(cursor)
+    assert isinstance(new, dg.RunRequest)
+    assert (new.run_key, new.tags["stripe_sage/trigger"], cursor) == (f"events-{event.id}", "events_api", event.id)
+    again, cursor = evaluate(cursor)
+    assert isinstance(again, dg.SkipReason) and cursor == event.id  # processed once
 
 
 def test_days_to_load_lists_unposted_days_and_the_lookback(fresh_db, golden_path):

@@ -14,7 +14,7 @@ from datetime import date, timedelta
 from decimal import Decimal
 
 import pytest
-from load_helpers import build_golden, client_for, expected_tb, sage_sandbox, sage_state
+from load_helpers import client_for, expected_tb, sage_sandbox, sage_state
 from ui_helpers import DagsterUI, dagster_ui
 
 from stripe_sage_pipeline.load.post import gl_movement
@@ -193,10 +193,10 @@ def wait_for_backfill(ui: DagsterUI, backfill_id: str, timeout_s: float = BACKFI
 
 @pytest.mark.timeout(1500)
 def test_month_backfill_from_the_ui_posts_the_golden_trial_balance_once(
-        pg_server, fresh_db, golden_path, tmp_path):
+        pg_server, fresh_db, golden_marts, tmp_path):
     """July 2026 backfilled through the UI's GraphQL API: one run per day, and Sage's GL is the golden trial balance."""
     started = time.monotonic()
-    golden = build_golden(fresh_db, golden_path)
+    golden = golden_marts.clone_into(fresh_db)
     want = expected_tb(golden)
     with sage_sandbox(tmp_path / "sage") as srv, \
             dagster_ui(pg_server, tmp_path / "dagster", fresh_db, srv.base_url, extra_env=UI_ENV) as ui:

@@ -8,7 +8,6 @@ from collections import Counter
 import httpx
 import psycopg
 from load_helpers import (
-    build_golden,
     client_for,
     expected_tb,
     ledger,
@@ -29,7 +28,7 @@ def _sql(url: str, *statements: str) -> None:
             conn.execute(s)
 
 
-def test_dead_letters_then_fix_then_redrive_posts_each_once(fresh_db, golden_path, tmp_path, monkeypatch, capsys):
+def test_dead_letters_then_fix_then_redrive_posts_each_once(fresh_db, golden_marts, tmp_path, monkeypatch, capsys):
     # Three faults at once: July 2026 is closed in Sage; dispute fees map to 6120, which Sage lacks;
     # a custno rule gone wrong gives Acme a 17-character custno.
     broken = write_mapping(
@@ -37,7 +36,7 @@ def test_dead_letters_then_fix_then_redrive_posts_each_once(fresh_db, golden_pat
         chart_of_accounts={"6120": "Dispute Fees (new)"},
         fees={"by_category": {"dispute": "6120", "dispute_reversal": "6120"}},
     )
-    g = build_golden(fresh_db, golden_path)
+    g = golden_marts.clone_into(fresh_db)
     _sql(fresh_db,
          "alter table sage_sync.customer_xref drop constraint customer_xref_custno_check",
          "update sage_sync.customer_xref set custno = 'ACMECORPORATION-1' where customer_id = 'cus_GOLD0001'")

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from intacct_contract import validate_exchange
 from intacct_helpers import intacct_emulator, target_for
-from load_helpers import build_golden, expected_tb, ledger, post_everything, write_mapping
+from load_helpers import expected_tb, ledger, post_everything, write_mapping
 
 from stripe_sage_pipeline.load.redrive import redrive
 from stripe_sage_pipeline.runtime.db import libpq_url
@@ -291,11 +291,11 @@ FAULTS = {"fault_429_rate": 0.05, "fault_503_rate": 0.05, "fault_commit_504_rate
 @pytest.mark.parametrize(
     ("mode", "revenue", "faults"), [("payout_summary", "direct", {}), ("detail", "invoice_driven", FAULTS)]
 )
-def test_golden_ties_to_the_cent_through_intacct(mode, revenue, faults, fresh_db, golden_path, tmp_path, monkeypatch):
+def test_golden_ties_to_the_cent_through_intacct(mode, revenue, faults, fresh_db, golden_marts, tmp_path, monkeypatch):
     """The golden example through the Intacct target (invoice-driven: under 429/503/commit-then-504 faults):
     GL read back = golden TB, every record once; a re-run posts nothing."""
     mapping = write_mapping(tmp_path, monkeypatch, posting_mode=mode, revenue_mode=revenue)
-    g = build_golden(fresh_db, golden_path)
+    g = golden_marts.clone_into(fresh_db)
     with intacct_emulator(**faults) as srv:
         target, counter = target_for(srv)
         stats = post_everything(fresh_db, target, mapping, counter)
@@ -325,11 +325,11 @@ def test_golden_ties_to_the_cent_through_intacct(mode, revenue, faults, fresh_db
         target.close()
 
 
-def test_closed_period_redrive_then_changed_mapping_through_intacct(fresh_db, golden_path, tmp_path, monkeypatch):
+def test_closed_period_redrive_then_changed_mapping_through_intacct(fresh_db, golden_marts, tmp_path, monkeypatch):
     """July closed: every entry dead-lettered PeriodClosed; opened and re-driven: each posted once. Then dispute
     fees move to 6100: the entry is mirrored at its date and re-posted as ~v2."""
     mapping = write_mapping(tmp_path, monkeypatch, posting_mode="detail")
-    g = build_golden(fresh_db, golden_path)
+    g = golden_marts.clone_into(fresh_db)
     with intacct_emulator(closed_periods=["2026-07"]) as srv:
         target, counter = target_for(srv)
         first = post_everything(fresh_db, target, mapping, counter)["journal-entries"]

@@ -9,7 +9,6 @@ import dagster as dg
 import psycopg
 import pytest
 from load_helpers import (
-    build_golden,
     client_for,
     expected_tb,
     ledger,
@@ -36,10 +35,10 @@ def _run_load_job(partition: str) -> dg.ExecuteInProcessResult:
 
 
 @pytest.mark.parametrize("mode", ["payout_summary", "detail"])
-def test_golden_gl_equals_trial_balance_through_dagster(mode, fresh_db, golden_path, tmp_path, monkeypatch):
+def test_golden_gl_equals_trial_balance_through_dagster(mode, fresh_db, golden_marts, tmp_path, monkeypatch):
     """load_job per posting date (fresh sandbox per mode): Sage's per-account movement is the golden TB."""
     write_mapping(tmp_path, monkeypatch, posting_mode=mode)
-    g = build_golden(fresh_db, golden_path)
+    g = golden_marts.clone_into(fresh_db)
     with sage_sandbox(tmp_path / "sage") as srv:
         monkeypatch.setenv("SAGEPRO_BASE_URL", srv.base_url)
         days = posting_dates(fresh_db)
@@ -79,10 +78,10 @@ def test_golden_gl_equals_trial_balance_through_dagster(mode, fresh_db, golden_p
         assert "dead_lettered" in je_meta and "replayed" in je_meta and "already_exists" in je_meta
 
 
-def test_backfill_of_a_month_twice_changes_nothing(fresh_db, golden_path, tmp_path, monkeypatch):
+def test_backfill_of_a_month_twice_changes_nothing(fresh_db, golden_marts, tmp_path, monkeypatch):
     """Every day of July 2026 posted in order, twice: the second pass sends no request and changes nothing."""
     mapping = write_mapping(tmp_path, monkeypatch, posting_mode="detail")
-    g = build_golden(fresh_db, golden_path)
+    g = golden_marts.clone_into(fresh_db)
     month = [date(2026, 7, 1) + timedelta(days=i) for i in range(31)]
     with sage_sandbox(tmp_path / "sage") as srv:
         client, counter = client_for(srv)
@@ -103,10 +102,10 @@ def test_backfill_of_a_month_twice_changes_nothing(fresh_db, golden_path, tmp_pa
         assert movement(client, list(expected_tb(g))) == expected_tb(g)
 
 
-def test_changed_mapping_reverses_and_reposts(fresh_db, golden_path, tmp_path, monkeypatch):
+def test_changed_mapping_reverses_and_reposts(fresh_db, golden_marts, tmp_path, monkeypatch):
     """Finance moves dispute fees to 6100 after posting: the dispute entry is reversed and re-posted as ~v2."""
     mapping = write_mapping(tmp_path, monkeypatch, posting_mode="detail")
-    g = build_golden(fresh_db, golden_path)
+    g = golden_marts.clone_into(fresh_db)
     with sage_sandbox(tmp_path / "sage") as srv:
         client, counter = client_for(srv)
         post_everything(fresh_db, client, mapping, counter)
@@ -132,10 +131,10 @@ def test_changed_mapping_reverses_and_reposts(fresh_db, golden_path, tmp_path, m
         assert (again.reversed, again.created, again.requests) == (0, 0, 0)
 
 
-def test_partition_with_broken_invariant_is_refused(fresh_db, golden_path, tmp_path, monkeypatch):
+def test_partition_with_broken_invariant_is_refused(fresh_db, golden_marts, tmp_path, monkeypatch):
     """An unbalanced entry in the marts blocks its whole date (the asset says so); other dates post."""
     write_mapping(tmp_path, monkeypatch, posting_mode="detail")
-    build_golden(fresh_db, golden_path)
+    golden_marts.clone_into(fresh_db)
     with psycopg.connect(libpq_url(fresh_db)) as conn:
         conn.execute("update finance.fct_journal_lines set debit = debit + 1"
                      " where entry_id = 'detail:txn_GOLDc1' and debit > 0 and account_code = '1150'")
@@ -155,10 +154,10 @@ def test_partition_with_broken_invariant_is_refused(fresh_db, golden_path, tmp_p
             load_journal_entries(fresh_db, poster, bad_day)
 
 
-def test_golden_invoice_driven_revenue(fresh_db, golden_path, tmp_path, monkeypatch):
+def test_golden_invoice_driven_revenue(fresh_db, golden_marts, tmp_path, monkeypatch):
     """revenue_mode invoice_driven: an invoice and a cash receipt per charge replace its entry; same GL."""
     mapping = write_mapping(tmp_path, monkeypatch, posting_mode="detail", revenue_mode="invoice_driven")
-    g = build_golden(fresh_db, golden_path)
+    g = golden_marts.clone_into(fresh_db)
     with sage_sandbox(tmp_path / "sage") as srv:
         client, counter = client_for(srv)
         stats = post_everything(fresh_db, client, mapping, counter)
@@ -178,12 +177,12 @@ def test_golden_invoice_driven_revenue(fresh_db, golden_path, tmp_path, monkeypa
         assert sum(s.posted for s in again.values()) == 0
 
 
-def test_paid_payout_that_fails_later_gets_a_reversing_entry(fresh_db, golden_path, tmp_path, monkeypatch):
+def test_paid_payout_that_fails_later_gets_a_reversing_entry(fresh_db, golden_marts, tmp_path, monkeypatch):
     """po_GOLD0001 is posted as paid, then fails (bank return): a reversal entry is posted, the original stays."""
     from transform_helpers import bt, load_stripe_objects, payout
 
     mapping = write_mapping(tmp_path, monkeypatch, posting_mode="payout_summary")
-    g = build_golden(fresh_db, golden_path)
+    g = golden_marts.clone_into(fresh_db)
     with sage_sandbox(tmp_path / "sage") as srv:
         client, counter = client_for(srv)
         post_everything(fresh_db, client, mapping, counter)

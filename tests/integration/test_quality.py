@@ -8,12 +8,10 @@ import dagster as dg
 from transform_helpers import execute, golden, load_stripe_objects, query
 
 from stripe_sage_pipeline.quality import run_suite
-from stripe_sage_pipeline.transform import build as transform
 
 
-def test_suites_pass_on_golden_and_a_cent_off_names_the_entry(fresh_db: str, golden_path: Path) -> None:
-    load_stripe_objects(fresh_db, golden(golden_path)["stripe"])
-    transform.dbt_build(url=fresh_db)
+def test_suites_pass_on_golden_and_a_cent_off_names_the_entry(fresh_db: str, golden_marts) -> None:
+    golden_marts.clone_into(fresh_db)
     for suite in ("staging", "journal_lines", "payout_reconciliation", "invoice_lines"):
         result = run_suite(suite, fresh_db)
         assert result.passed, (suite, result.stats)
@@ -46,9 +44,8 @@ def test_suites_pass_on_golden_and_a_cent_off_names_the_entry(fresh_db: str, gol
     assert balance.metadata["rows_read"].value == "all rows"
 
 
-def test_changed_scope_reads_what_was_written_since_the_last_pass(fresh_db: str, golden_path: Path) -> None:
-    load_stripe_objects(fresh_db, golden(golden_path)["stripe"])
-    transform.dbt_build(url=fresh_db)
+def test_changed_scope_reads_what_was_written_since_the_last_pass(fresh_db: str, golden_marts) -> None:
+    golden_marts.clone_into(fresh_db)
     first = run_suite("journal_lines", fresh_db, scope="changed")
     assert first.passed and set(first.stats["windows"].values()) == {"all rows"}  # nothing validated before
     lines = query(fresh_db, "select count(*) as n from finance.fct_journal_lines")[0]["n"]

@@ -17,10 +17,8 @@ from stripe_sage_pipeline.transform.mapping import parse_mapping
 NO_LOOKBACK = {"lookback_hours": 0, "extracted_lookback_minutes": 0}
 
 
-def test_golden_example_reproduced_in_both_modes(fresh_db: str, golden_path: Path) -> None:
-    g = golden(golden_path)
-    load_stripe_objects(fresh_db, g["stripe"])
-    transform.dbt_build(url=fresh_db)
+def test_golden_example_reproduced_in_both_modes(fresh_db: str, golden_marts) -> None:
+    g = golden_marts.clone_into(fresh_db)  # the golden objects loaded and `dbt build` run (once per session)
     expected = g["expected"]
 
     recon = {r["payout_id"]: r for r in query(fresh_db, "select * from finance.fct_payout_reconciliation")}
@@ -257,9 +255,8 @@ def test_a_failing_dbt_unit_test_is_reported_as_a_failed_blocking_check() -> Non
     assert list(unit_test_results({"results": []}, UNIT_TEST_CHECK_SPECS)) == []  # skipped: nothing reported
 
 
-def test_a_reread_transaction_that_did_not_change_is_not_rebuilt_downstream(fresh_db: str, golden_path: Path) -> None:
-    load_stripe_objects(fresh_db, golden(golden_path)["stripe"])
-    transform.dbt_build(url=fresh_db)
+def test_a_reread_transaction_that_did_not_change_is_not_rebuilt_downstream(fresh_db: str, golden_marts) -> None:
+    golden_marts.clone_into(fresh_db)
     classified = "select balance_transaction_id, _classified_at from finance_intermediate.int_balance_transactions__classified"
     lines = "select journal_line_id, entry_id, _loaded_at from finance.fct_journal_lines"
     before_c = {r["balance_transaction_id"]: r["_classified_at"] for r in query(fresh_db, classified)}

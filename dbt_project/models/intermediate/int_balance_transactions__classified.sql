@@ -10,10 +10,7 @@
 -#}
 {{
     config(
-        materialized='incremental',
         unique_key=['stripe_account', 'balance_transaction_id'],
-        incremental_strategy='delete+insert',
-        on_schema_change='fail',
         post_hook=[
             "{{ ensure_index(\'stripe_account, balance_transaction_id\', \'key\') }}",
             "{{ ensure_index(\'stripe_account, payout_id\', \'payout\') }}",

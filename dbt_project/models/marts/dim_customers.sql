@@ -6,10 +6,7 @@
 -#}
 {{
     config(
-        materialized='incremental',
         unique_key=['stripe_account', 'customer_id'],
-        incremental_strategy='delete+insert',
-        on_schema_change='fail',
         pre_hook="{{ assign_custnos(ref('stg_stripe__customers')) }}",
         post_hook=["{{ ensure_index(\'stripe_account, customer_id\', \'key\') }}"],
     )

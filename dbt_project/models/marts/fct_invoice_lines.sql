@@ -14,10 +14,7 @@
 -#}
 {{
     config(
-        materialized='incremental',
         unique_key='document_key',
-        incremental_strategy='delete+insert',
-        on_schema_change='fail',
         post_hook=[
             "{{ ensure_index(\'document_key\', \'document\') }}",
             "{{ ensure_index(\'_loaded_at\', \'loaded_at\') }}",

@@ -18,10 +18,7 @@
 -#}
 {{
     config(
-        materialized='incremental',
         unique_key='entry_id',
-        incremental_strategy='delete+insert',
-        on_schema_change='fail',
         post_hook=[
             "{{ ensure_index(\'entry_id\', \'entry\') }}",
             "{{ ensure_index(\'stripe_account, payout_id\', \'payout\') }}",
@@ -126,8 +123,7 @@ detail_lines as (
     select
         'detail' as posting_mode,
         'balance_transaction' as entry_type,
-        'detail:' || case when c.stripe_account <> '' then c.stripe_account || ':' else '' end
-            || c.balance_transaction_id as entry_id,
+        {{ entry_id("'detail'", 'c.stripe_account', 'c.balance_transaction_id') }} as entry_id,
         c.balance_transaction_id as external_ref,
         c.posting_date,
         c.currency,
@@ -186,8 +182,7 @@ summary_legs as (
     select
         'payout_summary' as posting_mode,
         'payout_summary' as entry_type,
-        'summary:' || case when pa.stripe_account <> '' then pa.stripe_account || ':' else '' end
-            || pa.payout_id as entry_id,
+        {{ entry_id("'payout_summary'", 'pa.stripe_account', 'pa.payout_id') }} as entry_id,
         pa.payout_id as external_ref,
         (pa.arrival_at at time zone 'UTC')::date as posting_date,
         pa.currency,
@@ -220,9 +215,7 @@ payout_legs as (
     select
         modes.posting_mode,
         kinds.entry_type,
-        case modes.posting_mode when 'detail' then 'detail:' else 'summary:' end
-            || case when pa.stripe_account <> '' then pa.stripe_account || ':' else '' end
-            || pa.payout_id || kinds.suffix as entry_id,
+        {{ entry_id('modes.posting_mode', 'pa.stripe_account', 'pa.payout_id', 'kinds.suffix') }} as entry_id,
         case kinds.entry_type
             when 'payout' then coalesce(pa.balance_transaction_id, pa.payout_id)
             else coalesce(pa.failure_balance_transaction_id, pa.payout_id || '-reversal')

@@ -8,10 +8,7 @@
 -#}
 {{
     config(
-        materialized='incremental',
         unique_key=['stripe_account', 'payout_id'],
-        incremental_strategy='delete+insert',
-        on_schema_change='fail',
         post_hook=["{{ ensure_index(\'stripe_account, payout_id\', \'key\') }}"],
     )
 }}

@@ -6,7 +6,6 @@
     any failed run ─▶ run_failure_alert_sensor ─▶ sage_sync.alerts (+ log, + Slack-compatible webhook)
 """
 
-import os
 from datetime import UTC, datetime
 
 import dagster as dg
@@ -19,11 +18,12 @@ from stripe_sage_pipeline.defs.loading import daily_partitions, load_job
 from stripe_sage_pipeline.defs.resources import StripeResource
 from stripe_sage_pipeline.extract import webhooks
 from stripe_sage_pipeline.runtime.db import database_url, libpq_url
+from stripe_sage_pipeline.settings import load_settings
 
 # Where Stripe events come from: `webhooks` (the receiver's inbox; needs a public URL) or
 # `events_api` (poll Stripe's Events API; no inbound traffic needed).
-EVENTS_SOURCE = os.environ.get("STRIPE_SAGE_EVENTS_SOURCE", "webhooks")
-SENSOR_INTERVAL_S = int(os.environ.get("STRIPE_SAGE_SENSOR_INTERVAL_S", "30"))
+EVENTS_SOURCE = load_settings().events_source
+SENSOR_INTERVAL_S = load_settings().sensor_interval_s
 
 
 def _conninfo() -> str:
@@ -170,7 +170,7 @@ def run_failure_alert_sensor(context: dg.RunFailureSensorContext) -> None:
         run_id=run.run_id,
         job_name=run.job_name,
         details={"tags": {k: v for k, v in run.tags.items() if not k.startswith("dagster/")}},
-        webhook_url=os.environ.get("STRIPE_SAGE_ALERT_WEBHOOK_URL") or None,
+        webhook_url=load_settings().alert_webhook_url,
     )
 
 

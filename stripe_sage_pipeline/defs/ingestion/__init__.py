@@ -1,7 +1,6 @@
 """Extraction assets: Stripe objects into `stripe_staging`, by hourly `created` partitions and by events."""
 
 
-import os
 import time
 from datetime import UTC
 
@@ -16,8 +15,9 @@ from stripe_sage_pipeline.extract.extract import (
     sync_events,
 )
 from stripe_sage_pipeline.extract.tables import SCHEMA, TABLES
+from stripe_sage_pipeline.settings import load_settings
 
-START_DATE = os.environ.get("STRIPE_SAGE_START_DATE", "2025-01-01-00:00")
+START_DATE = load_settings().start_date
 
 hourly_partitions = dg.HourlyPartitionsDefinition(start_date=START_DATE, timezone="UTC")
 

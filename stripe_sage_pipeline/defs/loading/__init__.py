@@ -9,7 +9,6 @@ the `sage_api` pool, so concurrent runs stay under Sage's rate limit together.
 
 
 import contextlib
-import os
 from collections.abc import Iterator
 from datetime import date
 from typing import Any
@@ -31,10 +30,11 @@ from stripe_sage_pipeline.load.loaders import (
 from stripe_sage_pipeline.load.redrive import redrive
 from stripe_sage_pipeline.sage.client import SageClient
 from stripe_sage_pipeline.sage.errors import CredentialsError, SageUnavailable
+from stripe_sage_pipeline.settings import load_settings
 from stripe_sage_pipeline.transform.mapping import load_mapping
 
 SAGE_POOL = "sage_api"
-START_DATE = os.environ.get("STRIPE_SAGE_START_DATE", "2025-01-01-00:00")[:10]
+START_DATE = load_settings().start_date[:10]
 
 # end_offset=1: today's partition exists, so a payout arriving today can post today.
 daily_partitions = dg.DailyPartitionsDefinition(start_date=START_DATE, timezone="UTC", end_offset=1)

@@ -6,16 +6,16 @@ Dagster: `reporting/close_pack` reads the month from the marts, the posting ledg
 both paths and the tie-out to the materialization. `close_pack_job` materializes one month.
 """
 
-import os
 
 import dagster as dg
 
 from stripe_sage_pipeline.defs.resources import PostgresResource, SageResource
 from stripe_sage_pipeline.money import to_decimal_str
 from stripe_sage_pipeline.reporting import build_close_pack
+from stripe_sage_pipeline.settings import load_settings
 from stripe_sage_pipeline.transform.mapping import load_mapping
 
-START_MONTH = os.environ.get("STRIPE_SAGE_START_DATE", "2025-01-01")[:7] + "-01"
+START_MONTH = load_settings().start_date[:7] + "-01"
 # end_offset=1: the current month is a partition too (a close pack can be drafted before month end).
 monthly_partitions = dg.MonthlyPartitionsDefinition(start_date=START_MONTH, timezone="UTC", end_offset=1)
 
