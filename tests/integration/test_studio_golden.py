@@ -10,8 +10,10 @@
 
 from __future__ import annotations
 
+import copy
 import uuid
 from datetime import date
+from decimal import ROUND_HALF_UP, Decimal
 
 import psycopg
 import pytest
@@ -42,23 +44,28 @@ def _unmapped_dispute_text() -> str:
     return text.replace('  dispute: "4060"\n', "").replace("  adjustment: other_adjustment\n", "")
 
 
-@pytest.fixture(scope="module")
-def golden_marts(pg_server, tmp_path_factory, golden_path):
-    """The worked example staged and built once, with `categories.dispute` missing (it sits in suspense)."""
+def _build(pg_server, tmp, mapping_text: str, stripe: dict) -> dict:
+    """A new database with `stripe` staged and the marts built under `mapping_text` (written to tmp)."""
     name = "t_" + uuid.uuid4().hex[:12]
     with psycopg.connect(f"host=127.0.0.1 port={pg_server.port} user=postgres dbname=postgres", autocommit=True) as c:
         c.execute(f'create database "{name}"')
     url = pg_server.url(name)
-    tmp = tmp_path_factory.mktemp("studio")
     mapping_file = tmp / "mapping.yaml"
-    mapping_file.write_text(_unmapped_dispute_text())
+    mapping_file.write_text(mapping_text)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("STRIPE_SAGE_DATABASE_URL", url)
         mp.setenv("STRIPE_SAGE_MAPPING", str(mapping_file))
-        g = golden(golden_path)
-        load_stripe_objects(url, g["stripe"])
+        load_stripe_objects(url, stripe)
         transform.dbt_build(url=url, mapping=load_mapping(mapping_file))
-    return {"url": url, "tmp": tmp, "golden": g, "mapping_file": mapping_file}
+    return {"url": url, "tmp": tmp, "mapping_file": mapping_file}
+
+
+@pytest.fixture(scope="module")
+def golden_marts(pg_server, tmp_path_factory, golden_path):
+    """The worked example staged and built once, with `categories.dispute` missing (it sits in suspense)."""
+    g = golden(golden_path)
+    built = _build(pg_server, tmp_path_factory.mktemp("studio"), _unmapped_dispute_text(), g["stripe"])
+    return {**built, "golden": g}
 
 
 def test_the_preview_rules_reproduce_what_dbt_built(golden_marts):
@@ -76,6 +83,73 @@ def test_the_preview_rules_reproduce_what_dbt_built(golden_marts):
             {e.external_ref: e.booked() for e in built.values()}, mode
     p = rules.preview(m, m, month)
     assert p.model_gap == {} and p.changes == [] and not p.changed_rows
+
+
+def _assert_rules_reproduce_dbt(m, url: str) -> dict[str, dict]:
+    """The rules' legs of every transaction, and the entries of both modes, equal what dbt built."""
+    with psycopg.connect(libpq_url(url)) as conn:
+        month = data.month_data(conn, MONTH)
+    for t in month.transactions:
+        assert rules.transaction_legs(m, t)[2] == data.classified_legs(t), t["balance_transaction_id"]
+    for mode in ("payout_summary", "detail"):
+        built = rules.mart_entries(month, mode)
+        replayed = rules.entries(m, month, mode)
+        assert {e.external_ref: e.booked() for e in replayed.values()} == \
+            {e.external_ref: e.booked() for e in built.values()}, mode
+    assert rules.preview(m, m, month).model_gap == {}
+    return {t["balance_transaction_id"]: t for t in month.transactions}
+
+
+def _pro_rata(amount: int, tax: int, gross: int) -> int:
+    """amount x tax / gross, rounded half away from zero (accounting.md), computed independently."""
+    q = Decimal(amount) * tax / gross
+    return int(q.copy_abs().quantize(Decimal(1), rounding=ROUND_HALF_UP)) * (1 if q >= 0 else -1)
+
+
+def test_the_preview_rules_reverse_tax_on_refunds_and_disputes_as_dbt(pg_server, tmp_path, golden_path):
+    """The worked example with its refund moved to the taxed charge and the disputed charge taxed too:
+    a partial refund (pro rata, rounded) and a full lost dispute (exactly the tax), switch on and off."""
+    stripe = copy.deepcopy(golden(golden_path)["stripe"])
+    charges = {c["id"]: c for c in stripe["charges"]}
+    taxed = next(c for c in stripe["charges"] if c["metadata"].get("tax_amount"))
+    (refund,) = stripe["refunds"]
+    (dispute,) = stripe["disputes"]
+    charges[refund["charge"]]["amount_refunded"] = 0
+    refund["charge"] = taxed["id"]
+    taxed["amount_refunded"] = refund["amount"]
+    disputed = charges[dispute["charge"]]
+    # Taxed at the taxed charge's rate (whole cents).
+    rate_tax = disputed["amount"] * int(taxed["metadata"]["tax_amount"]) // taxed["amount"]
+    disputed["metadata"] = {**disputed["metadata"], "tax_amount": str(rate_tax)}
+    bts = {b["id"]: b for b in stripe["balance_transactions"]}
+    refund_bt, dispute_bt = bts[refund["balance_transaction"]], bts[dispute["balance_transactions"][0]["id"]]
+
+    text = (PROJECT_ROOT / "mapping.yaml").read_text()
+    assert "  reverse_on_refunds: true\n" in text
+    built = _build(pg_server, tmp_path, text, stripe)
+    m = load_mapping(built["mapping_file"])
+    assert m.tax.reverse_on_refunds
+    txns = _assert_rules_reproduce_dbt(m, built["url"])
+    refund_tax = _pro_rata(refund_bt["amount"], int(taxed["metadata"]["tax_amount"]), taxed["amount"])
+    assert refund_tax != 0 and refund_bt["amount"] * int(taxed["metadata"]["tax_amount"]) % taxed["amount"]
+    assert data.classified_legs(txns[refund_bt["id"]])[m.accounts.sales_tax] == -refund_tax
+    dispute_tax = int(disputed["metadata"]["tax_amount"])
+    assert dispute_bt["amount"] == -disputed["amount"]  # a full chargeback gives back exactly the tax
+    assert data.classified_legs(txns[dispute_bt["id"]])[m.accounts.sales_tax] == dispute_tax
+
+    # Switched off: the marts rebuilt without the reversal, and the rules follow the same switch.
+    off = built["mapping_file"].parent / "off"
+    off.mkdir()
+    off_file = off / "mapping.yaml"
+    off_file.write_text(text.replace("  reverse_on_refunds: true\n", "  reverse_on_refunds: false\n"))
+    m_off = load_mapping(off_file)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("STRIPE_SAGE_DATABASE_URL", built["url"])
+        mp.setenv("STRIPE_SAGE_MAPPING", str(off_file))
+        transform.dbt_build(url=built["url"], mapping=m_off, full_refresh=True)
+    txns = _assert_rules_reproduce_dbt(m_off, built["url"])
+    assert m.accounts.sales_tax not in data.classified_legs(txns[refund_bt["id"]])
+    assert m.accounts.sales_tax not in data.classified_legs(txns[dispute_bt["id"]])
 
 
 @pytest.fixture
