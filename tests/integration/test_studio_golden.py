@@ -18,6 +18,7 @@ from decimal import ROUND_HALF_UP, Decimal
 import psycopg
 import pytest
 import yaml
+from intacct_helpers import CLIENT_ID, CLIENT_SECRET, intacct_emulator
 from load_helpers import client_for, post_everything, sage_sandbox
 from transform_helpers import golden, load_stripe_objects
 
@@ -29,6 +30,7 @@ from stripe_sage_pipeline.studio import data, rules
 from stripe_sage_pipeline.studio.app import CSRF_COOKIE, StudioConfig, create_app
 from stripe_sage_pipeline.transform import build as transform
 from stripe_sage_pipeline.transform.mapping import load_mapping
+from stripe_sage_sandboxes.intacct.app import DEFAULT_USERNAME
 
 # Starlette's TestClient prefers `httpx2`; the project uses httpx.
 pytestmark = pytest.mark.filterwarnings("ignore:Using `httpx` with `starlette.testclient`")
@@ -225,6 +227,52 @@ def test_studio_inventory_preview_and_save(golden_marts, studio):
     # The page the user still has open is now stale: saving from it again is refused.
     again = c.post("/api/save", json={"draft": draft, "saved_by": "bo", "file_hash": state["file_hash"]})
     assert again.status_code == 409 and mapping_file.read_text() == after
+
+
+def test_studio_reads_the_chart_of_intacct_when_that_is_the_target(golden_marts, tmp_path, monkeypatch):
+    """SAGE_TARGET=intacct: the chart comes from the Intacct emulator (Sage Pro's address answers nothing),
+    with its inactive, header and missing accounts refused as for Sage Pro."""
+    from starlette.testclient import TestClient
+
+    from stripe_sage_pipeline.studio.app import used_accounts
+    from stripe_sage_pipeline.studio.server import config_from_env
+
+    mapping_file = tmp_path / "mapping.yaml"
+    mapping_file.write_text(golden_marts["mapping_file"].read_text())
+    m = load_mapping(mapping_file)
+    inactive = "4050"  # refunds: in the emulator's chart, used by the mapping
+    assert inactive in {code for _, code in used_accounts(m)}
+    with intacct_emulator(inactive_accounts=(inactive,)) as srv:
+        for key, value in {"STRIPE_SAGE_DATABASE_URL": golden_marts["url"], "STRIPE_SAGE_MAPPING": str(mapping_file),
+                           "SAGE_TARGET": "intacct", "INTACCT_BASE_URL": srv.base_url, "INTACCT_CLIENT_ID": CLIENT_ID,
+                           "INTACCT_CLIENT_SECRET": CLIENT_SECRET, "INTACCT_USERNAME": DEFAULT_USERNAME,
+                           "SAGEPRO_BASE_URL": "http://127.0.0.1:9/sagepro/v1/PRO01"}.items():
+            monkeypatch.setenv(key, value)
+        config = config_from_env(dagster_url="http://127.0.0.1:9/")
+        assert config.sage_target == "intacct" and CLIENT_SECRET not in repr(config)
+        with TestClient(create_app(config), base_url="http://127.0.0.1:3100", client=("127.0.0.1", 40000)) as c:
+            state = _state(c.get("/").text)
+            c.headers["x-csrf-token"] = c.cookies[CSRF_COOKIE]
+            header = c.post("/api/validate", json={"draft": {
+                **state["mapping"], "categories": {**state["mapping"]["categories"], "refund": "1000"},
+                "chart_of_accounts": {**state["mapping"]["chart_of_accounts"], "1000": "Assets"}}}).json()
+        emulator = {a["id"]: a for a in srv.app.store.books.accounts.values()}
+        assert any(e.path.endswith("/services/core/query") for e in srv.request_log)
+    assert state["sage_ok"]
+    chart = {a["glacnt"]: a for a in state["sage_accounts"]}
+    assert set(chart) == set(emulator)
+    assert {a for a, r in chart.items() if not r["active"]} == {inactive}
+    assert {a for a, r in chart.items() if not r["postable"]} == \
+        {a for a, r in emulator.items() if r["disallowDirectPosting"]} == {"1000"}
+    problems = {(p["key"], p["value"]): p["message"] for p in state["problems"]}
+    for key, code in used_accounts(m):
+        if code not in emulator:
+            assert problems.pop((key, code)) == "account does not exist in Sage", (key, code)
+        elif code == inactive:
+            assert problems.pop((key, code)) == "account is inactive in Sage", (key, code)
+    assert problems == {}
+    assert {"key": "categories.refund", "value": "1000", "message": "account is a header account in Sage (not postable)"} \
+        in header["problems"]
 
 
 def test_close_pack_agrees_with_sages_gl_and_stripes_payouts(golden_marts, tmp_path):
