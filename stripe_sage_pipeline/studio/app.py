@@ -3,8 +3,9 @@
 One server-rendered page (Jinja2) and a small script; the page talks to a JSON API:
 
 * `GET /api/inventory?month=` -- what staging holds for the month, where each value posts today;
-* `POST /api/validate` -- the pipeline's own validator (`parse_mapping`) plus Sage's chart (an
-  account that is missing, inactive or a header cannot be used);
+* `POST /api/validate` -- the pipeline's own validator (`parse_mapping`) plus the chart of the
+  configured target, Sage Pro or Sage Intacct (an account that is missing, inactive or a header
+  cannot be used);
 * `POST /api/preview` -- the month's GL movement under the draft next to today's (`rules.preview`);
 * `POST /api/save` -- mapping.yaml rewritten keeping its comments and order, an audit row with the
   diff, and optionally `transform_job` started in Dagster.
@@ -29,6 +30,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import psycopg
@@ -45,6 +47,11 @@ from starlette.templating import Jinja2Templates
 from stripe_sage_pipeline.money import to_decimal_str
 from stripe_sage_pipeline.reporting.closepack import month_bounds
 from stripe_sage_pipeline.runtime.db import libpq_url
+from stripe_sage_pipeline.settings import (
+    SANDBOX_INTACCT_CLIENT_ID,
+    SANDBOX_INTACCT_CLIENT_SECRET,
+    SANDBOX_INTACCT_USERNAME,
+)
 from stripe_sage_pipeline.studio import audit, data, rules
 from stripe_sage_pipeline.studio.launch import launch_transform
 from stripe_sage_pipeline.studio.yamlfile import apply_draft, load_document, plain, unified_diff
@@ -69,7 +76,11 @@ LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "[::1]"})
 
 @dataclass
 class StudioConfig:
-    """Where the studio reads and writes; the Sage credentials stay on the server."""
+    """Where the studio reads and writes; the Sage credentials stay on the server.
+
+    `sage_target` picks the system whose chart of accounts is read (`SAGE_TARGET`, as the load):
+    `sagepro` (sage_base_url / sage_user / sage_password) or `intacct` (the intacct_* fields).
+    """
 
     database_url: str
     mapping_file: Path
@@ -78,10 +89,28 @@ class StudioConfig:
     sage_password: str
     dagster_url: str | None = None
     token: str | None = None  # required when bound off loopback
+    sage_target: str = "sagepro"
+    intacct_base_url: str | None = None  # None: the emulator's default address
+    intacct_client_id: str = SANDBOX_INTACCT_CLIENT_ID
+    intacct_client_secret: str = SANDBOX_INTACCT_CLIENT_SECRET
+    intacct_username: str = SANDBOX_INTACCT_USERNAME
+    intacct_refresh_token: str | None = None
+    intacct_locations: str | None = None
 
     def __repr__(self) -> str:
-        return (f"StudioConfig(mapping_file={str(self.mapping_file)!r}, sage_base_url={self.sage_base_url!r},"
+        return (f"StudioConfig(mapping_file={str(self.mapping_file)!r}, sage_target={self.sage_target!r},"
+                f" sage_base_url={self.sage_base_url!r}, intacct_base_url={self.intacct_base_url!r},"
                 f" dagster_url={self.dagster_url!r}, token={'***' if self.token else None})")
+
+    def target_settings(self) -> SimpleNamespace:
+        """The settings `sage.factory.make_target_client` reads, for the configured target."""
+        return SimpleNamespace(
+            sage_target=self.sage_target, sagepro_base_url=self.sage_base_url, sagepro_user=self.sage_user,
+            sagepro_password=self.sage_password, intacct_base_url=self.intacct_base_url,
+            intacct_client_id=self.intacct_client_id, intacct_client_secret=self.intacct_client_secret,
+            intacct_username=self.intacct_username, intacct_refresh_token=self.intacct_refresh_token,
+            intacct_locations=self.intacct_locations,
+        )
 
 
 def is_loopback(host: str | None) -> bool:
@@ -248,20 +277,22 @@ class Studio:
         return chart
 
     def _read_chart(self) -> dict[str, dict[str, Any]] | None:
-        from stripe_sage_pipeline.load.post import make_client
+        """The configured target's chart (`Target.accounts()`) by account code; None when it cannot be read."""
+        from stripe_sage_pipeline.sage.factory import make_target_client
+        from stripe_sage_pipeline.sage.target import as_target
 
-        base = self.config.sage_base_url or "http://127.0.0.1:8765/sagepro/v1/PRO01"
         try:
-            client, _ = make_client(base, self.config.sage_user, self.config.sage_password, max_retries=1,
-                                    timeout_s=10, backoff_base_s=0.1, backoff_cap_s=1)
+            client, _ = make_target_client(self.config.target_settings(), max_retries=1, timeout_s=10,
+                                           backoff_base_s=0.1, backoff_cap_s=1)
         except Exception:
             return None
+        target = as_target(client)
         try:
-            return {a["glacnt"]: a for a in client.list_all("/accounts")}
+            return {a["glacnt"]: a for a in target.accounts()}
         except Exception:
             return None
         finally:
-            client.close()
+            target.close()
 
     def inventory(self, m: Mapping, month: str) -> list[dict[str, Any]]:
         first, last = month_bounds(month)

@@ -27,6 +27,9 @@ from stripe_sage_pipeline.transform.mapping import BUILT_IN_CATEGORIES, Mapping
 
 PAYOUT_MOVEMENT_TYPES = frozenset({"payout", "payout_cancel", "payout_failure"})
 PAYOUT_CATEGORIES = frozenset({"payout", "payout_reversal"})
+# Categories that move their charge's tax pro rata (dbt: macros/invoices.sql tax_reversing_categories).
+TAX_REVERSING_CATEGORIES = frozenset({"refund", "refund_failure", "partial_capture_reversal", "dispute",
+                                      "dispute_reversal"})
 
 Legs = dict[str, int]  # account code -> signed amount (netted per account)
 
@@ -64,31 +67,64 @@ def convert_minor(amount: int, from_currency: str, to_currency: str, rate: Decim
     return int(value.quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
-def tax_amount(m: Mapping, category: str, bt: MappingT[str, Any]) -> int:
-    """The tax part of a charge in the settlement currency, per the mapping's tax source (0 otherwise)."""
-    if category != "charge" or not bt.get("charge_id") or m.tax.source == "none":
+def _div_half_away(numerator: int, denominator: int) -> int:
+    """numerator / denominator rounded half away from zero, exactly (integers, no float)."""
+    q, r = divmod(abs(numerator), abs(denominator))
+    if 2 * r >= abs(denominator):
+        q += 1
+    return q if (numerator < 0) == (denominator < 0) else -q
+
+
+def charge_tax_presentment(m: Mapping, bt: MappingT[str, Any]) -> int:
+    """The tax of the transaction's charge (its own, or the refunded / disputed one) in the charge's
+    currency, per the mapping's tax source: the invoice's tax when the charge has an invoice (source
+    `invoice_then_metadata`), else the metadata key when it is an integer, else 0."""
+    if not (bt.get("related_charge_id") or bt.get("charge_id")) or m.tax.source == "none":
         return 0
     if m.tax.source == "invoice_then_metadata" and bt.get("invoice_id"):
-        presentment = int(bt.get("invoice_tax") or 0)
-    else:
-        raw = (bt.get("charge_metadata") or {}).get(m.tax.metadata_key)
-        text = str(raw) if raw is not None else ""
-        body = text[1:] if text.startswith("-") else text
-        presentment = int(text) if body.isdigit() and body.isascii() else 0
+        return int(bt.get("invoice_tax") or 0)
+    raw = (bt.get("charge_metadata") or {}).get(m.tax.metadata_key)
+    text = str(raw) if raw is not None else ""
+    body = text[1:] if text.startswith("-") else text
+    return int(text) if body.isdigit() and body.isascii() else 0
+
+
+def tax_amount(m: Mapping, category: str, bt: MappingT[str, Any]) -> int:
+    """The tax part of a transaction in the settlement currency (0 when it has none).
+
+    A charge: its tax, converted at the transaction's rate when presented in another currency. A
+    refund, dispute or their reversal (`TAX_REVERSING_CATEGORIES`, mapping `tax.reverse_on_refunds`):
+    the charge's tax pro rata to the amount moved, `amount x tax / charge amount` (tax and charge
+    amount both in the charge's currency), half away from zero; a full refund in the charge's
+    currency moves exactly the charge's tax. Negative when tax is given back (a debit to sales tax).
+    """
+    presentment = charge_tax_presentment(m, bt)
     if presentment == 0:
         return 0
-    pc, rate = bt.get("presentment_currency"), bt.get("exchange_rate")
-    if pc is None or pc == bt["currency"] or rate is None:
-        return presentment
-    return convert_minor(presentment, pc, bt["currency"], Decimal(str(rate)))
+    if category == "charge":
+        pc, rate = bt.get("presentment_currency"), bt.get("exchange_rate")
+        if pc is None or pc == bt["currency"] or rate is None:
+            return presentment
+        return convert_minor(presentment, pc, bt["currency"], Decimal(str(rate)))
+    if not m.tax.reverse_on_refunds or category not in TAX_REVERSING_CATEGORIES:
+        return 0
+    gross = int(bt.get("charge_amount") or 0)
+    if gross == 0:
+        return 0
+    amount = int(bt["amount"])
+    if bt.get("charge_currency") == bt["currency"] and amount == -gross:
+        return -presentment
+    return _div_half_away(amount * presentment, gross)
 
 
 def transaction_legs(m: Mapping, bt: MappingT[str, Any]) -> tuple[str, bool, Legs]:
     """(accounting category, unmapped?, legs netted per account) of one balance transaction.
 
     `bt` carries the staged columns: amount, fee, net, currency, reporting_category,
-    balance_transaction_type, fee_details (list of {amount, type}), and for charges charge_id,
-    invoice_id, invoice_tax, charge_metadata, presentment_currency, exchange_rate."""
+    balance_transaction_type, fee_details (list of {amount, type}); for charges charge_id,
+    presentment_currency, exchange_rate; and for a charge, refund or dispute the related charge's
+    related_charge_id, charge_amount, charge_currency (its presentment amount and currency),
+    invoice_id, invoice_tax and charge_metadata (its tax)."""
     category, source = accounting_category(m, bt.get("reporting_category"), bt["balance_transaction_type"])
     legs: Legs = defaultdict(int)
     if is_payout_movement(category, bt["balance_transaction_type"]):

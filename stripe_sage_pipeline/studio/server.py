@@ -28,7 +28,7 @@ def check_bind(host: str, token: str | None) -> None:
 
 
 def config_from_env(token: str | None = None, dagster_url: str | None = None) -> StudioConfig:
-    """The studio's configuration from the pipeline's settings (same database, mapping file and Sage)."""
+    """The studio's configuration from the pipeline's settings (same database, mapping file and Sage target)."""
     s = load_settings()
     return StudioConfig(
         database_url=database_url(s),
@@ -36,6 +36,13 @@ def config_from_env(token: str | None = None, dagster_url: str | None = None) ->
         sage_base_url=s.sagepro_base_url,
         sage_user=s.sagepro_user,
         sage_password=s.sagepro_password,
+        sage_target=s.sage_target,
+        intacct_base_url=s.intacct_base_url,
+        intacct_client_id=s.intacct_client_id,
+        intacct_client_secret=s.intacct_client_secret,
+        intacct_username=s.intacct_username,
+        intacct_refresh_token=s.intacct_refresh_token,
+        intacct_locations=s.intacct_locations,
         dagster_url=dagster_url if dagster_url is not None else (s.dagster_url or DEFAULT_DAGSTER_URL),
         token=token,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import copy
 from datetime import UTC, date, datetime
-from decimal import Decimal
+from decimal import ROUND_HALF_UP, Decimal
 from pathlib import Path
 
 import pytest
@@ -91,6 +91,53 @@ def test_tax_from_metadata_converted_half_away_from_zero():
     assert legs == {"1150": 11000, "4000": -(11000 - 886), "2200": -886}
     assert rules.tax_amount(mapping(tax={"source": "none"}), "charge", row) == 0
     assert rules.tax_amount(m, "charge", {**row, "charge_metadata": {"tax_amount": "8.05"}}) == 0
+
+
+def _share(amount: int, tax: int, gross: int) -> int:
+    """amount x tax / gross, rounded half away from zero (accounting.md), computed independently."""
+    q = Decimal(amount) * tax / gross
+    return int(q.copy_abs().quantize(Decimal(1), rounding=ROUND_HALF_UP)) * (1 if q >= 0 else -1)
+
+
+def _refund_of(charge_tax: str, charge_amount: int, amount: int, category="refund", currency="usd",
+               charge_currency="usd", fee=0, **extra):
+    return bt(f"txn_{category}", amount, fee, category, "adjustment" if category.startswith("dispute") else None,
+              currency=currency, related_charge_id="ch_t", charge_amount=charge_amount,
+              charge_currency=charge_currency, invoice_id=None, charge_metadata={"tax_amount": charge_tax}, **extra)
+
+
+def test_refunds_and_disputes_reverse_the_charge_tax_pro_rata():
+    m = mapping()
+    gross, tax = 10825, 825  # a 108.25 charge with 8.25 tax
+    # A full refund in the charge's currency gives back exactly the tax posted.
+    assert rules.transaction_legs(m, _refund_of(str(tax), gross, -gross))[2] == \
+        {"4050": gross - tax, "2200": tax, "1150": -gross}
+    # A partial refund: 50.00 x 8.25 / 108.25 = 3.8106... -> 3.81, half away from zero.
+    part = _share(-5000, tax, gross)
+    assert part == -381
+    assert rules.transaction_legs(m, _refund_of(str(tax), gross, -5000))[2] == \
+        {"4050": 5000 + part, "2200": -part, "1150": -5000}
+    # An exact half rounds away from zero: 1 x 1 / 2 = 0.5 -> 1 (and -0.5 -> -1).
+    assert rules.tax_amount(m, "refund", _refund_of("1", 2, 1)) == 1
+    assert rules.tax_amount(m, "refund", _refund_of("1", 2, -1)) == -1
+    # A lost dispute (fee stays a fee), its reversal (won) puts the tax back.
+    dispute = _refund_of(str(tax), gross, -gross, "dispute", fee=1500)
+    assert rules.transaction_legs(m, dispute)[2] == {"4060": gross - tax, "2200": tax, "6110": 1500, "1150": -gross - 1500}
+    won = _refund_of(str(tax), gross, gross, "dispute_reversal")
+    assert rules.transaction_legs(m, won)[2] == {"4060": -(gross - tax), "2200": -tax, "1150": gross}
+    # A refund settled in USD of a charge presented in EUR: the ratio of the EUR figures, applied to USD.
+    fx = _refund_of("1900", 11900, -13090, charge_currency="eur")
+    assert rules.tax_amount(m, "refund", fx) == _share(-13090, 1900, 11900) == -2090
+    # The invoice's tax wins over the metadata under invoice_then_metadata.
+    inv = {**_refund_of("999", gross, -gross), "invoice_id": "in_1", "invoice_tax": tax}
+    assert rules.tax_amount(m, "refund", inv) == -tax
+    # Switched off: the whole refund is contra-revenue, the tax stays owed; nor for unrelated categories.
+    off = mapping(tax={"reverse_on_refunds": False})
+    assert rules.transaction_legs(off, _refund_of(str(tax), gross, -gross))[2] == {"4050": gross, "1150": -gross}
+    assert rules.tax_amount(m, "other_adjustment", _refund_of(str(tax), gross, -gross, "other_adjustment")) == 0
+    # No charge found (or an untaxed one): nothing to reverse.
+    assert rules.tax_amount(m, "refund", {**_refund_of(str(tax), gross, -5000), "related_charge_id": None}) == 0
+    assert rules.tax_amount(m, "refund", _refund_of("", gross, -5000)) == 0
 
 
 def test_payout_movements_have_no_transaction_legs():
