@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 
 from load_helpers import build_golden, client_for, post_everything, posting_dates, sage_sandbox, write_mapping
-from transform_helpers import golden, load_stripe_objects
+from transform_helpers import load_stripe_objects
 
 from stripe_sage_pipeline.automation import rules as automation
 from stripe_sage_pipeline.load.customers import push_customers
@@ -79,11 +79,3 @@ def test_days_to_load_skips_held_entries_and_reads_the_built_posting_mode(fresh_
         assert built_mapping(fresh_db).posting_mode == "payout_summary"
         assert automation.days_to_load(conninfo, today=TODAY) == []
 
-
-def test_event_day_is_the_newest_event_in_the_posting_time_zone():
-    """The fast path loads the day its events happened, in the mapping's time zone, never after today."""
-    events = [{"event_created": datetime(2026, 7, 16, 23, 30, tzinfo=UTC)},
-              {"event_created": datetime(2026, 7, 17, 2, 0, tzinfo=UTC)}]
-    assert automation.event_day(events, "UTC", today=date(2026, 7, 20)) == date(2026, 7, 17)
-    assert automation.event_day(events, "America/New_York", today=date(2026, 7, 20)) == date(2026, 7, 16)
-    assert automation.event_day(events, "UTC", today=date(2026, 7, 16)) == date(2026, 7, 16)

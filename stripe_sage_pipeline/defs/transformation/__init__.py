@@ -11,6 +11,7 @@ run results.
 
 import functools
 import json
+import os
 import shutil
 import sys
 from collections.abc import Iterator, Mapping
@@ -117,6 +118,22 @@ def unit_test_results(run_results: Mapping[str, Any], specs: list[dg.AssetCheckS
         )
 
 
+def keep_partial_parse(invocation_target: Path) -> None:
+    """Keep an invocation's parse for the next one, so dbt parses only what changed.
+
+    dagster-dbt copies target/partial_parse.msgpack into each invocation's own folder; dbt discards a
+    parse made for another profile (e.g. the `dbt parse` that prepared the manifest, or a run against
+    another database), so without this every run of the code location parsed the whole project again.
+    """
+    src = invocation_target / "partial_parse.msgpack"
+    if not src.exists():
+        return
+    dst = dbt_project().manifest_path.parent / src.name
+    tmp = dst.with_name(f"{src.name}.{os.getpid()}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)  # atomic: a concurrent invocation copies the old file or the new one, never half
+
+
 _MANIFEST = json.loads(dbt_project().manifest_path.read_text())
 _SPECS, _TEST_CHECK_SPECS = build_dbt_specs(
     translator=TRANSLATOR, manifest=_MANIFEST, select=DBT_DEFAULT_SELECT, exclude="", selector="",
@@ -166,6 +183,7 @@ def finance_dbt_models(
                     if dg.AssetCheckKey(r.asset_key, r.check_name) in selected)
         if not invocation.is_successful():
             raise invocation.get_error() or RuntimeError("dbt build failed")
+        keep_partial_parse(invocation.target_path)
         shutil.rmtree(invocation.target_path, ignore_errors=True)
         if not context.is_subset:
             record_build(url, mapping)
