@@ -261,11 +261,12 @@ def test_two_transforms_launched_together_never_overlap_and_build_what_one_build
 
     def transform_run(_: int) -> list[float]:
         """One transform_job run on its own instance; the times its dbt models were materialized."""
-        instance = dg.DagsterInstance.ephemeral()
-        result = pipeline.defs.resolve_job_def("transform_job").execute_in_process(instance=instance)
-        assert result.success
-        return [e.timestamp for e in instance.all_logs(result.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
-                if e.dagster_event.asset_key != dg.AssetKey(["finance", "mapping"])]
+        with dg.DagsterInstance.ephemeral() as instance:  # disposed in the thread that used it
+            result = pipeline.defs.resolve_job_def("transform_job").execute_in_process(instance=instance)
+            assert result.success
+            return [e.timestamp for e in instance.all_logs(result.run_id,
+                                                           of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+                    if e.dagster_event.asset_key != dg.AssetKey(["finance", "mapping"])]
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         stamps = list(pool.map(transform_run, range(2)))
@@ -282,7 +283,7 @@ def test_two_transforms_launched_together_never_overlap_and_build_what_one_build
     for mode in ("detail", "payout_summary"):
         assert {k: v for k, v in movement(pipeline.conninfo, mode).items() if v} == want, mode
     [(lines, distinct)] = [tuple(r.values()) for r in query(
-        pipeline.conninfo, "select count(*), count(distinct journal_line_id) from finance.fct_journal_lines")]
+        pipeline.conninfo, "select count(*) as n, count(distinct journal_line_id) as d from finance.fct_journal_lines")]
     assert lines == distinct > 0
 
 
