@@ -120,6 +120,8 @@ with cur as (
 select distinct c.partition_date from cur c
 where c.status = 'posted' and c.partition_date between %(first)s and %(today)s
   and not exists (select 1 from finance.fct_journal_lines j where j.is_selected_mode and j.external_ref = c.external_ref)
+  -- as the load: an empty mart (a failed build) never reads as "every posted entry disappeared"
+  and exists (select 1 from finance.fct_journal_lines where is_selected_mode)
 """
 
 _UNSETTLED_INVOICE_DAYS = f"""
