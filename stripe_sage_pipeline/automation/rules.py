@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo
 import psycopg
 
 from stripe_sage_pipeline.load import ledger as L
+from stripe_sage_pipeline.load.decide import Kind, decide
+from stripe_sage_pipeline.load.loaders import plan_partition_entries, plan_partition_receipts
 from stripe_sage_pipeline.load.plan import (
     CUSTOMERS,
     INVOICES,
@@ -26,7 +28,6 @@ from stripe_sage_pipeline.load.plan import (
     plan_customer,
     plan_invoices,
 )
-from stripe_sage_pipeline.load.post import plan_partition_entries, plan_partition_receipts
 from stripe_sage_pipeline.transform.mapping import Mapping
 
 PAYOUT_EVENTS = ("payout.paid", "payout.failed", "payout.canceled")
@@ -39,8 +40,12 @@ def _exists(conn: psycopg.Connection, relation: str) -> bool:
 # -- which days to load ----------------------------------------------------------------------------
 
 
+# What the ledger's decision does when a load has nothing to send for an item.
+NOTHING_TO_SEND = frozenset({Kind.HOLD, Kind.UNCHANGED, Kind.WAIT})
+
+
 def needs_posting(item: PlannedItem, current: L.LedgerRow | None) -> bool:
-    """Whether a load would send anything for this planned item (the ledger rules of `Poster.sync`).
+    """Whether a load would send anything for this planned item: the ledger's own decision (`load.decide`).
 
     New, in flight (`computed`), changed since posted, or reversed: yes. Held (an incomplete payout,
     a receipt whose invoice is not posted), unchanged, or dead-lettered (waiting for a re-drive): no.
@@ -48,13 +53,7 @@ def needs_posting(item: PlannedItem, current: L.LedgerRow | None) -> bool:
     """
     if item.problems:
         return True
-    if item.hold_reason:
-        return False
-    if current is None or current.status in ("computed", "reversed"):
-        return True
-    if current.status == "posted":
-        return current.content_hash != item.content_hash
-    return False  # dead_lettered
+    return decide(current, item).kind not in NOTHING_TO_SEND
 
 
 def _current(conn: psycopg.Connection, items: Iterable[PlannedItem]) -> dict[tuple[str, str], L.LedgerRow]:
