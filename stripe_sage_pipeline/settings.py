@@ -98,6 +98,7 @@ class Settings:
     sagepro_rate_per_minute: int = 110  # keep under Sage's per-user limit (the sandbox's default is 120/min)
     events_source: str = "webhooks"  # `webhooks` (the receiver's inbox) or `events_api` (poll Stripe)
     sensor_interval_s: int = 30
+    event_sensor_interval_s: int = 5  # the webhook/payout/events-poll sensors: part of a webhook's latency
     alert_webhook_url: str | None = None  # Slack-compatible incoming webhook for alerts
     dagster_home: Path | None = None  # None: data_dir/dagster_home
     max_concurrent_runs: int | None = None  # None: dagster.yaml's
@@ -162,6 +163,9 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         sagepro_rate_per_minute=int(get("SAGEPRO_RATE_PER_MINUTE", "110")),
         events_source=get("STRIPE_SAGE_EVENTS_SOURCE", "webhooks"),
         sensor_interval_s=int(get("STRIPE_SAGE_SENSOR_INTERVAL_S", "30")),
+        event_sensor_interval_s=int(
+            get("STRIPE_SAGE_EVENT_SENSOR_INTERVAL_S", str(min(5, int(get("STRIPE_SAGE_SENSOR_INTERVAL_S", "30")))))
+        ),
         alert_webhook_url=get("STRIPE_SAGE_ALERT_WEBHOOK_URL"),
         dagster_home=Path(get("DAGSTER_HOME", str(data_dir / "dagster_home"))).expanduser().resolve(),
         max_concurrent_runs=_int(get("STRIPE_SAGE_MAX_CONCURRENT_RUNS")),

@@ -72,6 +72,7 @@ def prepare_database(url: str | None = None, mapping: Mapping | None = None) -> 
 BUILD_STATE_DDL = f"""
 create table if not exists {CONFIG_SCHEMA}.build_state (fingerprint text not null, built_at timestamptz not null default now());
 alter table {CONFIG_SCHEMA}.build_state add column if not exists code_fingerprint text;
+alter table {CONFIG_SCHEMA}.build_state add column if not exists mapping jsonb;
 """
 
 # What dbt's result depends on besides the data: the SQL, macros, tests and project settings.
@@ -153,13 +154,20 @@ def plan_build(url: str | None = None, full_refresh: bool = False) -> BuildPlan:
     return BuildPlan(full_refresh=full_refresh, code_steps=code_steps, reasons=tuple(reasons))
 
 
-def record_build(url: str | None = None) -> None:
-    """Remember the mapping and the dbt code a complete, successful build used (see `plan_build`)."""
+def record_build(url: str | None = None, mapping: Mapping | None = None) -> None:
+    """Remember the mapping and the dbt code a complete, successful build used (see `plan_build`).
+
+    With `mapping` (the one the build wrote to finance_config), the whole mapping is kept too: the
+    loads read the posting mode from it (`transform.marts.built_mapping`), not from mapping.yaml.
+    """
+    from psycopg.types.json import Jsonb
+
+    doc = Jsonb(mapping.model_dump(mode="json")) if mapping is not None else None
     with psycopg.connect(libpq_url(url or database_url())) as conn:
         conn.execute(BUILD_STATE_DDL)
         conn.execute(f"delete from {CONFIG_SCHEMA}.build_state")
-        conn.execute(f"insert into {CONFIG_SCHEMA}.build_state (fingerprint, code_fingerprint)"
-                     f" select fingerprint, %s from {CONFIG_SCHEMA}.settings", (code_fingerprint(),))
+        conn.execute(f"insert into {CONFIG_SCHEMA}.build_state (fingerprint, code_fingerprint, mapping)"
+                     f" select fingerprint, %s, %s from {CONFIG_SCHEMA}.settings", (code_fingerprint(), doc))
         conn.commit()
 
 
@@ -224,16 +232,21 @@ def dbt_build(
     """
     from dbt.cli.main import dbtRunner
 
+    from stripe_sage_pipeline.transform.marts import marts_lock
+
     url = url or database_url()
-    if prepare:
-        prepare_database(url, mapping)
-    apply_dbt_env(url)
-    extra: list[str] = []
-    plan = None
-    if command == "build":
-        plan = plan_build(url, full_refresh)
-        full_refresh, extra = plan.full_refresh, [f for f in plan.flags() if f != "--full-refresh"]
-    res = dbtRunner().invoke(dbt_args(command, select, exclude, full_refresh, vars) + extra)
+    with marts_lock(url, exclusive=True):  # one build at a time; no load reads the marts meanwhile
+        if prepare:
+            mapping = prepare_database(url, mapping)
+        apply_dbt_env(url)
+        extra: list[str] = []
+        plan = None
+        if command == "build":
+            plan = plan_build(url, full_refresh)
+            full_refresh, extra = plan.full_refresh, [f for f in plan.flags() if f != "--full-refresh"]
+        res = dbtRunner().invoke(dbt_args(command, select, exclude, full_refresh, vars) + extra)
+        if res.success and command == "build" and not select and not exclude:
+            record_build(url, mapping)
     statuses: dict[str, str] = {}
     failures: dict[str, str] = {}
     results = getattr(res.result, "results", None) or []
@@ -247,6 +260,4 @@ def dbt_build(
         failures["<dbt>"] = str(res.exception)
     out = DbtResult(success=bool(res.success), statuses=statuses, failures=failures, full_refresh=full_refresh,
                     plan=plan)
-    if out.success and command == "build" and not select and not exclude:
-        record_build(url)
     return out.raise_on_failure() if raise_on_failure else out

@@ -69,6 +69,28 @@ class Pipeline:
             self.run("load_job", partition_key=req.partition_key)
         return [r.partition_key for r in requests]
 
+    def fast_path(self, req: dg.RunRequest) -> list[str]:
+        """The fast path run a sensor asked for (as the daemon launches it), then the load sensor after it."""
+        from stripe_sage_pipeline.defs.automation import load_after_transform_sensor
+
+        run = self.run("fast_path_job", partition_key=req.partition_key,
+                       tags={**req.tags, "dagster/run_key": req.run_key})
+        self.transforms.append(run)
+        ctx = dg.build_run_status_sensor_context(
+            sensor_name="load_after_transform_sensor", dagster_instance=self.instance,
+            dagster_run=run.dagster_run, dagster_event=run.get_run_success_event(),
+        )
+        requests = load_after_transform_sensor(ctx) or []
+        for r in requests:
+            self.run("load_job", partition_key=r.partition_key)
+        return [r.partition_key for r in requests]
+
+    def ledger(self) -> list[tuple]:
+        with psycopg.connect(self.conninfo) as conn:
+            return conn.execute(
+                "select resource, external_ref, version, status, content_hash, sage_id, payload::text"
+                " from sage_sync.posting_ledger order by 1, 2, 3").fetchall()
+
     def gl(self) -> dict[str, str]:
         client, _ = make_client(self.sage.base_url, "pipeline", "pipeline-secret")
         try:
@@ -140,17 +162,16 @@ def test_payout_failed_event_reverses_its_bank_leg_through_the_payout_sensor(pip
     # The inbox sensor leaves payout events to the payout sensor.
     inbox = stripe_webhook_inbox_sensor(ctx)
     assert isinstance(inbox, dg.SkipReason)
-    req = payout_paid_sensor(ctx)
-    assert isinstance(req, dg.RunRequest)
+    [req] = payout_paid_sensor(ctx)
     assert "payout.failed" in req.tags["stripe_sage/trigger"] and "po_GOLD0001" in req.tags["stripe_sage/payouts"]
-    assert isinstance(payout_paid_sensor(ctx), dg.SkipReason)  # processed once
+    assert req.partition_key == datetime.now(UTC).strftime("%Y-%m-%d")  # the day the payout bounced
 
-    pipeline.run("update_path_job", tags=req.tags)
+    # The fast path: one run re-fetches the payout, rebuilds the marts with their checks and posts the day.
+    assert pipeline.fast_path(req) == []  # ... so the load sensor after it finds nothing left to post
+    assert isinstance(payout_paid_sensor(ctx), dg.SkipReason)  # handled once
     with psycopg.connect(pipeline.conninfo) as conn:
         status = conn.execute("select status from stripe_staging.payouts where id = 'po_GOLD0001'").fetchone()[0]
     assert status == "failed"
-    days = pipeline.after_staging_changed()
-    assert datetime.now(UTC).strftime("%Y-%m-%d") in days  # the day the payout bounced
     gl = pipeline.gl()
     # The bank no longer holds po_GOLD0001's 245.41; the money is back in Stripe clearing.
     assert gl["1010"] == "77.38"
@@ -163,7 +184,7 @@ def test_payout_failed_event_reverses_its_bank_leg_through_the_payout_sensor(pip
             "select failure_balance_transaction_id from stripe_staging.payouts where id = 'po_GOLD0001'").fetchone()[0]
     assert ledger["po_GOLD0001"] == "posted"  # the original entry stays: corrections never edit
     assert ledger[failure_bt] == "posted"  # the reversing entry, keyed by the payout_failure transaction
-    # The second transform run (same dbt code) rebuilt the tables, not the views, and the first
+    # The fast path's build (same dbt code) rebuilt the tables, not the views, and the first
     # complete build was recorded with the code it ran.
     rebuilt = {e.asset_key for e in pipeline.transforms[1].get_asset_materialization_events()}
     assert dg.AssetKey(["finance", "fct_journal_lines"]) in rebuilt
@@ -181,8 +202,12 @@ def test_payout_failed_event_reverses_its_bank_leg_through_the_payout_sensor(pip
 
 
 @pytest.mark.parametrize("pipeline", ["detail"], indirect=True)
-def test_a_webhook_event_reaches_staging_and_sage_through_the_inbox_sensor(pipeline):
-    """A refund made in Stripe → signed webhook → inbox → sensor → update path → detail entry posted in Sage."""
+def test_a_webhook_event_reaches_sage_in_one_fast_path_run_and_the_hourly_chain_adds_nothing(pipeline):
+    """Refund → signed webhook → inbox → sensor → fast_path_job → detail entry in Sage; a lost launch is re-requested.
+
+    The hourly chain (update path → transform → loads) run afterwards finds nothing to post: the fast
+    path posted exactly what it would have (same ledger rows), and nothing is posted twice.
+    """
     from stripe_sage_pipeline.defs.automation import stripe_webhook_inbox_sensor
 
     pipeline.first_load()
@@ -191,22 +216,75 @@ def test_a_webhook_event_reaches_staging_and_sage_through_the_inbox_sensor(pipel
     refund = client.v1.refunds.create(params={"charge": "ch_GOLD0003", "amount": 1000})
     pipeline.wait_inbox("refund.created")
     ctx = dg.build_sensor_context(instance=pipeline.instance, definitions=pipeline.defs)
-    req = stripe_webhook_inbox_sensor(ctx)
-    assert isinstance(req, dg.RunRequest) and req.tags["stripe_sage/trigger"] == "webhook"
-    pipeline.run("update_path_job", tags=req.tags)
+    [req] = stripe_webhook_inbox_sensor(ctx)
+    assert req.tags["stripe_sage/trigger"] == "webhook" and req.job_name in (None, "fast_path_job")
+    # The launch is lost (the daemon died before creating the run): the event is no longer pending, but its
+    # claim has no run, so the next tick requests the same run again.
+    assert webhooks.pending_events(pipeline.conninfo) == []
+    [again] = stripe_webhook_inbox_sensor(ctx)
+    assert (again.run_key, again.partition_key) == (req.run_key, req.partition_key)
+    assert again.tags["stripe_sage/relaunch"] == "true"
+    assert pipeline.fast_path(again) == []
+    assert isinstance(stripe_webhook_inbox_sensor(ctx), dg.SkipReason)  # launched: handled once
     with psycopg.connect(pipeline.conninfo) as conn:
         charge = conn.execute("select amount_refunded from stripe_staging.charges where id = 'ch_GOLD0003'").fetchone()[0]
         r = conn.execute("select amount, balance_transaction_id from stripe_staging.refunds where id = %s",
                          (refund.id,)).fetchone()
+        posted = conn.execute("select status, partition_date from sage_sync.posting_ledger where external_ref = %s",
+                              (r[1],)).fetchone()
     assert charge == 1000 and r[0] == 1000
-    pipeline.after_staging_changed()
+    assert posted == ("posted", datetime.strptime(req.partition_key, "%Y-%m-%d").date())
     after = pipeline.gl()
     # Detail mode: Dr Refunds 10.00 / Cr Clearing 10.00, posted on the refund's day.
     assert Decimal(after["4050"]) - Decimal(before.get("4050", "0")) == Decimal("10.00")
     assert Decimal(after["1150"]) - Decimal(before.get("1150", "0")) == Decimal("-10.00")
-    with psycopg.connect(pipeline.conninfo) as conn:
-        posted = conn.execute("select status from sage_sync.posting_ledger where external_ref = %s", (r[1],)).fetchone()
-    assert posted == ("posted",)
+
+    # The safety net runs too: the same ledger rows, the same GL, one entry in Sage.
+    ledger = pipeline.ledger()
+    pipeline.run("update_path_job")
+    assert pipeline.after_staging_changed() == []
+    assert pipeline.ledger() == ledger
+    assert pipeline.gl() == after
+    sage, _ = make_client(pipeline.sage.base_url, "pipeline", "pipeline-secret")
+    try:
+        assert len(list(sage.list_all("/journal-entries", params={"external_ref": r[1]}))) == 1
+    finally:
+        sage.close()
+
+
+def test_two_transforms_launched_together_never_overlap_and_build_what_one_build_does(pipeline, golden_path):
+    """Two transform_job runs at once: their builds take turns (marts lock), and the marts equal one full build's."""
+    import concurrent.futures
+
+    pipeline.run("stripe_history_job", run_config={"ops": {"extract_history": {"config": {
+        "start": "2026-06-20-00:00", "end": "2026-07-16-23:00"}}}})
+
+    def transform_run(_: int) -> list[float]:
+        """One transform_job run on its own instance; the times its dbt models were materialized."""
+        with dg.DagsterInstance.ephemeral() as instance:  # disposed in the thread that used it
+            result = pipeline.defs.resolve_job_def("transform_job").execute_in_process(instance=instance)
+            assert result.success
+            return [e.timestamp for e in instance.all_logs(result.run_id,
+                                                           of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+                    if e.dagster_event.asset_key != dg.AssetKey(["finance", "mapping"])]
+
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:
+        stamps = list(pool.map(transform_run, range(2)))
+    # Every model a build writes is materialized while it holds the marts lock: the two windows are disjoint.
+    windows = sorted((min(s), max(s)) for s in stamps)
+    assert windows[0][1] < windows[1][0], windows
+
+    # What one build of the golden history gives: the worked example's trial balance in both modes, each
+    # line once (interleaved delete+insert builds would lose or double lines).
+    from load_helpers import expected_tb
+    from transform_helpers import golden, movement, query
+
+    want = {k: v for k, v in expected_tb(golden(golden_path)).items() if v}
+    for mode in ("detail", "payout_summary"):
+        assert {k: v for k, v in movement(pipeline.conninfo, mode).items() if v} == want, mode
+    [(lines, distinct)] = [tuple(r.values()) for r in query(
+        pipeline.conninfo, "select count(*) as n, count(distinct journal_line_id) as d from finance.fct_journal_lines")]
+    assert lines == distinct > 0
 
 
 def test_events_poll_sensor_starts_the_update_path_only_for_new_events(pipeline):
@@ -231,9 +309,8 @@ def test_events_poll_sensor_starts_the_update_path_only_for_new_events(pipeline)
     assert isinstance(again, dg.SkipReason) and cursor == event.id  # processed once
 
 
-def test_days_to_load_lists_unposted_days_and_the_lookback(fresh_db, golden_path):
-    """The load sensor's rule: days with entries Sage has not seen, plus the last two days, never the future."""
-    assert automation.last_complete_hour(datetime(2026, 7, 16, 10, 30, tzinfo=UTC)) == "2026-07-16-09:00"
+def test_days_to_load_is_empty_before_the_first_build(fresh_db):
+    """The load sensor's rule on a database without marts: nothing to load (tests/integration/test_days_to_load.py)."""
     assert automation.days_to_load(libpq_url(fresh_db), today=datetime(2026, 7, 20).date()) == []
 
 

@@ -31,7 +31,8 @@ from stripe_sage_pipeline.load.redrive import redrive
 from stripe_sage_pipeline.sage.client import SageClient
 from stripe_sage_pipeline.sage.errors import CredentialsError, SageUnavailable
 from stripe_sage_pipeline.settings import load_settings
-from stripe_sage_pipeline.transform.mapping import load_mapping
+from stripe_sage_pipeline.transform.mapping import Mapping
+from stripe_sage_pipeline.transform.marts import MARTS_RUN_TAG, built_mapping, marts_lock
 
 SAGE_POOL = "sage_api"
 START_DATE = load_settings().start_date[:10]
@@ -124,6 +125,22 @@ def _planned(postgres: PostgresResource, plan, day: date, mapping) -> list:
         return plan(conn, day, mapping)
 
 
+def marts_mapping(url: str) -> Mapping:
+    """The mapping the marts were built with: the one source of truth for the posting and revenue modes."""
+    mapping = built_mapping(url)
+    if mapping is None:
+        raise dg.Failure(description="the finance marts have no complete build recorded: run transform_job first",
+                         allow_retries=False)
+    return mapping
+
+
+@contextlib.contextmanager
+def reading_marts(context: dg.AssetExecutionContext | dg.OpExecutionContext, url: str) -> Iterator[Mapping]:
+    """Hold the marts lock shared (no build rewrites them meanwhile) and give the mapping they were built with."""
+    with marts_lock(url, exclusive=False, on_wait=context.log.info):
+        yield marts_mapping(url)
+
+
 def _poster(postgres: PostgresResource, sage: SageResource) -> Poster:
     client, counter = sage.client()
     return Poster(postgres.url(), client, workers=sage.max_concurrency, transport=counter)
@@ -143,7 +160,8 @@ def sage_customers(context: dg.AssetExecutionContext, postgres: PostgresResource
     """Sage customers for every Stripe customer created up to the partition's day: created, or updated (Stripe-owned fields)."""
     client, counter = sage.client()
     try:
-        with _credentials_stop_the_run(client):
+        # Which fields Sage owns (mapping: customer_sync) shapes no mart: it is read from mapping.yaml.
+        with _credentials_stop_the_run(client), marts_lock(postgres.url(), exclusive=False, on_wait=context.log.info):
             stats = customer_sync.push_customers(postgres.url(), client, up_to=_day(context), transport=counter)
     finally:
         client.close()
@@ -162,10 +180,9 @@ def sage_customers(context: dg.AssetExecutionContext, postgres: PostgresResource
 def sage_invoices(context: dg.AssetExecutionContext, postgres: PostgresResource, sage: SageResource
                   ) -> dg.MaterializeResult:
     """Sage invoices, one per charge of the day (invoice-driven revenue only; nothing in direct mode)."""
-    mapping = load_mapping()
     poster = _poster(postgres, sage)
     try:
-        with _credentials_stop_the_run(poster.client):
+        with _credentials_stop_the_run(poster.client), reading_marts(context, postgres.url()) as mapping:
             stats = load_invoices(postgres.url(), poster, _day(context), mapping)
     except (PartitionBlocked, PlanError) as err:
         raise dg.Failure(description=str(err), allow_retries=False) from err
@@ -186,10 +203,9 @@ def sage_invoices(context: dg.AssetExecutionContext, postgres: PostgresResource,
 def sage_cash_receipts(context: dg.AssetExecutionContext, postgres: PostgresResource, sage: SageResource
                        ) -> dg.MaterializeResult:
     """Sage cash receipts settling the day's charge invoices (invoice-driven revenue only)."""
-    mapping = load_mapping()
     poster = _poster(postgres, sage)
     try:
-        with _credentials_stop_the_run(poster.client):
+        with _credentials_stop_the_run(poster.client), reading_marts(context, postgres.url()) as mapping:
             stats = load_cash_receipts(postgres.url(), poster, _day(context), mapping)
     except PlanError as err:
         raise dg.Failure(description=str(err), allow_retries=False) from err
@@ -212,10 +228,9 @@ def sage_cash_receipts(context: dg.AssetExecutionContext, postgres: PostgresReso
 def sage_journal_entries(context: dg.AssetExecutionContext, postgres: PostgresResource, sage: SageResource
                          ) -> dg.MaterializeResult:
     """Journal entries of the day in the mapping's posting mode; changed entries reversed and re-posted."""
-    mapping = load_mapping()
     poster = _poster(postgres, sage)
     try:
-        with _credentials_stop_the_run(poster.client):
+        with _credentials_stop_the_run(poster.client), reading_marts(context, postgres.url()) as mapping:
             stats = load_journal_entries(postgres.url(), poster, _day(context), mapping)
     except PartitionBlocked as err:
         # The asset itself refuses a partition whose lines break the invariants, whatever ran before.
@@ -249,6 +264,7 @@ LOAD_ASSETS = [sage_customers, sage_invoices, sage_cash_receipts, sage_journal_e
 load_job = dg.define_asset_job(
     "load_job",
     selection=dg.AssetSelection.assets(CUSTOMERS_KEY, INVOICES_KEY, RECEIPTS_KEY, JOURNAL_KEY),
+    tags=MARTS_RUN_TAG,
     description="Post one posting date to Sage Pro (customers, invoices, receipts, journal entries); backfill a"
     " month from the UI to post it day by day.",
 )
@@ -268,8 +284,9 @@ def redrive_dead_letters(context: dg.OpExecutionContext, config: RedriveConfig, 
     client, counter = sage.client()
     poster = Poster(postgres.url(), client, workers=sage.max_concurrency, transport=counter)
     try:
-        res = redrive(postgres.url(), client, resources=config.resources or None, refs=config.refs or None,
-                      poster=poster)
+        with reading_marts(context, postgres.url()) as mapping:
+            res = redrive(postgres.url(), client, mapping=mapping, resources=config.resources or None,
+                          refs=config.refs or None, poster=poster)
     finally:
         poster.close()
         client.close()
@@ -286,7 +303,8 @@ def redrive_dead_letters(context: dg.OpExecutionContext, config: RedriveConfig, 
     ))
 
 
-@dg.job(description="Re-drive the dead letters in sage_sync.dead_letters after a fix (each posts once).")
+@dg.job(description="Re-drive the dead letters in sage_sync.dead_letters after a fix (each posts once).",
+        tags=MARTS_RUN_TAG)
 def redrive_dead_letters_job() -> None:
     """Re-drive the dead letters in sage_sync.dead_letters after a fix (each posts once)."""
     redrive_dead_letters()

@@ -11,6 +11,7 @@ run results.
 
 import functools
 import json
+import os
 import shutil
 import sys
 from collections.abc import Iterator, Mapping
@@ -31,6 +32,7 @@ from stripe_sage_pipeline.transform.build import (
 )
 from stripe_sage_pipeline.transform.manifest import ensure_fresh_manifest
 from stripe_sage_pipeline.transform.mapping import load_mapping, mapping_markdown, mapping_rows
+from stripe_sage_pipeline.transform.marts import MARTS_POOL, MARTS_RUN_TAG, marts_lock
 
 MAPPING_KEY = dg.AssetKey(["finance", "mapping"])
 
@@ -70,11 +72,12 @@ TRANSLATOR = FinanceDbtTranslator(
 )
 
 
-@dg.asset(key=MAPPING_KEY, group_name="finance", kinds={"yaml", "postgres"})
+@dg.asset(key=MAPPING_KEY, group_name="finance", kinds={"yaml", "postgres"}, pool=MARTS_POOL)
 def finance_mapping(context: dg.AssetExecutionContext, postgres: PostgresResource) -> dg.MaterializeResult:
     """The finance mapping (mapping.yaml), validated and written to finance_config; shown as a table."""
     m = load_mapping()
-    prepare_database(postgres.url(), m)
+    with marts_lock(postgres.url(), exclusive=True, on_wait=context.log.info):
+        prepare_database(postgres.url(), m)
     rows = mapping_rows(m)
     context.log.info("mapping %s: %d entries, posting mode %s", m.fingerprint(), len(rows), m.posting_mode)
     return dg.MaterializeResult(
@@ -115,6 +118,22 @@ def unit_test_results(run_results: Mapping[str, Any], specs: list[dg.AssetCheckS
         )
 
 
+def keep_partial_parse(invocation_target: Path) -> None:
+    """Keep an invocation's parse for the next one, so dbt parses only what changed.
+
+    dagster-dbt copies target/partial_parse.msgpack into each invocation's own folder; dbt discards a
+    parse made for another profile (e.g. the `dbt parse` that prepared the manifest, or a run against
+    another database), so without this every run of the code location parsed the whole project again.
+    """
+    src = invocation_target / "partial_parse.msgpack"
+    if not src.exists():
+        return
+    dst = dbt_project().manifest_path.parent / src.name
+    tmp = dst.with_name(f"{src.name}.{os.getpid()}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)  # atomic: a concurrent invocation copies the old file or the new one, never half
+
+
 _MANIFEST = json.loads(dbt_project().manifest_path.read_text())
 _SPECS, _TEST_CHECK_SPECS = build_dbt_specs(
     translator=TRANSLATOR, manifest=_MANIFEST, select=DBT_DEFAULT_SELECT, exclude="", selector="",
@@ -131,6 +150,7 @@ UNIT_TEST_CHECK_SPECS = unit_test_check_specs(_MANIFEST)
     can_subset=True,
     op_tags={DAGSTER_DBT_SELECT_METADATA_KEY: DBT_DEFAULT_SELECT},
     allow_arbitrary_check_specs=True,
+    pool=MARTS_POOL,
 )
 def finance_dbt_models(
     context: dg.AssetExecutionContext, dbt: DbtCliResource, postgres: PostgresResource
@@ -139,32 +159,46 @@ def finance_dbt_models(
 
     The build follows `plan_build`: a changed mapping forces a full refresh; the staging views and
     the unit tests run when the dbt code changed since the last complete build (or on a full
-    refresh). A complete, successful build is recorded so the next run can tell. The unit tests'
-    outcomes are reported as their checks (also when one fails, before the run fails); a successful
+    refresh). A complete, successful build is recorded, with its mapping, so the next run can tell
+    and the loads post in the mode the marts were built with. The whole build holds the marts lock
+    exclusively: no other build and no load touches the marts meanwhile. The unit tests' outcomes
+    are reported as their checks (also when one fails, before the run fails); a successful
     invocation's target folder (compiled SQL, logs) is removed, a failed one's kept for diagnosis.
     """
     url = postgres.url()
-    # The mapping in finance_config must match the file, whichever asset ran last.
-    prepare_database(url)
-    apply_dbt_env(url)
-    plan = plan_build(url)
-    for reason in plan.reasons:
-        context.log.info(reason)
-    invocation = dbt.cli(["build", *plan.flags()], context=context, raise_on_error=False)
-    yield from invocation.stream()
-    selected = context.selected_asset_check_keys
-    run_results = invocation.get_artifact("run_results.json")
-    yield from (r for r in unit_test_results(run_results, UNIT_TEST_CHECK_SPECS)
-                if dg.AssetCheckKey(r.asset_key, r.check_name) in selected)
-    if not invocation.is_successful():
-        raise invocation.get_error() or RuntimeError("dbt build failed")
-    shutil.rmtree(invocation.target_path, ignore_errors=True)
-    if not context.is_subset:
-        record_build(url)
+    with marts_lock(url, exclusive=True, on_wait=context.log.info) as waited:
+        if waited >= 1:
+            context.log.info(f"marts lock acquired after {waited:.1f}s")
+        # The mapping in finance_config must match the file, whichever asset ran last.
+        mapping = prepare_database(url)
+        apply_dbt_env(url)
+        plan = plan_build(url)
+        for reason in plan.reasons:
+            context.log.info(reason)
+        invocation = dbt.cli(["build", *plan.flags()], context=context, raise_on_error=False)
+        yield from invocation.stream()
+        selected = context.selected_asset_check_keys
+        run_results = invocation.get_artifact("run_results.json")
+        yield from (r for r in unit_test_results(run_results, UNIT_TEST_CHECK_SPECS)
+                    if dg.AssetCheckKey(r.asset_key, r.check_name) in selected)
+        if not invocation.is_successful():
+            raise invocation.get_error() or RuntimeError("dbt build failed")
+        keep_partial_parse(invocation.target_path)
+        shutil.rmtree(invocation.target_path, ignore_errors=True)
+        if not context.is_subset:
+            record_build(url, mapping)
 
+
+transform_job = dg.define_asset_job(
+    "transform_job",
+    selection=dg.AssetSelection.groups("finance"),
+    tags=MARTS_RUN_TAG,
+    description="Rebuild the finance marts from staging (mapping, dbt models and tests) and run the blocking checks.",
+)
 
 defs = dg.Definitions(
     assets=[finance_mapping, finance_dbt_models],
+    jobs=[transform_job],
     resources={
         "dbt": DbtCliResource(project_dir=dbt_project(), dbt_executable=_dbt_executable()),
     },
