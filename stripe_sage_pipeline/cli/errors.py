@@ -37,7 +37,7 @@ def explain(exc: BaseException) -> str:
     import stripe
 
     from stripe_sage_pipeline.runtime.db import redact_url
-    from stripe_sage_pipeline.runtime.doctor import database_problem, first_line, sage_problem, stripe_problem
+    from stripe_sage_pipeline.runtime.doctor import database_problem, first_line, stripe_problem, target_problem
     from stripe_sage_pipeline.runtime.embedded_pg import EmbeddedPostgresError
     from stripe_sage_pipeline.sage.errors import SageError
     from stripe_sage_pipeline.settings import load_settings
@@ -61,7 +61,7 @@ def explain(exc: BaseException) -> str:
         if isinstance(e, stripe.StripeError):
             return stripe_problem(settings.stripe_api_base or "api.stripe.com", e)
         if isinstance(e, SageError):
-            return sage_problem(settings.sagepro_base_url or "the Sage Pro URL", e)
+            return target_problem(settings, e)
         if isinstance(e, OSError) and e.errno == 98:  # EADDRINUSE
             return f"the address is already in use ({first_line(e)}) — stop what listens there or pass another --port"
     first = first_line(exc)

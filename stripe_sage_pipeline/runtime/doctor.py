@@ -147,10 +147,13 @@ def check_stripe(settings: Settings) -> CheckResult:
 
 
 def check_sage(settings: Settings) -> CheckResult:
-    """SAGEPRO_BASE_URL is set, answers, and accepts SAGEPRO_USER/SAGEPRO_PASSWORD for a read."""
+    """The target answers and accepts the credentials for a read: SAGEPRO_BASE_URL with SAGEPRO_USER/PASSWORD,
+    or (SAGE_TARGET=intacct) INTACCT_BASE_URL with the OAuth client and user."""
     from stripe_sage_pipeline.sage.client import SageClient
     from stripe_sage_pipeline.sage.errors import SageError
 
+    if getattr(settings, "sage_target", "sagepro") == "intacct":
+        return _check_intacct(settings)
     url = settings.sagepro_base_url
     if not url:
         return CheckResult("sage pro", False, "SAGEPRO_BASE_URL is not set — set it, e.g. "
@@ -167,6 +170,28 @@ def check_sage(settings: Settings) -> CheckResult:
     if not isinstance(page, dict) or "value" not in page:
         return CheckResult("sage pro", False, f"{url} did not answer like Sage Pro — check SAGEPRO_BASE_URL")
     return CheckResult("sage pro", True, f"{url} accepts user {settings.sagepro_user!r}")
+
+
+def _check_intacct(settings: Settings) -> CheckResult:
+    from stripe_sage_pipeline.sage.errors import SageError
+    from stripe_sage_pipeline.sage.factory import make_target_client
+
+    try:
+        target, _ = make_target_client(settings, max_retries=0, timeout_s=TIMEOUT_S)
+    except ValueError as exc:  # INTACCT_LOCATIONS malformed, no user nor refresh token
+        return CheckResult("sage intacct", False, f"{first_line(exc)} — fix the INTACCT_* settings")
+    url = target.base_url
+    try:
+        accounts = target.accounts()
+    except SageError as exc:
+        return CheckResult("sage intacct", False, target_problem(settings, exc))
+    except Exception as exc:
+        return CheckResult("sage intacct", False, f"{url} did not answer like Sage Intacct ({first_line(exc)})"
+                           " — check INTACCT_BASE_URL (…/ia/api/v1)")
+    finally:
+        target.close()
+    return CheckResult("sage intacct", True, f"{url} accepts client {settings.intacct_client_id!r} "
+                       f"({len(accounts)} GL accounts)")
 
 
 CHECKS: dict[str, Callable[[Settings], CheckResult]] = {
@@ -261,3 +286,20 @@ def sage_problem(url: str, exc: BaseException) -> str:
         return f"Sage Pro at {url} {cause} — start it or fix SAGEPRO_BASE_URL"
     return f"Sage Pro at {url} answered {getattr(exc, 'status', None) or 'an error'} ({first_line(exc)})" \
            " — check SAGEPRO_BASE_URL"
+
+
+def target_problem(settings: Settings, exc: BaseException) -> str:
+    """One line for an error of the configured target (Sage Pro or Sage Intacct)."""
+    from stripe_sage_pipeline.sage.errors import CredentialsError, TransientError
+
+    if getattr(settings, "sage_target", "sagepro") != "intacct":
+        return sage_problem(settings.sagepro_base_url or "the Sage Pro URL", exc)
+    url = getattr(settings, "intacct_base_url", None) or "the Sage Intacct emulator's default address"
+    if isinstance(exc, CredentialsError):
+        return (f"Sage Intacct at {url} refused the credentials — check INTACCT_CLIENT_ID, INTACCT_CLIENT_SECRET "
+                "and INTACCT_USERNAME (or INTACCT_REFRESH_TOKEN)")
+    if isinstance(exc, TransientError):
+        cause = "did not answer" if getattr(exc, "status", None) is None else f"answered {exc.status}"
+        return f"Sage Intacct at {url} {cause} — start it or fix INTACCT_BASE_URL"
+    return f"Sage Intacct at {url} answered {getattr(exc, 'status', None) or 'an error'} ({first_line(exc)})" \
+           " — check INTACCT_BASE_URL"

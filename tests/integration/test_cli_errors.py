@@ -20,7 +20,7 @@ from stripe_sage_sandboxes.stripe_emulator.objects import API_VERSION as EMULATO
 @pytest.fixture
 def env(monkeypatch, tmp_path):
     for name in ("STRIPE_API_KEY", "STRIPE_API_BASE", "STRIPE_API_VERSION", "SAGEPRO_BASE_URL", "SAGEPRO_USER",
-                 "SAGEPRO_PASSWORD", "STRIPE_SAGE_MAPPING", "DAGSTER_POSTGRES_URL", "STRIPE_SAGE_START_DATE"):
+                 "SAGEPRO_PASSWORD", "STRIPE_SAGE_MAPPING", "DAGSTER_POSTGRES_URL", "STRIPE_SAGE_START_DATE", "SAGE_TARGET"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     monkeypatch.setenv("STRIPE_SAGE_DATA_DIR", str(tmp_path / "data"))

@@ -34,7 +34,7 @@ def sage(tmp_path_factory):
 def env(monkeypatch, tmp_path):
     """A clean slate: no Stripe/Sage settings, a Dagster home of the test's own."""
     for name in ("STRIPE_API_KEY", "STRIPE_API_BASE", "STRIPE_API_VERSION", "STRIPE_ACCOUNT", "SAGEPRO_BASE_URL",
-                 "SAGEPRO_USER", "SAGEPRO_PASSWORD", "STRIPE_SAGE_MAPPING", "DAGSTER_POSTGRES_URL",
+                 "SAGEPRO_USER", "SAGEPRO_PASSWORD", "STRIPE_SAGE_MAPPING", "DAGSTER_POSTGRES_URL", "SAGE_TARGET",
                  "STRIPE_SAGE_START_DATE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
@@ -180,3 +180,22 @@ def test_doctor_command_prints_one_line_per_check_and_exits_by_the_outcome(env, 
     assert main(["doctor", "--only", "stripe", "--only", "sage"]) == 1
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].startswith("✓ stripe") and lines[1].startswith("✗ sage pro") and lines[2] == "1 of 2 checks failed."
+
+
+def test_sage_check_follows_the_target_to_sage_intacct(env, tmp_path):
+    from stripe_sage_sandboxes.targets import start_target_sandbox
+
+    srv, _, target_env = start_target_sandbox("intacct", tmp_path / "intacct")
+    try:
+        for name, value in target_env.items():
+            env.setenv(name, value)
+        r = _check("sage")
+        assert r.ok and r.name == "sage intacct" and "GL accounts" in r.detail, r.detail
+        env.setenv("INTACCT_CLIENT_SECRET", "wrong-secret")
+        r = _check("sage")
+        assert not r.ok and "refused the credentials" in r.detail and "INTACCT_CLIENT_SECRET" in r.detail
+        assert "wrong-secret" not in r.detail
+    finally:
+        srv.stop()
+    r = _check("sage")
+    assert not r.ok and "did not answer" in r.detail and "INTACCT_BASE_URL" in r.detail
