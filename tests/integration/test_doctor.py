@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
+import threading
+
 import pytest
 import yaml
 from load_helpers import PASSWORD, USER, sage_sandbox
@@ -128,10 +131,30 @@ def test_stripe_check_fails_without_a_key_with_a_wrong_key_unreachable_or_at_ano
     assert not r.ok and "cannot reach Stripe" in r.detail and "Connection refused" in r.detail
     assert "\n" not in r.line()
 
-    env.setenv("STRIPE_API_BASE", emulator.url)
-    env.setenv("STRIPE_API_VERSION", "2020-08-27")
-    r = _check("stripe")
-    assert not r.ok and "2020-08-27" in r.detail
+    # A server that answers at a version other than the one asked for (as Stripe does for an old account
+    # default when no version is sent): a real socket, a fixed answer.
+    class OtherVersion(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - http.server's hook
+            body = b'{"object": "list", "data": [], "has_more": false, "url": "/v1/balance_transactions"}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Stripe-Version", "2019-02-19")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), OtherVersion)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        env.setenv("STRIPE_API_BASE", f"http://127.0.0.1:{srv.server_address[1]}")
+        env.setenv("STRIPE_API_VERSION", EMULATOR_VERSION)
+        r = _check("stripe")
+    finally:
+        srv.shutdown()
+    assert not r.ok and "answered at API version 2019-02-19" in r.detail and EMULATOR_VERSION in r.detail
 
 
 # -- Sage Pro ----------------------------------------------------------------------------------------------
