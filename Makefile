@@ -1,7 +1,10 @@
 # Two commands for a new user: `make demo` and `make test`. Each builds .venv by itself.
 PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3.13 || command -v python3)
-VENV := .venv
+# Another interpreter gets its own virtualenv: `make test PYTHON=python3.13 VENV=.venv-3.13`.
+VENV ?= .venv
 BIN := $(VENV)/bin
+# Flags for the demo, e.g. `make demo DEMO_ARGS="--days 3"`.
+DEMO_ARGS ?=
 STAMP := $(VENV)/.installed
 
 .PHONY: demo test test-fast ui lint lock clean bench
@@ -14,7 +17,7 @@ $(STAMP): pyproject.toml requirements.lock
 	@touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/stripe-sage demo
+	$(BIN)/stripe-sage demo $(DEMO_ARGS)
 
 test: $(STAMP)
 	GX_ANALYTICS_ENABLED=false DAGSTER_TELEMETRY_ENABLED=false $(BIN)/python -m pytest -q
@@ -36,5 +39,7 @@ lock:
 	/tmp/ssp-lock/bin/python -m pip install -q -e '.[dev]'
 	/tmp/ssp-lock/bin/python -m pip freeze --exclude-editable | grep -v '^-e' > requirements.lock
 
+# Stops the embedded PostgreSQL first (when it runs), then removes the virtualenv and the data folder.
 clean:
+	-[ -x $(BIN)/stripe-sage ] && $(BIN)/stripe-sage db stop
 	rm -rf $(VENV) .data

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-# From Stripe's published currency list (see ../shared/reference/stripe-openapi/enums.json).
+# From Stripe's published currency list (the vendored copy: reference/stripe-openapi/enums.json).
 ZERO_DECIMAL: frozenset[str] = frozenset(
     {"bif", "clp", "djf", "gnf", "jpy", "kmf", "krw", "mga", "pyg", "rwf", "ugx", "vnd", "vuv", "xaf", "xof", "xpf"}
 )

@@ -7,7 +7,6 @@ them, runs the jobs in the order the automation chains them, and reports what ha
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
@@ -21,11 +20,14 @@ import dagster as dg
 import psycopg
 
 from stripe_sage_pipeline.automation import rules as automation
+from stripe_sage_pipeline.cli.errors import CommandError
+from stripe_sage_pipeline.cli.jobs import execute_job
 from stripe_sage_pipeline.extract.tables import SCHEMA, TABLES
 from stripe_sage_pipeline.load.plan import POSTABLE_PAYOUT_STATUSES
 from stripe_sage_pipeline.money import to_decimal_str
-from stripe_sage_pipeline.runtime.dagster_home import prepare_dagster_home
+from stripe_sage_pipeline.runtime.dagster_home import prepare_dagster_home, remember_partitions_start
 from stripe_sage_pipeline.runtime.db import database_url, libpq_url, redact_url
+from stripe_sage_pipeline.runtime.doctor import run_checks
 from stripe_sage_pipeline.settings import SANDBOX_STRIPE_KEY, load_settings
 
 STAGING_TABLES = [*TABLES, "payout_balance_transactions"]
@@ -76,20 +78,7 @@ def _partition_key(ts: int) -> str:
 
 
 def _run_job(defs: dg.Definitions, job_name: str, instance: dg.DagsterInstance, **kwargs) -> None:
-    # Dagster's step-by-step log goes to the instance (the UI shows it); the console gets warnings only.
-    run_config = kwargs.pop("run_config", {})
-    run_config.setdefault("loggers", {"console": {"config": {"log_level": "WARNING"}}})
-    # dbt prints its progress on stdout; keep it in a log file so the summary stays readable.
-    log_dir = load_settings().data_dir / "demo-logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
-    with open(log_dir / f"{job_name}.log", "a") as log, contextlib.redirect_stdout(log):
-        result = defs.resolve_job_def(job_name).execute_in_process(
-            instance=instance, raise_on_error=False, run_config=run_config, **kwargs)
-    if not result.success:
-        failures = [e.message for e in result.all_events if e.is_failure]
-        from stripe_sage_pipeline.automation.alerts import scrub
-
-        raise RuntimeError(scrub(f"{job_name} failed: {' | '.join(m for m in failures if m)[:2000]}"))
+    execute_job(defs, job_name, instance, load_settings().data_dir / "demo-logs" / f"{job_name}.log", **kwargs)
 
 
 def _reset(conninfo: str, sage_dir: Path) -> None:
@@ -163,12 +152,15 @@ def _finance_summary(conninfo: str, res: DemoResult) -> None:
                 "select payout_id, reconciliation_status, currency, difference from finance.fct_payout_reconciliation "
                 "where reconciliation_status <> all(%s) order by payout_id limit 20", (list(POSTABLE_PAYOUT_STATUSES),))
         ]
-        for resource, status, n in conn.execute(
-                "select resource, status, count(*) from sage_sync.posting_ledger group by 1, 2 order by 1, 2"):
-            res.postings.setdefault(resource, {})[status] = n
-        reasons = dict(conn.execute(
-            "select coalesce(reason, 'unknown'), count(*) from sage_sync.dead_letters group by 1 order by 2 desc").fetchall())
-        res.dead_letters = {"count": sum(reasons.values()), "reasons": reasons}
+        # A short history may have no posting day at all: then the load never created its ledger.
+        if conn.execute("select to_regclass('sage_sync.posting_ledger')").fetchone()[0] is not None:
+            for resource, status, n in conn.execute(
+                    "select resource, status, count(*) from sage_sync.posting_ledger group by 1, 2 order by 1, 2"):
+                res.postings.setdefault(resource, {})[status] = n
+            reasons = dict(conn.execute(
+                "select coalesce(reason, 'unknown'), count(*) from sage_sync.dead_letters group by 1 order by 2 desc"
+            ).fetchall())
+            res.dead_letters = {"count": sum(reasons.values()), "reasons": reasons}
         # What the bank statement shows: Σ paid payouts, less those that failed after arriving.
         bank = conn.execute(
             "select currency, sum(amount) filter (where status = 'paid')::bigint from stripe_staging.payouts group by 1"
@@ -231,10 +223,15 @@ def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print
         os.environ["STRIPE_SAGE_MAPPING"] = str(_mapping_with_mode(settings, posting_mode))
     res = DemoResult(target=target or settings.sage_target)
     t0 = time.monotonic()
+    # The set-up first (`stripe-sage doctor`'s local checks; Stripe and Sage Pro are the demo's own sandboxes).
+    failed = [r for r in run_checks(settings, only=["mapping", "database", "dagster"], echo=echo,
+                                     stop_at_failure=True) if not r.ok]
+    if failed:
+        raise CommandError(failed[0].detail)
     conninfo = libpq_url(database_url(settings))
     # The URL's password (an external STRIPE_SAGE_DATABASE_URL has one) never reaches the screen or --json.
     res.psql = f"psql {redact_url(conninfo)}"
-    echo(f"PostgreSQL ready on 127.0.0.1: {res.psql}")
+    echo(f"PostgreSQL ready: {res.psql}")
     sage_dir = settings.data_dir / "sage-sandbox-demo"
     _reset(conninfo, sage_dir)
 
@@ -255,7 +252,14 @@ def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print
         os.environ.update({"STRIPE_API_BASE": emulator.url, "STRIPE_API_KEY": SANDBOX_STRIPE_KEY, **sage_env})
         # The emulator has no limit of its own in the demo; real Stripe keys keep the 22/s default.
         os.environ.setdefault("STRIPE_RATE_LIMIT_PER_S", "500")
-        prepare_dagster_home(settings)
+        hours = [k for counts in summary["counts_by_hour"].values() for k in counts]
+        first = datetime.strptime(min(hours), "%Y-%m-%dT%H").replace(tzinfo=UTC)
+        last = datetime.strptime(max(hours), "%Y-%m-%dT%H").replace(tzinfo=UTC)
+        start_key, end_key = _partition_key(int(first.timestamp())), _partition_key(int(last.timestamp()))
+        # The partitions start at the data's first day (the UI then shows no empty days before it);
+        # remembered in DAGSTER_HOME so that `stripe-sage ui` shows the same partitions.
+        os.environ["STRIPE_SAGE_START_DATE"] = f"{first:%Y-%m-%d}-00:00"
+        remember_partitions_start(prepare_dagster_home(settings), os.environ["STRIPE_SAGE_START_DATE"])
         instance = dg.DagsterInstance.get()
         # A demo killed mid-run (Ctrl-C, SIGKILL) left its run STARTED holding its pool slot: fail it, free it.
         from stripe_sage_pipeline.runtime.recovery import recover
@@ -268,10 +272,6 @@ def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print
 
         defs = build_defs()
         res.posting_mode = load_mapping().posting_mode
-        hours = [k for counts in summary["counts_by_hour"].values() for k in counts]
-        first = datetime.strptime(min(hours), "%Y-%m-%dT%H").replace(tzinfo=UTC)
-        last = datetime.strptime(max(hours), "%Y-%m-%dT%H").replace(tzinfo=UTC)
-        start_key, end_key = _partition_key(int(first.timestamp())), _partition_key(int(last.timestamp()))
         res.window = {"from": start_key, "to": end_key}
 
         echo(f"1/4 Extract: Stripe objects created {start_key} .. {end_key} (UTC hours), one history run")
@@ -374,9 +374,15 @@ def format_summary(res: DemoResult) -> str:
             *([f"  close pack:       {res.close_pack}"] if res.close_pack else []),
             "  map in a browser: stripe-sage mapping  (then open http://127.0.0.1:3100)",
             "  re-drive dead letters after a fix:  stripe-sage redrive",
+            "  stop the embedded PostgreSQL:       stripe-sage db stop",
             f"  took {res.seconds.get('total', 0)} s (extract {res.seconds.get('extract')} s, transform "
             f"{res.seconds.get('transform')} s, load {res.seconds.get('load')} s)"]
     return "\n".join(out)
+
+
+def main_demo_args(args) -> int:
+    """Entry point of `stripe-sage demo` (parsed arguments)."""
+    return main_demo(args.days, args.seed, args.load, args.json, target=args.target, posting_mode=args.posting_mode)
 
 
 def main_demo(days: int, seed: int, load: Path | None, as_json: bool, target: str | None = None,

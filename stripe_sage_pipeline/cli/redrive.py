@@ -3,35 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
 
-from stripe_sage_pipeline.load.ledger import SCHEMA
+from stripe_sage_pipeline.cli.errors import CommandError
 from stripe_sage_pipeline.load.redrive import redrive
 from stripe_sage_pipeline.runtime.db import database_url
+from stripe_sage_pipeline.runtime.doctor import run_checks
 from stripe_sage_pipeline.sage.factory import make_target_client
 from stripe_sage_pipeline.settings import load_settings
 
 DEFAULT_SAGE_URL = "http://127.0.0.1:8765/sagepro/v1/PRO01"
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Options of `stripe-sage redrive`."""
-    p = argparse.ArgumentParser(prog="stripe-sage redrive", description=(
-        f"Re-plan and post every dead letter in {SCHEMA}.dead_letters (after opening a period, fixing the"
-        " mapping and rebuilding the marts, or fixing a custno)."))
-    p.add_argument("--resource", action="append", choices=["customers", "invoices", "cash-receipts", "journal-entries"],
-                   help="only this Sage resource (repeatable)")
-    p.add_argument("--ref", action="append", help="only this external_ref (repeatable)")
-    p.add_argument("--json", action="store_true", help="print the outcome as JSON")
-    return p
-
-
 def redrive_main(argv: Sequence[str] | None = None) -> int:
+    """`stripe-sage redrive ARGS` from Python: 0 when every re-driven item is posted now, 1 when some failed again."""
+    from stripe_sage_pipeline.cli import build_parser
+
+    return main_redrive(build_parser().parse_args(["redrive", *(argv or [])]))
+
+
+def main_redrive(args: argparse.Namespace) -> int:
     """Entry point: 0 when every re-driven item is posted now, 1 when some failed again."""
-    args = build_parser().parse_args(argv)
     s = load_settings()
+    # The database and the target first: a wrong URL or password is one line, not a run of retries.
+    checked = dataclasses.replace(s, sagepro_base_url=s.sagepro_base_url or DEFAULT_SAGE_URL)
+    for result in run_checks(checked, only=["database", "sage"], stop_at_failure=True):
+        if not result.ok:
+            raise CommandError(result.detail)
     url = database_url(s)
     client, transport = make_target_client(s, rate_per_minute=s.intacct_rate_per_minute if s.sage_target == "intacct"
                                            else 110)
@@ -56,4 +57,4 @@ def redrive_main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(redrive_main())
+    sys.exit(redrive_main(sys.argv[1:]))

@@ -22,19 +22,34 @@ def render_instance_config(env: dict[str, str] | None = None) -> str:
     return yaml.safe_dump(config, sort_keys=False)
 
 
+PARTITIONS_START_FILE = "partitions_start"
+
+
+def remember_partitions_start(home: Path, start: str) -> None:
+    """Keep the first partition (`YYYY-MM-DD-HH:00`) the demo or `run` used, for later `ui` sessions on this home."""
+    (home / PARTITIONS_START_FILE).write_text(start + "\n")
+
+
 def prepare_dagster_home(settings: Settings | None = None) -> Path:
-    """Set DAGSTER_HOME (default: <data_dir>/dagster_home) with the project's dagster.yaml and its env vars."""
+    """Set DAGSTER_HOME (default: <data_dir>/dagster_home) with the project's dagster.yaml and its env vars.
+
+    STRIPE_SAGE_START_DATE, when unset, comes from what the last demo or `run` on this home remembered.
+    """
     s = settings or load_settings()
     home = s.dagster_home or (s.data_dir / "dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
+    remembered = home / PARTITIONS_START_FILE
+    if not os.environ.get("STRIPE_SAGE_START_DATE") and remembered.is_file():
+        os.environ["STRIPE_SAGE_START_DATE"] = remembered.read_text().strip()
     target = home / "dagster.yaml"
     rendered = render_instance_config()
     if not target.exists() or target.read_text() != rendered:
         target.write_text(rendered)
     os.environ["DAGSTER_HOME"] = str(home)
     # dagster-postgres speaks psycopg2; SQLAlchemy 2.1 would pick psycopg 3 for a bare postgresql:// URL.
-    dagster_url = libpq_url(database_url(s, database="dagster")).replace("postgresql://", "postgresql+psycopg2://", 1)
-    os.environ.setdefault("DAGSTER_POSTGRES_URL", dagster_url)
+    if not os.environ.get("DAGSTER_POSTGRES_URL"):  # (computing it starts the embedded server)
+        dagster_url = libpq_url(database_url(s, database="dagster")).replace("postgresql://", "postgresql+psycopg2://", 1)
+        os.environ["DAGSTER_POSTGRES_URL"] = dagster_url
     os.environ.setdefault("DAGSTER_TELEMETRY_ENABLED", "false")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     return home

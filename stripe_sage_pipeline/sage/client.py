@@ -1,4 +1,4 @@
-"""httpx client for the Sage Pro REST contract (../../shared/design/sage-pro-api.md).
+"""httpx client for the Sage Pro REST contract (docs/sage-pro-contract.md).
 
 What the contract asks of a client, in one place:
 

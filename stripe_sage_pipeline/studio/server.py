@@ -53,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stripe-sage mapping",
                                      description="the mapping studio: see, edit, preview and save mapping.yaml")
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need --token)")
-    parser.add_argument("--port", type=int, default=DEFAULT_PORT)
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
     parser.add_argument("--token", default=load_settings().studio_token,
                         help=f"access token, required off loopback (env {TOKEN_ENV}); 'generate' makes one")
     parser.add_argument("--dagster-url", default=None,

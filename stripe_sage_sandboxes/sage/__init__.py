@@ -1,7 +1,7 @@
 """A Sage Pro sandbox server implementing the project's Sage Pro REST contract.
 
 It stands in for a customer's Sage Pro facade so that the pipeline, the demo and the tests run with no
-ERP: the chart of accounts of ../../../shared/design/accounting.md, monthly fiscal periods 2020–2035,
+ERP: the chart of accounts of docs/accounting.md, monthly fiscal periods 2020–2035,
 customers, invoices and credit memos, cash receipts, journal entries with reversal, GL postings, both
 duplicate-protection layers (Idempotency-Key and external_ref), per-user rate limits and seeded faults.
 State lives in one SQLite file under `data_dir`, so it survives a restart.

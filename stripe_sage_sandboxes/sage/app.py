@@ -1,6 +1,6 @@
 """The Sage Pro sandbox as a Starlette app: auth, limits, faults, idempotency and the resource routes.
 
-The contract is ../../../shared/design/sage-pro-api.md (served as OpenAPI at `/sagepro/v1/openapi.yaml`).
+The contract is docs/sage-pro-contract.md (served as OpenAPI at `/sagepro/v1/openapi.yaml`).
 Everything a real facade does at the HTTP edge happens here; the books themselves live in `store.py`.
 """
 

@@ -27,7 +27,7 @@ from stripe_sage_sandboxes.sage.validation import (
     record_invalid,
 )
 
-# The default chart of ../shared/design/accounting.md, plus a header account and an inactive one that
+# The default chart of docs/accounting.md, plus a header account and an inactive one that
 # tests (and users trying out the checks) can post to and see rejected.
 DEFAULT_CHART: tuple[tuple[str, str, str, bool, bool], ...] = (
     ("1000", "Current Assets (header)", "asset", True, False),

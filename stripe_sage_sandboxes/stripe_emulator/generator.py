@@ -10,7 +10,7 @@ for every creation and change.
 The simulation walks time forward: each day starts with the automatic payouts (at 00:00 UTC, sweeping
 what became available), then the day's charges and every scheduled follow-up (refund, dispute step,
 payout arrival/failure) are applied in time order, so every event snapshot is the object as it was.
-`load_golden` serves a file in the layout of ../shared/golden/payout_worked_example.json instead.
+`load_golden` serves a file in the layout of examples/payout_worked_example.json instead.
 """
 
 from __future__ import annotations

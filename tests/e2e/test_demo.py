@@ -49,3 +49,6 @@ def test_demo_on_the_golden_example_prints_reconciled_payouts_and_the_golden_gl_
     # The month's close pack, written by the reporting asset: both payouts reconciled and tied out.
     pack = Path(summary["close_pack"]).read_text()
     assert "/2026-07/" in summary["close_pack"] and "The month closes clean" in pack and "322.79" in pack
+    # The partitions start at the data's first day, remembered for `stripe-sage ui` on the same home.
+    remembered = (tmp_path / "data" / "dagster_home" / "partitions_start").read_text().strip()
+    assert remembered == summary["window"]["from"][:10] + "-00:00"

@@ -1,4 +1,4 @@
-"""The Sage Pro sandbox over real sockets: the contract of ../shared/design/sage-pro-api.md."""
+"""The Sage Pro sandbox over real sockets: the contract of docs/sage-pro-contract.md."""
 
 from __future__ import annotations
 
@@ -176,7 +176,7 @@ def test_balanced_entry_posts_to_balance_and_gl_postings(api: httpx.Client) -> N
 
 
 def test_golden_payout_summary_entry(api: httpx.Client) -> None:
-    # expected.payout_summary_journal_po_GOLD0001 of shared/golden/payout_worked_example.json, verbatim.
+    # expected.payout_summary_journal_po_GOLD0001 of examples/payout_worked_example.json, verbatim.
     lines = [
         {"glacnt": "1010", "debit": "245.41"},
         {"glacnt": "6100", "debit": "12.59"},
