@@ -31,6 +31,7 @@ ui: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check stripe_sage_pipeline stripe_sage_sandboxes tests benchmarks
+	$(BIN)/ruff format --check stripe_sage_pipeline stripe_sage_sandboxes tests benchmarks
 
 # Re-pin every package after changing pyproject.toml.
 lock:

@@ -85,8 +85,11 @@ def _sage_start(data_dir: Path, faults: bool, seed: int) -> Any:
     from stripe_sage_sandboxes.sage import SageSandboxConfig, SageSandboxServer
 
     rates = {"fault_429_rate": 0.10, "fault_5xx_rate": 0.10, "fault_commit_504_rate": 0.05} if faults else {}
-    return SageSandboxServer(SageSandboxConfig(data_dir=data_dir, rate_per_minute=60_000, max_concurrent=16,
-                                               fault_retry_after_s=0, seed=seed, **rates)).start()
+    return SageSandboxServer(
+        SageSandboxConfig(
+            data_dir=data_dir, rate_per_minute=60_000, max_concurrent=16, fault_retry_after_s=0, seed=seed, **rates
+        )
+    ).start()
 
 
 def _sage_env(srv: Any) -> dict[str, str]:
@@ -99,9 +102,12 @@ def _sage_state(srv: Any) -> dict[str, Any]:
         postings: dict[str, Counter] = {}
         for p in client.list_all("/gl-postings"):
             postings.setdefault(p["external_ref"], Counter())[
-                (p["glacnt"], p["posting_date"], p["debit"], p["credit"], p["currency"], p["doc_type"])] += 1
-        refs = {r: Counter(x["external_ref"] for x in client.list_all(f"/{r}"))
-                for r in ("customers", "invoices", "cash-receipts", "journal-entries")}
+                (p["glacnt"], p["posting_date"], p["debit"], p["credit"], p["currency"], p["doc_type"])
+            ] += 1
+        refs = {
+            r: Counter(x["external_ref"] for x in client.list_all(f"/{r}"))
+            for r in ("customers", "invoices", "cash-receipts", "journal-entries")
+        }
         return {"postings": postings, "refs": refs}
     finally:
         client.close()
@@ -145,8 +151,9 @@ def stage(args: argparse.Namespace, workdir: Path) -> tuple[str, dict[str, Any]]
     end = int(datetime.strptime(max(hours), "%Y-%m-%dT%H").replace(tzinfo=UTC).timestamp()) + HOUR
     srv = EmulatorServer(state, port=0).start()
     try:
-        reader = StripeReader("sk_test_emulator", srv.url, rate_limit_per_s=None, backoff_base_s=0.02,
-                              backoff_cap_s=0.5, max_retries=10)
+        reader = StripeReader(
+            "sk_test_emulator", srv.url, rate_limit_per_s=None, backoff_base_s=0.02, backoff_cap_s=0.5, max_retries=10
+        )
         with psycopg.connect(libpq_url(url)) as conn:
             ensure_schema(conn)
         for table in TABLES:
@@ -161,16 +168,24 @@ def stage(args: argparse.Namespace, workdir: Path) -> tuple[str, dict[str, Any]]
         raise SystemExit(f"staging differs from the emulator after the 5xx run: {got} vs {want}")
     mapping_path = _mapping_file(workdir)
     dbt_build(url=url, mapping=parse_mapping(yaml.safe_load(mapping_path.read_text()), str(mapping_path)))
-    return url, {"stripe_5xx": reader.stats.server_errors, "objects": sum(want.values()),
-                 "mapping": str(mapping_path), "first_day": datetime.fromtimestamp(start, UTC).date()}
+    return url, {
+        "stripe_5xx": reader.stats.server_errors,
+        "objects": sum(want.values()),
+        "mapping": str(mapping_path),
+        "first_day": datetime.fromtimestamp(start, UTC).date(),
+    }
 
 
 def posting_days(url: str) -> list[date]:
     """Posting dates with journal entries (selected mode) or invoices, ascending."""
     with psycopg.connect(libpq_url(url)) as conn:
-        return [r[0] for r in conn.execute(
-            "select distinct posting_date from finance.fct_journal_lines where is_selected_mode"
-            " union select distinct posting_date from finance.fct_invoice_lines order by 1").fetchall()]
+        return [
+            r[0]
+            for r in conn.execute(
+                "select distinct posting_date from finance.fct_journal_lines where is_selected_mode"
+                " union select distinct posting_date from finance.fct_invoice_lines order by 1"
+            ).fetchall()
+        ]
 
 
 def post_reference(url: str, base_url: str, mapping_path: str, days: list[date]) -> dict[str, LoadStats]:
@@ -181,8 +196,9 @@ def post_reference(url: str, base_url: str, mapping_path: str, days: list[date])
     total: dict[str, LoadStats] = {}
     try:
         for day in days:
-            res = load_partition(url, poster, day, mapping,
-                                 customers=lambda d=day: push_customers(url, client, up_to=d, mapping=mapping))
+            res = load_partition(
+                url, poster, day, mapping, customers=lambda d=day: push_customers(url, client, up_to=d, mapping=mapping)
+            )
             for k, v in res.items():
                 total.setdefault(k, LoadStats()).merge(v)
     finally:
@@ -204,9 +220,14 @@ class Daemon:
 
     def start(self) -> None:
         log = open(self.log_path, "a")  # noqa: SIM115 (the child keeps it)
-        self.proc = subprocess.Popen([str(BIN / "dagster-daemon"), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
-                                     cwd=PROJECT_ROOT, env=self.env, stdout=log, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            [str(BIN / "dagster-daemon"), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
+            cwd=PROJECT_ROOT,
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         self.groups.append(self.proc.pid)
 
     def kill(self) -> None:
@@ -240,9 +261,22 @@ def _webserver(env: dict[str, str], log_path: Path) -> Iterator[Any]:
 
     port = free_port()
     log = open(log_path, "a")  # noqa: SIM115 (the child keeps it)
-    proc = subprocess.Popen([str(BIN / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w",
-                             str(PROJECT_ROOT / "workspace.yaml")], cwd=PROJECT_ROOT, env=env, stdout=log,
-                            stderr=subprocess.STDOUT, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(BIN / "dagster-webserver"),
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(port),
+            "-w",
+            str(PROJECT_ROOT / "workspace.yaml"),
+        ],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while time.monotonic() < deadline:
@@ -283,8 +317,16 @@ def _render_home(home: Path) -> None:
     (home / "dagster.yaml").write_text(render_instance_config({}))
 
 
-def chaos_run(args: argparse.Namespace, url: str, target: Target, srv: Any, mapping_path: str, first_day: date,
-              days: list[date], workdir: Path) -> dict[str, Any]:
+def chaos_run(
+    args: argparse.Namespace,
+    url: str,
+    target: Target,
+    srv: Any,
+    mapping_path: str,
+    first_day: date,
+    days: list[date],
+    workdir: Path,
+) -> dict[str, Any]:
     """Post every day through Dagster under faults, SIGKILLing load workers and the daemon; no repair by hand."""
     import dagster as dg
 
@@ -320,8 +362,10 @@ def chaos_run(args: argparse.Namespace, url: str, target: Target, srv: Any, mapp
         for day in days:
             _launch(client, day)
         launched = time.monotonic()
-        print(f"  launched {len(days)} load_job runs in {launched - t0:.0f} s (daemon and webserver start-up"
-              " included)", flush=True)
+        print(
+            f"  launched {len(days)} load_job runs in {launched - t0:.0f} s (daemon and webserver start-up included)",
+            flush=True,
+        )
         next_kill_at = max(next_kill_at, launched + rng.uniform(5, 20))
         daemon_kill_at = max(daemon_kill_at, launched + rng.uniform(40, 90))
         deadline = time.monotonic() + args.timeout
@@ -333,19 +377,31 @@ def chaos_run(args: argparse.Namespace, url: str, target: Target, srv: Any, mapp
                 break
             now = time.monotonic()
             if len(kills) < args.kills and now >= next_kill_at:
-                victims = [r for r in runs if r.status == dg.DagsterRunStatus.STARTED
-                           and (r.root_run_id or r.run_id) not in killed_roots]
+                victims = [
+                    r
+                    for r in runs
+                    if r.status == dg.DagsterRunStatus.STARTED and (r.root_run_id or r.run_id) not in killed_roots
+                ]
                 if victims:
                     run = rng.choice(victims)
                     pid, _ = worker_pid(instance, run.run_id)
                     if pid:
                         with contextlib.suppress(ProcessLookupError):
                             os.kill(pid, signal.SIGKILL)
-                            kills.append({"run": run.run_id[:8], "day": run.tags.get("dagster/partition"),
-                                          "pid": pid, "at_s": round(now - t0)})
+                            kills.append(
+                                {
+                                    "run": run.run_id[:8],
+                                    "day": run.tags.get("dagster/partition"),
+                                    "pid": pid,
+                                    "at_s": round(now - t0),
+                                }
+                            )
                             killed_roots.add(run.root_run_id or run.run_id)
-                            print(f"  SIGKILL run worker {pid} of {run.tags.get('dagster/partition')} at"
-                                  f" {now - t0:.0f} s", flush=True)
+                            print(
+                                f"  SIGKILL run worker {pid} of {run.tags.get('dagster/partition')} at"
+                                f" {now - t0:.0f} s",
+                                flush=True,
+                            )
                             next_kill_at = now + rng.uniform(15, 45)
             if daemon_killed_at is None and now >= daemon_kill_at:
                 daemon.kill()
@@ -398,8 +454,11 @@ def trial_balance(state: dict[str, Any]) -> dict[str, Decimal]:
 
 def _ledger_outcomes(url: str) -> dict[str, int]:
     with psycopg.connect(libpq_url(url)) as conn:
-        return dict(conn.execute("select coalesce(post_outcome, status), count(*) from sage_sync.posting_ledger"
-                                 " group by 1 order by 1").fetchall())
+        return dict(
+            conn.execute(
+                "select coalesce(post_outcome, status), count(*) from sage_sync.posting_ledger group by 1 order by 1"
+            ).fetchall()
+        )
 
 
 def _alerts(url: str) -> dict[str, int]:
@@ -427,32 +486,48 @@ def main() -> int:
     p.add_argument("--kills", type=int, default=3, help="load run workers to SIGKILL (the daemon is killed once)")
     p.add_argument("--timeout", type=int, default=2400, help="seconds to wait for every day to post")
     p.add_argument("--recovery-interval", type=int, default=5, help="seconds between dead-run recovery passes")
-    p.add_argument("--target", default=os.environ.get("SAGE_TARGET", "sagepro"), choices=sorted(TARGETS),
-                   help="the accounting target (default: SAGE_TARGET, as the pipeline reads it)")
+    p.add_argument(
+        "--target",
+        default=os.environ.get("SAGE_TARGET", "sagepro"),
+        choices=sorted(TARGETS),
+        help="the accounting target (default: SAGE_TARGET, as the pipeline reads it)",
+    )
     args = p.parse_args()
     target = TARGETS[args.target]
     t0 = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="stripe-sage-chaos-") as tmp:
         workdir = Path(tmp)
-        print(f"1/4 staging {args.days} generated days (volume {args.volume}, seed {args.seed}) from the emulator"
-              " at 5% 5xx, then the marts", flush=True)
+        print(
+            f"1/4 staging {args.days} generated days (volume {args.volume}, seed {args.seed}) from the emulator"
+            " at 5% 5xx, then the marts",
+            flush=True,
+        )
         stage_url, info = stage(args, workdir)
         days = posting_days(stage_url)
         ref_url = _recreate("chaos_ref", template="chaos_stage")
         run_url = _recreate("chaos_run", template="chaos_stage")
-        print(f"    {info['objects']} Stripe objects, {info['stripe_5xx']} Stripe 5xx retried, {len(days)} posting days",
-              flush=True)
+        print(
+            f"    {info['objects']} Stripe objects, {info['stripe_5xx']} Stripe 5xx retried, {len(days)} posting days",
+            flush=True,
+        )
 
         print("2/4 reference: fault-free load, in process", flush=True)
         with _sandbox(target, workdir / "target-ref", False, args.seed) as srv:
             stats = post_reference(ref_url, srv.base_url, info["mapping"], days)
             ref_state = target.state(srv)
         postings = sum(sum(c.values()) for c in ref_state["refs"].values())
-        print(f"    {postings} records posted: " + ", ".join(f"{r} {sum(c.values())}" for r, c in ref_state["refs"].items())
-              + f"; dead letters {sum(s.dead_lettered for s in stats.values())}", flush=True)
+        print(
+            f"    {postings} records posted: "
+            + ", ".join(f"{r} {sum(c.values())}" for r, c in ref_state["refs"].items())
+            + f"; dead letters {sum(s.dead_lettered for s in stats.values())}",
+            flush=True,
+        )
 
-        print(f"3/4 chaos: Dagster daemon + queued load_job runs, {args.target} at 10% 429 + 10% 503 + 5%"
-              f" commit-then-504, {args.kills} run workers and the daemon SIGKILLed", flush=True)
+        print(
+            f"3/4 chaos: Dagster daemon + queued load_job runs, {args.target} at 10% 429 + 10% 503 + 5%"
+            f" commit-then-504, {args.kills} run workers and the daemon SIGKILLed",
+            flush=True,
+        )
         with _sandbox(target, workdir / "target-chaos", True, args.seed + 1) as srv:
             run = chaos_run(args, run_url, target, srv, info["mapping"], info["first_day"], days, workdir)
             faults = Counter(e.fault for e in getattr(srv, "request_log", []) if e.fault)
@@ -465,23 +540,38 @@ def main() -> int:
         tb_ref, tb_got = trial_balance(ref_state), trial_balance(got_state)
         outcomes = _ledger_outcomes(run_url)
         print()
-        print(f"postings (reference)      {postings}  ({', '.join(f'{r} {sum(c.values())}' for r, c in ref_state['refs'].items())})")
-        print(f"chaos run                 {run['days_done']}/{run['days']} days posted in {run['seconds']} s;"
-              f" runs {run['runs']}, {run['retries']} automatic retries")
-        print(f"kills                     {len(run['kills'])} load run workers {[k['day'] for k in run['kills']]},"
-              f" daemon at {run['daemon_killed_at_s']} s")
+        print(
+            f"postings (reference)      {postings}  ({', '.join(f'{r} {sum(c.values())}' for r, c in ref_state['refs'].items())})"
+        )
+        print(
+            f"chaos run                 {run['days_done']}/{run['days']} days posted in {run['seconds']} s;"
+            f" runs {run['runs']}, {run['retries']} automatic retries"
+        )
+        print(
+            f"kills                     {len(run['kills'])} load run workers {[k['day'] for k in run['kills']]},"
+            f" daemon at {run['daemon_killed_at_s']} s"
+        )
         print(f"faults injected           {dict(faults)}; Stripe 5xx during extraction {info['stripe_5xx']}")
         print(f"ledger outcomes (chaos)   {outcomes}")
         print(f"alerts (chaos)            {_alerts(run_url)}")
-        print(f"missing                   {n['missing']}  {({k: v[:5] for k, v in diff['missing'].items() if v})}")
-        print(f"extra                     {n['extra']}  {({k: v[:5] for k, v in diff['extra'].items() if v})}")
+        print(f"missing                   {n['missing']}  { ({k: v[:5] for k, v in diff['missing'].items() if v}) }")
+        print(f"extra                     {n['extra']}  { ({k: v[:5] for k, v in diff['extra'].items() if v}) }")
         print(f"differing                 {n['differing']}  {diff['differing'][:5]}")
-        print(f"duplicates                {n['duplicates']}  {({k: v[:5] for k, v in diff['duplicates'].items() if v})}")
-        print("trial balance             " + ", ".join(f"{c.upper()} {v}" for c, v in tb_got.items())
-              + f"  (reference: {', '.join(f'{c.upper()} {v}' for c, v in tb_ref.items())})")
+        print(
+            f"duplicates                {n['duplicates']}  { ({k: v[:5] for k, v in diff['duplicates'].items() if v}) }"
+        )
+        print(
+            "trial balance             "
+            + ", ".join(f"{c.upper()} {v}" for c, v in tb_got.items())
+            + f"  (reference: {', '.join(f'{c.upper()} {v}' for c, v in tb_ref.items())})"
+        )
         print(f"total                     {time.monotonic() - t0:.0f} s")
-        ok = postings >= 3000 and not any(n.values()) and all(v == 0 for v in tb_got.values()) \
+        ok = (
+            postings >= 3000
+            and not any(n.values())
+            and all(v == 0 for v in tb_got.values())
             and run["days_done"] == run["days"]
+        )
         print("RESULT                    " + ("PASS" if ok else "FAIL"))
         return 0 if ok else 1
 

@@ -44,9 +44,24 @@ TABLES = ["customers", "charges", "refunds", "disputes", "payouts", "balance_tra
 def start_emulator(volume: float, days: int, end: int) -> tuple[subprocess.Popen, str, dict]:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "stripe_sage_sandboxes.stripe_emulator", "--port", str(port),
-         "--seed", "1", "--days", str(days), "--volume", str(volume), "--end", str(end)],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            sys.executable,
+            "-m",
+            "stripe_sage_sandboxes.stripe_emulator",
+            "--port",
+            str(port),
+            "--seed",
+            "1",
+            "--days",
+            str(days),
+            "--volume",
+            str(volume),
+            "--end",
+            str(end),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
@@ -61,8 +76,11 @@ def start_emulator(volume: float, days: int, end: int) -> tuple[subprocess.Popen
 
 
 def admin(url: str, path: str, body: dict | None = None) -> dict:
-    req = urllib.request.Request(url + path, data=json.dumps(body).encode() if body is not None else None,
-                                 headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
+    req = urllib.request.Request(
+        url + path,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(req, timeout=60) as resp:
         return json.loads(resp.read())
 
@@ -95,8 +113,9 @@ print(json.dumps({"seconds": dt, "requests": r.stats.requests, "rate_limited": r
 
 def run_worker(args: dict, code_dir: Path) -> dict:
     env = {**os.environ, "PYTHONPATH": str(code_dir), "PYTHONDONTWRITEBYTECODE": "1"}
-    out = subprocess.run([sys.executable, "-c", WORKER, json.dumps(args)], cwd=code_dir, capture_output=True,
-                         text=True, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", WORKER, json.dumps(args)], cwd=code_dir, capture_output=True, text=True, env=env
+    )
     if out.returncode != 0:
         raise RuntimeError(out.stderr[-3000:])
     return json.loads(out.stdout.strip().splitlines()[-1])
@@ -117,36 +136,61 @@ def staged(db: str) -> tuple[int, int]:
 
     with psycopg.connect(db) as c:
         per_table = [c.execute(f"select count(*) from stripe_staging.{t}").fetchone()[0] for t in TABLES]
-        members = [n for (n,) in c.execute(
-            "select count(m.balance_transaction_id) from stripe_staging.payouts p left join "
-            "stripe_staging.payout_balance_transactions m on m.payout_id = p.id where p.automatic group by p.id")]
+        members = [
+            n
+            for (n,) in c.execute(
+                "select count(m.balance_transaction_id) from stripe_staging.payouts p left join "
+                "stripe_staging.payout_balance_transactions m on m.payout_id = p.id where p.automatic group by p.id"
+            )
+        ]
     pages = sum(max(1, -(-n // 100)) for n in per_table + members)
     return sum(per_table) + sum(members), pages
 
 
-def measure(label: str, code_dir: Path, pg: EmbeddedPostgres, url: str, latency: int, limit: float | None,
-            start: int, end: int, workers: int | None = None) -> dict:
+def measure(
+    label: str,
+    code_dir: Path,
+    pg: EmbeddedPostgres,
+    url: str,
+    latency: int,
+    limit: float | None,
+    start: int,
+    end: int,
+    workers: int | None = None,
+) -> dict:
     admin(url, "/_emulator/config", {"latency_ms": latency, "rate_limit_per_s": limit or None})
     before = admin(url, "/_emulator/requests")
     db = fresh_db(pg, f"bench_{label}_{latency}_{int(limit or 0)}")
-    res = run_worker({"db": db, "url": url, "rate": limit, "tables": TABLES, "start": start, "end": end,
-                      "workers": workers}, code_dir)
+    res = run_worker(
+        {"db": db, "url": url, "rate": limit, "tables": TABLES, "start": start, "end": end, "workers": workers},
+        code_dir,
+    )
     after = admin(url, "/_emulator/requests")
     objects, floor = staged(db)
-    row = {"label": label, "latency_ms": latency, "limit": limit, **res, "objects": objects, "floor": floor,
-           "served": after["total"] - before["total"], "429": after["rate_limited"] - before["rate_limited"]}
+    row = {
+        "label": label,
+        "latency_ms": latency,
+        "limit": limit,
+        **res,
+        "objects": objects,
+        "floor": floor,
+        "served": after["total"] - before["total"],
+        "429": after["rate_limited"] - before["rate_limited"],
+    }
     row["busy"] = round(res["requests"] / res["seconds"] / limit, 3) if limit else "-"
     row["objects_per_s"] = round(objects / res["seconds"])
     row["per_1000"] = round(1000 * res["requests"] / objects, 2)
     row["vs_floor"] = round(res["requests"] / floor, 3)
     row["cpu_per_1000"] = round(1000 * res["cpu_s"] / objects, 3)
     busy = f"{row['busy']:.3f} of the limit" if limit else "no limit"
-    print(f"[{label:8}] {latency:>3} ms, {str(int(limit)) + '/s' if limit else 'unlimited':>9}: {busy}, "
-          f"{row['objects_per_s']:,} objects/s, {res['requests']} requests for {objects:,} objects = "
-          f"{row['per_1000']} per 1,000 ({row['vs_floor']:.3f} x the floor of {floor}), 429s {row['429']}, "
-          f"in flight {res.get('in_flight', '-')}, {res['seconds']:.1f} s, {row['cpu_per_1000']} CPU s per 1,000 objects, "
-          f"peak RSS {res['maxrss_kb'] / 1024:.0f} MiB",
-          flush=True)
+    print(
+        f"[{label:8}] {latency:>3} ms, {str(int(limit)) + '/s' if limit else 'unlimited':>9}: {busy}, "
+        f"{row['objects_per_s']:,} objects/s, {res['requests']} requests for {objects:,} objects = "
+        f"{row['per_1000']} per 1,000 ({row['vs_floor']:.3f} x the floor of {floor}), 429s {row['429']}, "
+        f"in flight {res.get('in_flight', '-')}, {res['seconds']:.1f} s, {row['cpu_per_1000']} CPU s per 1,000 objects, "
+        f"peak RSS {res['maxrss_kb'] / 1024:.0f} MiB",
+        flush=True,
+    )
     return row
 
 
@@ -172,7 +216,9 @@ def main() -> None:
             if a.baseline:
                 for pair in a.baseline_runs.split(","):
                     lat, lim = pair.split(":")
-                    rows.append(measure("baseline", a.baseline, pg, url, int(lat), float(lim) or None, start, end + 86400))
+                    rows.append(
+                        measure("baseline", a.baseline, pg, url, int(lat), float(lim) or None, start, end + 86400)
+                    )
             for lat in (int(x) for x in a.latencies.split(",")):
                 for lim in (float(x) for x in a.limits.split(",")):
                     rows.append(measure("this", ROOT, pg, url, lat, lim, start, end + 86400))
@@ -185,12 +231,18 @@ def main() -> None:
         pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)  # half a GB of Postgres data per run
     load = os.getloadavg()[0]
-    print(f"\nload average at the end: {load:.1f} (a busy machine lowers objects/s and, at 100 req/s, the busy fraction)")
-    print("| extractor | latency | limit | busy | objects/s | requests / 1,000 objects | x floor | 429s | CPU s / 1,000 objects | peak RSS |")
+    print(
+        f"\nload average at the end: {load:.1f} (a busy machine lowers objects/s and, at 100 req/s, the busy fraction)"
+    )
+    print(
+        "| extractor | latency | limit | busy | objects/s | requests / 1,000 objects | x floor | 429s | CPU s / 1,000 objects | peak RSS |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['label']} | {r['latency_ms']} ms | {str(int(r['limit'])) + '/s' if r['limit'] else 'none'} | {r['busy']} | {r['objects_per_s']:,} | "
-              f"{r['per_1000']} | {r['vs_floor']} | {r['429']} | {r['cpu_per_1000']} | {r['maxrss_kb'] / 1024:.0f} MiB |")
+        print(
+            f"| {r['label']} | {r['latency_ms']} ms | {str(int(r['limit'])) + '/s' if r['limit'] else 'none'} | {r['busy']} | {r['objects_per_s']:,} | "
+            f"{r['per_1000']} | {r['vs_floor']} | {r['429']} | {r['cpu_per_1000']} | {r['maxrss_kb'] / 1024:.0f} MiB |"
+        )
 
 
 if __name__ == "__main__":

@@ -111,22 +111,26 @@ def first_load(log_fn) -> None:
     def run(job: str, run_config: dict | None = None, **kw):
         t = time.monotonic()
         quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-        res = d.resolve_job_def(job).execute_in_process(instance=instance, run_config={**(run_config or {}), **quiet},
-                                                        **kw)
+        res = d.resolve_job_def(job).execute_in_process(
+            instance=instance, run_config={**(run_config or {}), **quiet}, **kw
+        )
         if not res.success:
             raise RuntimeError(f"first load: {job} {kw.get('partition_key', '')} failed")
         log_fn(f"  first load: {job} {kw.get('partition_key', '')} {time.monotonic() - t:.1f}s")
 
-    run("stripe_history_job", run_config={"ops": {"extract_history": {"config": {
-        "start": "2026-06-20-00:00", "end": "2026-07-16-23:00"}}}})
+    run(
+        "stripe_history_job",
+        run_config={"ops": {"extract_history": {"config": {"start": "2026-06-20-00:00", "end": "2026-07-16-23:00"}}}},
+    )
     run("update_path_job")
     run("transform_job")
     from datetime import UTC, datetime
 
     from stripe_sage_pipeline.defs.loading import daily_partitions
 
-    days = automation.days_to_load(libpq_url(database_url()), today=datetime.now(UTC).date(),
-                                   first_day=daily_partitions.start.date())
+    days = automation.days_to_load(
+        libpq_url(database_url()), today=datetime.now(UTC).date(), first_day=daily_partitions.start.date()
+    )
     for day in days:
         run("load_job", partition_key=f"{day:%Y-%m-%d}")
 
@@ -149,14 +153,27 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--events", type=int, default=24, help="refunds to make (>= 20)")
     ap.add_argument("--spacing", type=float, default=4.0, help="seconds between two refunds")
-    ap.add_argument("--interval", type=int, default=int(os.environ.get("STRIPE_SAGE_SENSOR_INTERVAL_S", "5")),
-                    help="STRIPE_SAGE_SENSOR_INTERVAL_S for the daemon (minimum_interval_seconds of every sensor)")
-    ap.add_argument("--burst", type=int, default=1,
-                    help="refunds made back to back every --spacing seconds (1: evenly spaced)")
-    ap.add_argument("--max-concurrent-runs", type=int, default=None,
-                    help="STRIPE_SAGE_MAX_CONCURRENT_RUNS for the instance (default: the project's dagster.yaml)")
-    ap.add_argument("--dequeue-interval", type=int, default=None,
-                    help="run queue poll in seconds (default: the project's dagster.yaml, i.e. Dagster's 5 s)")
+    ap.add_argument(
+        "--interval",
+        type=int,
+        default=int(os.environ.get("STRIPE_SAGE_SENSOR_INTERVAL_S", "5")),
+        help="STRIPE_SAGE_SENSOR_INTERVAL_S for the daemon (minimum_interval_seconds of every sensor)",
+    )
+    ap.add_argument(
+        "--burst", type=int, default=1, help="refunds made back to back every --spacing seconds (1: evenly spaced)"
+    )
+    ap.add_argument(
+        "--max-concurrent-runs",
+        type=int,
+        default=None,
+        help="STRIPE_SAGE_MAX_CONCURRENT_RUNS for the instance (default: the project's dagster.yaml)",
+    )
+    ap.add_argument(
+        "--dequeue-interval",
+        type=int,
+        default=None,
+        help="run queue poll in seconds (default: the project's dagster.yaml, i.e. Dagster's 5 s)",
+    )
     ap.add_argument("--timeout", type=float, default=900, help="overall bound on waiting for the entries, s")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, databases)")
     args = ap.parse_args(argv)
@@ -196,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
         emulator = EmulatorServer(state, port=0).start()
         receiver = webhooks.WebhookServer(conninfo, SECRET).start()
         state.config.webhook_urls = [receiver.url + webhooks.WEBHOOK_PATH]
-        sage = SageSandboxServer(SageSandboxConfig(data_dir=tmp / "sage", rate_per_minute=6000, max_concurrent=8),
-                                 port=0).start()
+        sage = SageSandboxServer(
+            SageSandboxConfig(data_dir=tmp / "sage", rate_per_minute=6000, max_concurrent=8), port=0
+        ).start()
 
         home = tmp / "dagster_home"
         home.mkdir()
@@ -224,8 +242,9 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.update(env_vars)
         config = yaml.safe_load(render_instance_config(dict(os.environ)))
         if args.dequeue_interval is not None:
-            config.setdefault("run_coordinator", {}).setdefault("config", {})[
-                "dequeue_interval_seconds"] = args.dequeue_interval
+            config.setdefault("run_coordinator", {}).setdefault("config", {})["dequeue_interval_seconds"] = (
+                args.dequeue_interval
+            )
         (home / "dagster.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
         dequeue = (config.get("run_coordinator", {}).get("config") or {}).get("dequeue_interval_seconds", 5)
         max_runs = config["concurrency"]["runs"]["max_concurrent_runs"]
@@ -240,9 +259,15 @@ def main(argv: list[str] | None = None) -> int:
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
         with daemon_log.open("wb") as fh:
-            daemon = subprocess.Popen([str(BIN_DIR / "dagster-daemon"), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
-                                      cwd=PROJECT_ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=True)
+            daemon = subprocess.Popen(
+                [str(BIN_DIR / "dagster-daemon"), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
         log(f"dagster-daemon pid {daemon.pid}, log {daemon_log}")
         ready = wait_daemon_ready(dagster_conninfo, daemon, daemon_log, timeout_s=180)
         log(f"daemon evaluating sensors after {ready:.0f}s")
@@ -260,8 +285,9 @@ def main(argv: list[str] | None = None) -> int:
                 time.sleep(due - time.time())
             r = client.v1.refunds.create(params={"charge": CHARGES[i % len(CHARGES)], "amount": REFUND_CENTS})
             refunds.append({"id": r.id, "bt": r.balance_transaction, "sdk_returned": time.time()})
-        pattern = (f"one every {args.spacing:g}s" if args.burst <= 1
-                   else f"in bursts of {args.burst} every {args.spacing:g}s")
+        pattern = (
+            f"one every {args.spacing:g}s" if args.burst <= 1 else f"in bursts of {args.burst} every {args.spacing:g}s"
+        )
         log(f"{len(refunds)} refunds made, {pattern}; waiting for their entries in Sage")
 
         # -- wait for every entry ------------------------------------------------------------------------
@@ -272,14 +298,21 @@ def main(argv: list[str] | None = None) -> int:
         while True:
             with psycopg.connect(conninfo, autocommit=True) as conn:
                 for oid, received, processed, run_key in conn.execute(
-                        "select object_id, received_at, processed_at, process_run_id from stripe_staging.webhook_inbox "
-                        "where event_type = 'refund.created' and object_id = any(%s)", (list(by_id),)):
-                    by_id[oid].update(received=received.timestamp(),
-                                      picked=processed.timestamp() if processed else None, inbox_key=run_key)
+                    "select object_id, received_at, processed_at, process_run_id from stripe_staging.webhook_inbox "
+                    "where event_type = 'refund.created' and object_id = any(%s)",
+                    (list(by_id),),
+                ):
+                    by_id[oid].update(
+                        received=received.timestamp(),
+                        picked=processed.timestamp() if processed else None,
+                        inbox_key=run_key,
+                    )
                 with contextlib.suppress(psycopg.errors.UndefinedTable):
                     for ref, status, posted_at in conn.execute(
-                            "select external_ref, status, posted_at from sage_sync.posting_ledger "
-                            "where resource = 'journal-entries' and external_ref = any(%s)", (list(by_bt),)):
+                        "select external_ref, status, posted_at from sage_sync.posting_ledger "
+                        "where resource = 'journal-entries' and external_ref = any(%s)",
+                        (list(by_bt),),
+                    ):
                         if status == "posted" and posted_at:
                             by_bt[ref]["posted"] = posted_at.timestamp()
             done = sum(1 for r in refunds if "posted" in r)
@@ -316,16 +349,26 @@ def main(argv: list[str] | None = None) -> int:
         print()
         print("=" * 78)
         print("Stripe event -> entry posted in Sage (real dagster-daemon, sensors and runs)")
-        print(f"  events               {len(refunds)} refunds (refund.created webhooks), {pattern} "
-              f"over {(refunds[-1]['sdk_returned'] - bench_start):.0f}s")
-        print(f"  sensor interval      {args.interval}s (STRIPE_SAGE_SENSOR_INTERVAL_S; every sensor's minimum interval)")
-        print(f"  run queue            dequeue every {dequeue}s, max {max_runs} concurrent runs; "
-              f"posting mode detail; {os.cpu_count()} CPUs")
+        print(
+            f"  events               {len(refunds)} refunds (refund.created webhooks), {pattern} "
+            f"over {(refunds[-1]['sdk_returned'] - bench_start):.0f}s"
+        )
+        print(
+            f"  sensor interval      {args.interval}s (STRIPE_SAGE_SENSOR_INTERVAL_S; every sensor's minimum interval)"
+        )
+        print(
+            f"  run queue            dequeue every {dequeue}s, max {max_runs} concurrent runs; "
+            f"posting mode detail; {os.cpu_count()} CPUs"
+        )
         load_after = os.getloadavg()
-        print(f"  machine load (1 min) {load_before[0]:.1f} when the events started, {load_after[0]:.1f} at the end "
-              f"(anything else running on the machine competes with the runs)")
-        print(f"  posted               {len(measured)}/{len(refunds)} (ledger), {in_sage}/{len(refunds)} found in Sage "
-              f"by external_ref; waited {end - bench_start:.0f}s")
+        print(
+            f"  machine load (1 min) {load_before[0]:.1f} when the events started, {load_after[0]:.1f} at the end "
+            f"(anything else running on the machine competes with the runs)"
+        )
+        print(
+            f"  posted               {len(measured)}/{len(refunds)} (ledger), {in_sage}/{len(refunds)} found in Sage "
+            f"by external_ref; waited {end - bench_start:.0f}s"
+        )
         if lat:
             med = statistics.median(lat)
             print(f"  latency median       {med:.1f}s")
@@ -333,12 +376,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  latency min / max    {min(lat):.1f}s / {max(lat):.1f}s")
             if len(measured) < len(refunds):
                 censored = lat + [end - r["received"] for r in refunds if "posted" not in r and "received" in r]
-                print(f"  NOT ALL POSTED       median over all events >= {statistics.median(censored):.1f}s "
-                      f"(unposted ones counted at the {end - bench_start:.0f}s wait; the figures above are the "
-                      f"posted ones only)")
+                print(
+                    f"  NOT ALL POSTED       median over all events >= {statistics.median(censored):.1f}s "
+                    f"(unposted ones counted at the {end - bench_start:.0f}s wait; the figures above are the "
+                    f"posted ones only)"
+                )
             met = med < GOAL_MEDIAN_S and p95(lat) < GOAL_P95_S and len(measured) == len(refunds)
-            print(f"  goal                 median < {GOAL_MEDIAN_S:.0f}s and p95 < {GOAL_P95_S:.0f}s: "
-                  f"{'MET' if met else 'NOT MET'}")
+            print(
+                f"  goal                 median < {GOAL_MEDIAN_S:.0f}s and p95 < {GOAL_P95_S:.0f}s: "
+                f"{'MET' if met else 'NOT MET'}"
+            )
         else:
             med = float("inf")
             print("  latency              no entry posted")
@@ -351,11 +398,14 @@ def main(argv: list[str] | None = None) -> int:
         per_job: dict[str, list[tuple[float, float]]] = defaultdict(list)
         for rec in records:
             if rec.start_time and rec.end_time:
-                per_job[rec.dagster_run.job_name].append((rec.start_time - rec.create_timestamp.timestamp(),
-                                                          rec.end_time - rec.start_time))
+                per_job[rec.dagster_run.job_name].append(
+                    (rec.start_time - rec.create_timestamp.timestamp(), rec.end_time - rec.start_time)
+                )
         for job, rows in sorted(per_job.items()):
-            print(f"    {job:<24} {statistics.median(q for q, _ in rows):>14.1f} "
-                  f"{statistics.median(x for _, x in rows):>16.1f} {len(rows):>4}")
+            print(
+                f"    {job:<24} {statistics.median(q for q, _ in rows):>14.1f} "
+                f"{statistics.median(x for _, x in rows):>16.1f} {len(rows):>4}"
+            )
 
         # Per event, its fast path run (by run key): picked by the sensor, queued and launched, run to posted.
         stages: dict[str, list[float]] = defaultdict(list)

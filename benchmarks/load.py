@@ -63,16 +63,45 @@ def _ts(day: date, seconds: int = 0) -> int:
 
 def _charge_bt(i: str, amount: int, created: int) -> tuple[dict, dict]:
     fee = amount * 29 // 1000 + 30
-    bt = {"id": f"txn_{i}", "object": "balance_transaction", "amount": amount, "fee": fee, "net": amount - fee,
-          "currency": "usd", "created": created, "available_on": created + 86400, "exchange_rate": None,
-          "fee_details": [{"amount": fee, "currency": "usd", "type": "stripe_fee", "description": "fee",
-                           "application": None}],
-          "reporting_category": "charge", "source": f"ch_{i}", "status": "available", "type": "charge",
-          "description": None}
-    ch = {"id": f"ch_{i}", "object": "charge", "amount": amount, "amount_captured": amount, "amount_refunded": 0,
-          "balance_transaction": bt["id"], "captured": True, "created": created, "currency": "usd", "customer": None,
-          "description": f"Order {i}", "disputed": False, "invoice": None, "livemode": False, "metadata": {},
-          "paid": True, "refunded": False, "status": "succeeded"}
+    bt = {
+        "id": f"txn_{i}",
+        "object": "balance_transaction",
+        "amount": amount,
+        "fee": fee,
+        "net": amount - fee,
+        "currency": "usd",
+        "created": created,
+        "available_on": created + 86400,
+        "exchange_rate": None,
+        "fee_details": [
+            {"amount": fee, "currency": "usd", "type": "stripe_fee", "description": "fee", "application": None}
+        ],
+        "reporting_category": "charge",
+        "source": f"ch_{i}",
+        "status": "available",
+        "type": "charge",
+        "description": None,
+    }
+    ch = {
+        "id": f"ch_{i}",
+        "object": "charge",
+        "amount": amount,
+        "amount_captured": amount,
+        "amount_refunded": 0,
+        "balance_transaction": bt["id"],
+        "captured": True,
+        "created": created,
+        "currency": "usd",
+        "customer": None,
+        "description": f"Order {i}",
+        "disputed": False,
+        "invoice": None,
+        "livemode": False,
+        "metadata": {},
+        "paid": True,
+        "refunded": False,
+        "status": "succeeded",
+    }
     return bt, ch
 
 
@@ -97,16 +126,45 @@ def stage(url: str, throughput_n: int) -> tuple[date, dict[int, date]]:
                 ids.append(bt["id"])
                 net += bt["net"]
             po = f"po_bench{size}x{p}"
-            own = {"id": f"txn_{po}", "object": "balance_transaction", "amount": -net, "fee": 0, "net": -net,
-                   "currency": "usd", "created": _ts(arrival, -86400), "available_on": _ts(arrival, -86400),
-                   "exchange_rate": None, "fee_details": [], "reporting_category": "payout", "source": po,
-                   "status": "available", "type": "payout", "description": None}
+            own = {
+                "id": f"txn_{po}",
+                "object": "balance_transaction",
+                "amount": -net,
+                "fee": 0,
+                "net": -net,
+                "currency": "usd",
+                "created": _ts(arrival, -86400),
+                "available_on": _ts(arrival, -86400),
+                "exchange_rate": None,
+                "fee_details": [],
+                "reporting_category": "payout",
+                "source": po,
+                "status": "available",
+                "type": "payout",
+                "description": None,
+            }
             bts.append(own)
-            payouts.append({"id": po, "object": "payout", "amount": net, "arrival_date": _ts(arrival),
-                            "automatic": True, "balance_transaction": own["id"], "created": _ts(arrival, -86400),
-                            "currency": "usd", "failure_balance_transaction": None, "failure_code": None,
-                            "failure_message": None, "method": "standard", "status": "paid", "type": "bank_account",
-                            "metadata": {}, "description": "STRIPE PAYOUT", "destination": "ba_1"})
+            payouts.append(
+                {
+                    "id": po,
+                    "object": "payout",
+                    "amount": net,
+                    "arrival_date": _ts(arrival),
+                    "automatic": True,
+                    "balance_transaction": own["id"],
+                    "created": _ts(arrival, -86400),
+                    "currency": "usd",
+                    "failure_balance_transaction": None,
+                    "failure_code": None,
+                    "failure_message": None,
+                    "method": "standard",
+                    "status": "paid",
+                    "type": "bank_account",
+                    "metadata": {},
+                    "description": "STRIPE PAYOUT",
+                    "destination": "ba_1",
+                }
+            )
             members[po] = [*ids, own["id"]]
     with psycopg.connect(libpq_url(url)) as conn:
         ensure_schema(conn)
@@ -138,11 +196,13 @@ def throughput(url: str, day: date, limit: int, folder: Path) -> None:
     """Part 1: postings/s against the sandbox's configured limit."""
     mapping = _mapping("detail", folder)
     dbt_build(url=url, mapping=mapping)
-    srv = SageSandboxServer(SageSandboxConfig(data_dir=folder / "sage-throughput", rate_per_minute=limit,
-                                              max_concurrent=4)).start()
+    srv = SageSandboxServer(
+        SageSandboxConfig(data_dir=folder / "sage-throughput", rate_per_minute=limit, max_concurrent=4)
+    ).start()
     client_rate = int(limit * 0.95)
-    client, counter = make_client(srv.base_url, "pipeline", "pipeline-secret", rate_per_minute=client_rate,
-                                  max_concurrency=4)
+    client, counter = make_client(
+        srv.base_url, "pipeline", "pipeline-secret", rate_per_minute=client_rate, max_concurrency=4
+    )
     poster = Poster(url, client, workers=4, transport=counter)
     t0 = time.monotonic()
     stats = load_journal_entries(url, poster, day, mapping)
@@ -155,12 +215,18 @@ def throughput(url: str, day: date, limit: int, folder: Path) -> None:
     client.close()
     srv.stop()
     limit_s = limit / 60
-    print(f"\n1. Throughput, detail mode, {stats.created} entries of {day} "
-          f"(sandbox limit {limit}/min = {limit_s:.2f} req/s, client at {client_rate}/min, 4 workers)")
+    print(
+        f"\n1. Throughput, detail mode, {stats.created} entries of {day} "
+        f"(sandbox limit {limit}/min = {limit_s:.2f} req/s, client at {client_rate}/min, 4 workers)"
+    )
     print(f"   {stats.created} posted in {elapsed:.1f} s with {stats.requests} requests ({rejected} answered 429)")
-    print(f"   postings/s overall      {stats.created / elapsed:6.2f}  = {stats.created / elapsed / limit_s:.3f} of the limit")
-    print(f"   postings/s steady state {steady_rate:6.2f}  = {steady_rate / limit_s:.3f} of the limit"
-          f" (after the first 10 s)")
+    print(
+        f"   postings/s overall      {stats.created / elapsed:6.2f}  = {stats.created / elapsed / limit_s:.3f} of the limit"
+    )
+    print(
+        f"   postings/s steady state {steady_rate:6.2f}  = {steady_rate / limit_s:.3f} of the limit"
+        f" (after the first 10 s)"
+    )
 
 
 def per_payout(url: str, size_days: dict[int, date], folder: Path) -> None:
@@ -168,8 +234,9 @@ def per_payout(url: str, size_days: dict[int, date], folder: Path) -> None:
     mapping = _mapping("payout_summary", folder)
     dbt_build(url=url, mapping=mapping)
     _truncate_ledger(url)
-    srv = SageSandboxServer(SageSandboxConfig(data_dir=folder / "sage-summary", rate_per_minute=60_000,
-                                              max_concurrent=8)).start()
+    srv = SageSandboxServer(
+        SageSandboxConfig(data_dir=folder / "sage-summary", rate_per_minute=60_000, max_concurrent=8)
+    ).start()
     print(f"\n2. Requests per payout, payout-summary mode ({PAYOUTS_PER_SIZE} payouts per size, one run per size)")
     print("   items/payout  lines/entry  requests  POSTs  requests/payout  POSTs/payout")
     for size, day in size_days.items():
@@ -179,8 +246,10 @@ def per_payout(url: str, size_days: dict[int, date], folder: Path) -> None:
         stats = load_journal_entries(url, poster, day, mapping)
         posts = sum(1 for e in srv.request_log[before:] if e.method == "POST")
         entry = client.find_by_external_ref("journal-entries", f"po_bench{size}x0")
-        print(f"   {size:>12}  {len(entry['lines']):>11}  {stats.requests:>8}  {posts:>5}"
-              f"  {stats.requests / PAYOUTS_PER_SIZE:>15.2f}  {posts / PAYOUTS_PER_SIZE:>12.2f}")
+        print(
+            f"   {size:>12}  {len(entry['lines']):>11}  {stats.requests:>8}  {posts:>5}"
+            f"  {stats.requests / PAYOUTS_PER_SIZE:>15.2f}  {posts / PAYOUTS_PER_SIZE:>12.2f}"
+        )
         poster.close()
         client.close()
     srv.stop()
@@ -198,8 +267,10 @@ def main() -> None:
         folder = Path(tmp)
         t0 = time.monotonic()
         day, size_days = stage(url, n)
-        print(f"staged {n} charges for the throughput run and {len(SIZES) * PAYOUTS_PER_SIZE} payouts"
-              f" in {time.monotonic() - t0:.1f} s")
+        print(
+            f"staged {n} charges for the throughput run and {len(SIZES) * PAYOUTS_PER_SIZE} payouts"
+            f" in {time.monotonic() - t0:.1f} s"
+        )
         throughput(url, day, args.limit, folder)
         per_payout(url, size_days, folder)
 

@@ -148,7 +148,9 @@ def generate(url: str, lo: int, hi: int, t0: datetime, span_s: int, extracted: d
     """Generate balance transactions [lo, hi) and everything that goes with them into staging."""
     with psycopg.connect(libpq_url(url)) as conn:
         ensure_schema(conn)
-        psycopg.ClientCursor(conn).execute(GENERATE, {"lo": lo, "hi": hi, "t0": t0, "span_s": span_s, "extracted": extracted})
+        psycopg.ClientCursor(conn).execute(
+            GENERATE, {"lo": lo, "hi": hi, "t0": t0, "span_s": span_s, "extracted": extracted}
+        )
         conn.commit()
     with psycopg.connect(libpq_url(url), autocommit=True) as conn:
         conn.execute("vacuum analyze")
@@ -170,8 +172,11 @@ def main() -> None:
     """Generate, build in full, add 1%, build incrementally, print the figures."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=1_000_000, help="balance transactions in the full build")
-    ap.add_argument("--reuse-data", action="store_true",
-                    help="clone the generated history from a template database kept by an earlier run")
+    ap.add_argument(
+        "--reuse-data",
+        action="store_true",
+        help="clone the generated history from a template database kept by an earlier run",
+    )
     args = ap.parse_args()
     n = args.rows
     year = 365 * 86400
@@ -201,16 +206,21 @@ def main() -> None:
     full = t_dbt + t_ge
     with psycopg.connect(libpq_url(url)) as conn:
         lines = conn.execute("select count(*) from finance.fct_journal_lines").fetchone()[0]
-    print(f"full build:        {full:7.1f} s  (dbt build {t_dbt:.1f} s + GE suites {t_ge:.1f} s; "
-          f"{lines:,} journal lines; suites passed: {all(ok.values())})", flush=True)
+    print(
+        f"full build:        {full:7.1f} s  (dbt build {t_dbt:.1f} s + GE suites {t_ge:.1f} s; "
+        f"{lines:,} journal lines; suites passed: {all(ok.values())})",
+        flush=True,
+    )
 
     extra = n // 100
     generate(url, n, n + extra, start + timedelta(seconds=year), int(year * extra / n), datetime.now(UTC))
     t_dbt, t_ge, ok, plan = build(url, full_refresh=False)
     inc = t_dbt + t_ge
-    print(f"incremental (+1%): {inc:7.1f} s  (dbt build {t_dbt:.1f} s + GE suites {t_ge:.1f} s; "
-          f"suites passed: {all(ok.values())}; staging views and unit tests "
-          f"{'run' if plan.code_steps else 'skipped: dbt code unchanged'})")
+    print(
+        f"incremental (+1%): {inc:7.1f} s  (dbt build {t_dbt:.1f} s + GE suites {t_ge:.1f} s; "
+        f"suites passed: {all(ok.values())}; staging views and unit tests "
+        f"{'run' if plan.code_steps else 'skipped: dbt code unchanged'})"
+    )
     print(f"incremental / full = {inc / full:.1%}")
 
 

@@ -24,11 +24,25 @@ SANDBOX_INTACCT_CLIENT_ID = "pipeline.app.sandbox"
 SANDBOX_INTACCT_CLIENT_SECRET = "intacct-sandbox-secret"
 SANDBOX_INTACCT_USERNAME = "pipeline@STRIPESAGE"
 
-_SECRET_FIELDS = {"stripe_api_key", "stripe_webhook_secret", "sagepro_password", "database_url",
-                  "intacct_client_secret", "intacct_refresh_token", "studio_token"}
+_SECRET_FIELDS = {
+    "stripe_api_key",
+    "stripe_webhook_secret",
+    "sagepro_password",
+    "database_url",
+    "intacct_client_secret",
+    "intacct_refresh_token",
+    "studio_token",
+}
 # The variables whose values are secrets (alerts scrub them from every text they store or send).
-SECRET_ENV_VARS = ("STRIPE_API_KEY", "SAGEPRO_PASSWORD", "STRIPE_WEBHOOK_SECRET", "INTACCT_CLIENT_SECRET",
-                   "INTACCT_REFRESH_TOKEN", "STRIPE_SAGE_STUDIO_TOKEN", "PGPASSWORD")
+SECRET_ENV_VARS = (
+    "STRIPE_API_KEY",
+    "SAGEPRO_PASSWORD",
+    "STRIPE_WEBHOOK_SECRET",
+    "INTACCT_CLIENT_SECRET",
+    "INTACCT_REFRESH_TOKEN",
+    "STRIPE_SAGE_STUDIO_TOKEN",
+    "PGPASSWORD",
+)
 # URLs whose password is a secret (the host and database name are not): the password is scrubbed wherever it shows.
 DATABASE_URL_ENV_VARS = ("STRIPE_SAGE_DATABASE_URL", "DAGSTER_POSTGRES_URL", "DATABASE_URL")
 

@@ -131,8 +131,10 @@ class GoldenMarts:
         database = url.rsplit("/", 1)[1]
         with admin_connection(self.pg_server) as conn:
             # CREATE DATABASE … TEMPLATE needs the template to have no other session.
-            conn.execute("select pg_terminate_backend(pid) from pg_stat_activity"
-                         " where datname = %s and pid <> pg_backend_pid()", (template,))
+            conn.execute(
+                "select pg_terminate_backend(pid) from pg_stat_activity where datname = %s and pid <> pg_backend_pid()",
+                (template,),
+            )
             conn.execute(f'drop database if exists "{database}" with (force)')
             conn.execute(f'create database "{database}" template "{template}"')
         return self.golden

@@ -69,15 +69,22 @@ def posting_dates(url: str) -> list[date]:
     return [r[0] for r in rows]
 
 
-def post_everything(url: str, client: SageClient, mapping: Mapping, transport: Any = None, workers: int = 4,
-                    days: list[date] | None = None) -> dict[str, LoadStats]:
+def post_everything(
+    url: str,
+    client: SageClient,
+    mapping: Mapping,
+    transport: Any = None,
+    workers: int = 4,
+    days: list[date] | None = None,
+) -> dict[str, LoadStats]:
     """Customers, then every posting date in order, through the plain posting modules."""
     poster = Poster(url, client, workers=workers, transport=transport)
     total: dict[str, LoadStats] = {}
     try:
         for day in days or posting_dates(url):
-            res = load_partition(url, poster, day, mapping,
-                                 customers=lambda d=day: push_customers(url, client, up_to=d, mapping=mapping))
+            res = load_partition(
+                url, poster, day, mapping, customers=lambda d=day: push_customers(url, client, up_to=d, mapping=mapping)
+            )
             for k, v in res.items():
                 total.setdefault(k, LoadStats()).merge(v)
     finally:
@@ -111,8 +118,11 @@ def sage_state(client: SageClient) -> dict[str, Any]:
     return {"postings": postings, "refs": refs}
 
 
-def ledger(url: str, sql: str = "select * from sage_sync.posting_ledger order by resource, external_ref, version",
-           params: tuple = ()) -> list[dict[str, Any]]:
+def ledger(
+    url: str,
+    sql: str = "select * from sage_sync.posting_ledger order by resource, external_ref, version",
+    params: tuple = (),
+) -> list[dict[str, Any]]:
     """Ledger rows as dicts."""
     with psycopg.connect(libpq_url(url)) as conn:
         cur = conn.execute(sql, params)

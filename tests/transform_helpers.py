@@ -15,7 +15,9 @@ from stripe_sage_pipeline.runtime.db import libpq_url
 STAGED_KEYS = ("customers", "charges", "refunds", "disputes", "payouts", "balance_transactions", "invoices")
 
 
-def load_stripe_objects(url: str, stripe: dict[str, Any], stripe_account: str = "", api_version: str = "2023-08-16") -> None:
+def load_stripe_objects(
+    url: str, stripe: dict[str, Any], stripe_account: str = "", api_version: str = "2023-08-16"
+) -> None:
     """Upsert a golden-file style `stripe` dict (objects per table + balance_transactions_by_payout),
     objects in the shapes of `api_version`."""
     with psycopg.connect(libpq_url(url)) as conn:
@@ -59,39 +61,103 @@ def movement(url: str, posting_mode: str, currency: str | None = None) -> dict[s
     return {r["account_code"]: r["m"] for r in rows}
 
 
-def bt(id: str, amount: int, fee: int, category: str, source: str | None, currency: str = "usd",
-       created: int = 1783934100, type_: str | None = None, fee_details: list | None = None,
-       exchange_rate: float | None = None) -> dict[str, Any]:
+def bt(
+    id: str,
+    amount: int,
+    fee: int,
+    category: str,
+    source: str | None,
+    currency: str = "usd",
+    created: int = 1783934100,
+    type_: str | None = None,
+    fee_details: list | None = None,
+    exchange_rate: float | None = None,
+) -> dict[str, Any]:
     """A Stripe-shaped balance transaction (net = amount - fee)."""
     if fee_details is None:
-        fee_details = [{"amount": fee, "currency": currency, "type": "stripe_fee", "description": "fee",
-                        "application": None}] if fee else []
+        fee_details = (
+            [{"amount": fee, "currency": currency, "type": "stripe_fee", "description": "fee", "application": None}]
+            if fee
+            else []
+        )
     return {
-        "id": id, "object": "balance_transaction", "amount": amount, "fee": fee, "net": amount - fee,
-        "currency": currency, "created": created, "available_on": created + 86400, "exchange_rate": exchange_rate,
-        "fee_details": fee_details, "reporting_category": category, "source": source, "status": "available",
-        "type": type_ or category, "description": None,
+        "id": id,
+        "object": "balance_transaction",
+        "amount": amount,
+        "fee": fee,
+        "net": amount - fee,
+        "currency": currency,
+        "created": created,
+        "available_on": created + 86400,
+        "exchange_rate": exchange_rate,
+        "fee_details": fee_details,
+        "reporting_category": category,
+        "source": source,
+        "status": "available",
+        "type": type_ or category,
+        "description": None,
     }
 
 
-def payout(id: str, amount: int, bt_id: str, arrival: int, status: str = "paid", currency: str = "usd",
-           failure_bt: str | None = None) -> dict[str, Any]:
+def payout(
+    id: str,
+    amount: int,
+    bt_id: str,
+    arrival: int,
+    status: str = "paid",
+    currency: str = "usd",
+    failure_bt: str | None = None,
+) -> dict[str, Any]:
     """A Stripe-shaped automatic payout."""
     return {
-        "id": id, "object": "payout", "amount": amount, "arrival_date": arrival, "automatic": True,
-        "balance_transaction": bt_id, "created": arrival - 86400, "currency": currency,
-        "failure_balance_transaction": failure_bt, "failure_code": "account_closed" if status == "failed" else None,
-        "failure_message": None, "method": "standard", "status": status, "type": "bank_account",
-        "metadata": {}, "description": "STRIPE PAYOUT", "destination": "ba_1",
+        "id": id,
+        "object": "payout",
+        "amount": amount,
+        "arrival_date": arrival,
+        "automatic": True,
+        "balance_transaction": bt_id,
+        "created": arrival - 86400,
+        "currency": currency,
+        "failure_balance_transaction": failure_bt,
+        "failure_code": "account_closed" if status == "failed" else None,
+        "failure_message": None,
+        "method": "standard",
+        "status": status,
+        "type": "bank_account",
+        "metadata": {},
+        "description": "STRIPE PAYOUT",
+        "destination": "ba_1",
     }
 
 
-def charge(id: str, amount: int, bt_id: str, currency: str = "usd", customer: str | None = None,
-           metadata: dict | None = None, invoice: str | None = None, created: int = 1783934100) -> dict[str, Any]:
+def charge(
+    id: str,
+    amount: int,
+    bt_id: str,
+    currency: str = "usd",
+    customer: str | None = None,
+    metadata: dict | None = None,
+    invoice: str | None = None,
+    created: int = 1783934100,
+) -> dict[str, Any]:
     """A Stripe-shaped succeeded charge."""
     return {
-        "id": id, "object": "charge", "amount": amount, "amount_captured": amount, "amount_refunded": 0,
-        "balance_transaction": bt_id, "captured": True, "created": created, "currency": currency,
-        "customer": customer, "description": f"Order {id}", "disputed": False, "invoice": invoice,
-        "livemode": False, "metadata": metadata or {}, "paid": True, "refunded": False, "status": "succeeded",
+        "id": id,
+        "object": "charge",
+        "amount": amount,
+        "amount_captured": amount,
+        "amount_refunded": 0,
+        "balance_transaction": bt_id,
+        "captured": True,
+        "created": created,
+        "currency": currency,
+        "customer": customer,
+        "description": f"Order {id}",
+        "disputed": False,
+        "invoice": invoice,
+        "livemode": False,
+        "metadata": metadata or {},
+        "paid": True,
+        "refunded": False,
+        "status": "succeeded",
     }

@@ -79,8 +79,9 @@ class DagsterUI:
 
     def graphql(self, query: str, variables: Mapping[str, Any] | None = None, timeout: float = 60) -> dict[str, Any]:
         """POST a query to /graphql, as the UI does; GraphQL-level errors raise."""
-        resp = httpx.post(f"{self.url}/graphql", json={"query": query, "variables": dict(variables or {})},
-                          timeout=timeout)
+        resp = httpx.post(
+            f"{self.url}/graphql", json={"query": query, "variables": dict(variables or {})}, timeout=timeout
+        )
         try:
             body = resp.json()
         except ValueError:
@@ -113,8 +114,9 @@ class DagsterUI:
 def create_database(pg_server: EmbeddedPostgres, prefix: str) -> str:
     """A new empty database on the test server; returns its name."""
     name = f"{prefix}_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(f"host=127.0.0.1 port={pg_server.port} user=postgres dbname=postgres",
-                         autocommit=True) as conn:
+    with psycopg.connect(
+        f"host=127.0.0.1 port={pg_server.port} user=postgres dbname=postgres", autocommit=True
+    ) as conn:
         conn.execute(f'create database "{name}"')
     return name
 
@@ -129,25 +131,34 @@ def write_dagster_home(home: Path, env: Mapping[str, str], dequeue_interval_s: i
     return home
 
 
-def ui_environment(base: Mapping[str, str], *, home: Path, instance_db_url: str, pipeline_db_url: str,
-                   sage_base_url: str | None, data_dir: Path, extra: Mapping[str, str] | None = None
-                   ) -> dict[str, str]:
+def ui_environment(
+    base: Mapping[str, str],
+    *,
+    home: Path,
+    instance_db_url: str,
+    pipeline_db_url: str,
+    sage_base_url: str | None,
+    data_dir: Path,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
     """The subprocesses' environment: instance, pipeline database, Sage sandbox, telemetry off."""
     env = dict(base)
-    env.update({
-        "DAGSTER_HOME": str(home),
-        "DAGSTER_POSTGRES_URL": instance_db_url,
-        "DAGSTER_TELEMETRY_ENABLED": "false",
-        "GX_ANALYTICS_ENABLED": "false",
-        "STRIPE_SAGE_DATABASE_URL": pipeline_db_url,
-        # Keeps anything the code location writes out of the checkout's .data.
-        "STRIPE_SAGE_DATA_DIR": str(data_dir),
-        "SAGEPRO_USER": SAGE_USER,
-        "SAGEPRO_PASSWORD": SAGE_PASSWORD,
-        "PYTHONUNBUFFERED": "1",
-        # The workspace loads `stripe_sage_pipeline.definitions` by module name.
-        "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), base.get("PYTHONPATH", "")) if p),
-    })
+    env.update(
+        {
+            "DAGSTER_HOME": str(home),
+            "DAGSTER_POSTGRES_URL": instance_db_url,
+            "DAGSTER_TELEMETRY_ENABLED": "false",
+            "GX_ANALYTICS_ENABLED": "false",
+            "STRIPE_SAGE_DATABASE_URL": pipeline_db_url,
+            # Keeps anything the code location writes out of the checkout's .data.
+            "STRIPE_SAGE_DATA_DIR": str(data_dir),
+            "SAGEPRO_USER": SAGE_USER,
+            "SAGEPRO_PASSWORD": SAGE_PASSWORD,
+            "PYTHONUNBUFFERED": "1",
+            # The workspace loads `stripe_sage_pipeline.definitions` by module name.
+            "PYTHONPATH": os.pathsep.join(p for p in (str(PROJECT_ROOT), base.get("PYTHONPATH", "")) if p),
+        }
+    )
     if sage_base_url:
         env["SAGEPRO_BASE_URL"] = sage_base_url
     env.update(extra or {})
@@ -207,7 +218,9 @@ def _wait_until_ready(ui: DagsterUI, timeout_s: float, wait_for_daemon: bool) ->
         ui.assert_alive()
         statuses = ui.graphql(DAEMON_HEALTH_QUERY)["instance"]["daemonHealth"]["allDaemonStatuses"]
         last = statuses
-        needed = {s["daemonType"]: s["healthy"] for s in statuses if s["daemonType"] in ("BACKFILL", "QUEUED_RUN_COORDINATOR")}
+        needed = {
+            s["daemonType"]: s["healthy"] for s in statuses if s["daemonType"] in ("BACKFILL", "QUEUED_RUN_COORDINATOR")
+        }
         if needed and all(needed.values()):
             return
         time.sleep(0.5)
@@ -216,32 +229,57 @@ def _wait_until_ready(ui: DagsterUI, timeout_s: float, wait_for_daemon: bool) ->
 
 
 @contextlib.contextmanager
-def dagster_ui(pg_server: EmbeddedPostgres, workdir: Path, pipeline_db_url: str, sage_base_url: str | None = None,
-               *, daemon: bool = True, startup_timeout_s: float = 90, extra_env: Mapping[str, str] | None = None
-               ) -> Iterator[DagsterUI]:
+def dagster_ui(
+    pg_server: EmbeddedPostgres,
+    workdir: Path,
+    pipeline_db_url: str,
+    sage_base_url: str | None = None,
+    *,
+    daemon: bool = True,
+    startup_timeout_s: float = 90,
+    extra_env: Mapping[str, str] | None = None,
+) -> Iterator[DagsterUI]:
     """Webserver (+ daemon) on a free 127.0.0.1 port with a fresh instance database; stopped on exit."""
     workdir.mkdir(parents=True, exist_ok=True)
     instance_db = create_database(pg_server, "dagster")
     instance_db_url = pg_server.url(instance_db, driver="postgresql+psycopg2")
     home = workdir / "dagster_home"
-    env = ui_environment(os.environ, home=home, instance_db_url=instance_db_url, pipeline_db_url=pipeline_db_url,
-                         sage_base_url=sage_base_url, data_dir=workdir / "data", extra=extra_env)
+    env = ui_environment(
+        os.environ,
+        home=home,
+        instance_db_url=instance_db_url,
+        pipeline_db_url=pipeline_db_url,
+        sage_base_url=sage_base_url,
+        data_dir=workdir / "data",
+        extra=extra_env,
+    )
     write_dagster_home(home, env)
 
     port = free_port()
-    commands = {"webserver": [str(BIN_DIR / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port),
-                              "-w", str(WORKSPACE)]}
+    commands = {
+        "webserver": [str(BIN_DIR / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", str(WORKSPACE)]
+    }
     if daemon:
         commands["daemon"] = [str(BIN_DIR / "dagster-daemon"), "run", "-w", str(WORKSPACE)]
-    ui = DagsterUI(url=f"http://127.0.0.1:{port}", home=home, instance_db_url=instance_db_url,
-                   logs={name: workdir / f"{name}.log" for name in commands})
+    ui = DagsterUI(
+        url=f"http://127.0.0.1:{port}",
+        home=home,
+        instance_db_url=instance_db_url,
+        logs={name: workdir / f"{name}.log" for name in commands},
+    )
     try:
         for name, cmd in commands.items():
             with ui.logs[name].open("wb") as log:
                 # Own session = own process group, so the code servers and run workers die with it.
-                ui.procs[name] = subprocess.Popen(cmd, cwd=PROJECT_ROOT, env=env, stdout=log,
-                                                  stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                                  start_new_session=True)
+                ui.procs[name] = subprocess.Popen(
+                    cmd,
+                    cwd=PROJECT_ROOT,
+                    env=env,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
         _wait_until_ready(ui, startup_timeout_s, wait_for_daemon=daemon)
         yield ui
     except BaseException:

@@ -61,8 +61,11 @@ def suspense_lines(conn: psycopg.Connection, day: date, suspense_account: str) -
 
 def held_items(items: list[Any]) -> list[dict[str, Any]]:
     """The planned items that were held back, with why (`PlannedItem.hold_reason`)."""
-    return [{"resource": i.resource, "external_ref": i.external_ref, "reason": i.hold_reason}
-            for i in items if getattr(i, "hold_reason", None)]
+    return [
+        {"resource": i.resource, "external_ref": i.external_ref, "reason": i.hold_reason}
+        for i in items
+        if getattr(i, "hold_reason", None)
+    ]
 
 
 def _fingerprint(kind: str, day: date, refs: list[str]) -> str:
@@ -78,8 +81,9 @@ def _already_alerted(conninfo: str, kind: str, fingerprint: str) -> bool:
         ).fetchone()[0]
 
 
-def raise_attention_alerts(conninfo: str, att: Attention, *, run_id: str | None = None,
-                           job_name: str | None = None) -> list[int]:
+def raise_attention_alerts(
+    conninfo: str, att: Attention, *, run_id: str | None = None, job_name: str | None = None
+) -> list[int]:
     """One alert for the day's suspense postings and one for its held items, each raised once per distinct
     set of items (a re-load of the same day does not alert again); returns the new alerts' ids."""
     raised = []
@@ -89,29 +93,43 @@ def raise_attention_alerts(conninfo: str, att: Attention, *, run_id: str | None 
         if not _already_alerted(conninfo, "suspense_posting", fp):
             per_currency: dict[str, int] = {}
             for s in att.suspense:
-                per_currency[s["currency"]] = per_currency.get(s["currency"], 0) + (s["debit"] or 0) - (s["credit"] or 0)
+                per_currency[s["currency"]] = (
+                    per_currency.get(s["currency"], 0) + (s["debit"] or 0) - (s["credit"] or 0)
+                )
             categories = sorted({str(s["accounting_category"]) for s in att.suspense})
-            raised.append(raise_alert(
-                conninfo, severity="warning", kind="suspense_posting",
-                title=f"{len(refs)} entr{'y' if len(refs) == 1 else 'ies'} of {att.day} booked to Suspense",
-                message=f"Unmapped reporting categories ({', '.join(categories)}) posted to the suspense account:"
-                        f" {', '.join(refs[:20])}{' …' if len(refs) > 20 else ''}"
-                        f" (net per currency, minor units: {per_currency})",
-                next_step=SUSPENSE_NEXT_STEP, run_id=run_id, job_name=job_name,
-                details={"fingerprint": fp, "day": str(att.day), "lines": att.suspense[:100]},
-            ))
+            raised.append(
+                raise_alert(
+                    conninfo,
+                    severity="warning",
+                    kind="suspense_posting",
+                    title=f"{len(refs)} entr{'y' if len(refs) == 1 else 'ies'} of {att.day} booked to Suspense",
+                    message=f"Unmapped reporting categories ({', '.join(categories)}) posted to the suspense account:"
+                    f" {', '.join(refs[:20])}{' …' if len(refs) > 20 else ''}"
+                    f" (net per currency, minor units: {per_currency})",
+                    next_step=SUSPENSE_NEXT_STEP,
+                    run_id=run_id,
+                    job_name=job_name,
+                    details={"fingerprint": fp, "day": str(att.day), "lines": att.suspense[:100]},
+                )
+            )
     if att.held:
         refs = sorted(h["external_ref"] for h in att.held)
         fp = _fingerprint("held_entries", att.day, refs)
         if not _already_alerted(conninfo, "held_entries", fp):
             reasons = sorted({h["reason"] for h in att.held})
-            raised.append(raise_alert(
-                conninfo, severity="warning", kind="held_entries",
-                title=f"{len(refs)} item(s) of {att.day} held back from Sage",
-                message=f"Not posted yet ({', '.join(reasons)}): {', '.join(refs[:20])}{' …' if len(refs) > 20 else ''}",
-                next_step=HELD_NEXT_STEP, run_id=run_id, job_name=job_name,
-                details={"fingerprint": fp, "day": str(att.day), "items": att.held[:100]},
-            ))
+            raised.append(
+                raise_alert(
+                    conninfo,
+                    severity="warning",
+                    kind="held_entries",
+                    title=f"{len(refs)} item(s) of {att.day} held back from Sage",
+                    message=f"Not posted yet ({', '.join(reasons)}): {', '.join(refs[:20])}{' …' if len(refs) > 20 else ''}",
+                    next_step=HELD_NEXT_STEP,
+                    run_id=run_id,
+                    job_name=job_name,
+                    details={"fingerprint": fp, "day": str(att.day), "items": att.held[:100]},
+                )
+            )
     return raised
 
 

@@ -82,8 +82,10 @@ def day_has_work(conn: psycopg.Connection, day: date, mapping: Mapping) -> bool:
         return True
     # Entries posted for this day that the marts no longer produce are reversed by the load (orphans).
     planned = {i.external_ref for i in entries}
-    return any(row.external_ref not in planned and _is_current(conn, row)
-               for row in L.rows_where(conn, "resource = %s and partition_date = %s and status = 'posted'", (JE, day)))
+    return any(
+        row.external_ref not in planned and _is_current(conn, row)
+        for row in L.rows_where(conn, "resource = %s and partition_date = %s and status = 'posted'", (JE, day))
+    )
 
 
 def _is_current(conn: psycopg.Connection, row: L.LedgerRow) -> bool:
@@ -135,8 +137,13 @@ where i.posting_date between %(first)s and %(today)s
 """
 
 
-def days_to_load(conninfo: str, today: date, first_day: date | None = None, mapping: Mapping | None = None,
-                 customer_mapping: Mapping | None = None) -> list[date]:
+def days_to_load(
+    conninfo: str,
+    today: date,
+    first_day: date | None = None,
+    mapping: Mapping | None = None,
+    customer_mapping: Mapping | None = None,
+) -> list[date]:
     """Exactly the posting days (first_day .. today) on which a load would post, resend or reverse something.
 
     `mapping` is the one the marts were built with (`transform.marts.built_mapping`, read when not
@@ -178,8 +185,11 @@ def days_to_load(conninfo: str, today: date, first_day: date | None = None, mapp
             rows = customer_rows(conn, up_to=today)
             items = {r["customer_id"]: plan_customer(r, owns) for r in rows}
             current = L.current_versions(conn, CUSTOMERS, list(items))
-            created = [max(first, _utc_day(r["created_at"])) for r in rows
-                       if needs_posting(items[r["customer_id"]], current.get(r["customer_id"]))]
+            created = [
+                max(first, _utc_day(r["created_at"]))
+                for r in rows
+                if needs_posting(items[r["customer_id"]], current.get(r["customer_id"]))
+            ]
             if created and not any(d >= max(created) for d in days):
                 days.add(max(created))
     return sorted(d for d in days if first <= d <= today)
@@ -231,8 +241,9 @@ def inbox_claims(conninfo: str, key_prefix: str, since: datetime) -> dict[str, l
         )
         out: dict[str, list[dict]] = defaultdict(list)
         for key, *rest in cur.fetchall():
-            out[key].append(dict(zip(("event_id", "event_type", "object_type", "object_id", "event_created"),
-                                     rest, strict=True)))
+            out[key].append(
+                dict(zip(("event_id", "event_type", "object_type", "object_id", "event_created"), rest, strict=True))
+            )
     return dict(out)
 
 

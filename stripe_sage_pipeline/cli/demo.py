@@ -33,11 +33,26 @@ from stripe_sage_pipeline.settings import SANDBOX_STRIPE_KEY, load_settings
 STAGING_TABLES = [*TABLES, "payout_balance_transactions"]
 DEMO_SCHEMAS = ("stripe_staging", "finance", "finance_staging", "finance_intermediate", "finance_config", "sage_sync")
 ACCOUNT_NAMES = {
-    "1010": "Operating Bank", "1150": "Stripe Clearing", "1200": "Accounts Receivable", "2200": "Sales Tax Payable",
-    "4000": "Sales Revenue", "4050": "Sales Refunds", "4060": "Chargebacks", "6100": "Processing Fees",
-    "6110": "Dispute Fees", "7900": "FX Gain/Loss", "9999": "Stripe Suspense",
-    "1170": "Reserves Held", "1175": "Issuing Funds Held", "2300": "Due to Connected", "2400": "Stripe Capital",
-    "2500": "Unapplied Funds", "4100": "Platform Revenue", "6300": "Issuing Spend", "6400": "Climate", "6900": "Adjustments",
+    "1010": "Operating Bank",
+    "1150": "Stripe Clearing",
+    "1200": "Accounts Receivable",
+    "2200": "Sales Tax Payable",
+    "4000": "Sales Revenue",
+    "4050": "Sales Refunds",
+    "4060": "Chargebacks",
+    "6100": "Processing Fees",
+    "6110": "Dispute Fees",
+    "7900": "FX Gain/Loss",
+    "9999": "Stripe Suspense",
+    "1170": "Reserves Held",
+    "1175": "Issuing Funds Held",
+    "2300": "Due to Connected",
+    "2400": "Stripe Capital",
+    "2500": "Unapplied Funds",
+    "4100": "Platform Revenue",
+    "6300": "Issuing Spend",
+    "6400": "Climate",
+    "6900": "Adjustments",
 }
 
 
@@ -110,10 +125,12 @@ def mode_comparison(conninfo: str) -> tuple[dict[str, dict[str, str]], dict[str,
     with psycopg.connect(conninfo) as conn:
         diff_rows = conn.execute(
             "select currency, account_code, sum(case posting_mode when 'detail' then debit - credit"
-            " else credit - debit end)::bigint from finance.fct_journal_lines group by 1, 2 order by 1, 2").fetchall()
+            " else credit - debit end)::bigint from finance.fct_journal_lines group by 1, 2 order by 1, 2"
+        ).fetchall()
         unpaid_rows = conn.execute(
             "select currency, account_code, sum(net_amount)::bigint from finance.fct_activity_not_paid_out"
-            " group by 1, 2 order by 1, 2").fetchall()
+            " group by 1, 2 order by 1, 2"
+        ).fetchall()
         # A reconciled payout's summary nets clearing to zero, except for the amount of a payout that
         # failed after it was paid and that it swept again (offset by that payout's reversal entry).
         clearing_left = conn.execute(
@@ -129,7 +146,8 @@ def mode_comparison(conninfo: str) -> tuple[dict[str, dict[str, str]], dict[str,
             " join stripe_staging.payouts as fp on fp.stripe_account = b.stripe_account"
             " and fp.failure_balance_transaction_id = b.balance_transaction_id"
             " where b.stripe_account = c.stripe_account and b.payout_id = c.payout_id"
-            " and b.created_at >= fp.arrival_date), 0)").fetchone()[0]
+            " and b.created_at >= fp.arrival_date), 0)"
+        ).fetchone()[0]
     diff: dict[str, dict[str, str]] = {}
     for cur, acct, m in diff_rows:
         if m:
@@ -144,22 +162,30 @@ def mode_comparison(conninfo: str) -> tuple[dict[str, dict[str, str]], dict[str,
 def _finance_summary(conninfo: str, res: DemoResult) -> None:
     res.mode_difference, res.not_paid_out, res.reconciled_payouts_with_clearing_left = mode_comparison(conninfo)
     with psycopg.connect(conninfo) as conn:
-        res.payouts = dict(conn.execute(
-            "select reconciliation_status, count(*) from finance.fct_payout_reconciliation group by 1 order by 1").fetchall())
+        res.payouts = dict(
+            conn.execute(
+                "select reconciliation_status, count(*) from finance.fct_payout_reconciliation group by 1 order by 1"
+            ).fetchall()
+        )
         res.payouts_not_reconciled = [
             {"payout": p, "status": s, "currency": c, "difference": to_decimal_str(int(d), c)}
             for p, s, c, d in conn.execute(
                 "select payout_id, reconciliation_status, currency, difference from finance.fct_payout_reconciliation "
-                "where reconciliation_status <> all(%s) order by payout_id limit 20", (list(POSTABLE_PAYOUT_STATUSES),))
+                "where reconciliation_status <> all(%s) order by payout_id limit 20",
+                (list(POSTABLE_PAYOUT_STATUSES),),
+            )
         ]
         # A short history may have no posting day at all: then the load never created its ledger.
         if conn.execute("select to_regclass('sage_sync.posting_ledger')").fetchone()[0] is not None:
             for resource, status, n in conn.execute(
-                    "select resource, status, count(*) from sage_sync.posting_ledger group by 1, 2 order by 1, 2"):
+                "select resource, status, count(*) from sage_sync.posting_ledger group by 1, 2 order by 1, 2"
+            ):
                 res.postings.setdefault(resource, {})[status] = n
-            reasons = dict(conn.execute(
-                "select coalesce(reason, 'unknown'), count(*) from sage_sync.dead_letters group by 1 order by 2 desc"
-            ).fetchall())
+            reasons = dict(
+                conn.execute(
+                    "select coalesce(reason, 'unknown'), count(*) from sage_sync.dead_letters group by 1 order by 2 desc"
+                ).fetchall()
+            )
             res.dead_letters = {"count": sum(reasons.values()), "reasons": reasons}
         # What the bank statement shows: Σ paid payouts, less those that failed after arriving.
         bank = conn.execute(
@@ -167,17 +193,23 @@ def _finance_summary(conninfo: str, res: DemoResult) -> None:
         ).fetchall()
         # Money that came in from (or went back to) the bank itself, e.g. top-ups: the bank legs of
         # activity entries in the posted mode (in payout_summary mode only what has been paid out).
-        from_bank = dict(conn.execute(
-            "select j.currency, sum(j.debit - j.credit)::bigint from finance.fct_journal_lines as j"
-            " join finance_config.settings as s on true"
-            " left join finance_config.currency_accounts as ca on ca.currency = j.currency"
-            " where j.posting_mode = 'detail' and j.entry_type = 'balance_transaction'"
-            " and j.account_code = coalesce(ca.bank_account, s.default_bank_account) group by 1").fetchall())
-        unpaid_bank = dict(conn.execute(
-            "select n.currency, sum(n.net_amount)::bigint from finance.fct_activity_not_paid_out as n"
-            " join finance_config.settings as s on true"
-            " left join finance_config.currency_accounts as ca on ca.currency = n.currency"
-            " where n.account_code = coalesce(ca.bank_account, s.default_bank_account) group by 1").fetchall())
+        from_bank = dict(
+            conn.execute(
+                "select j.currency, sum(j.debit - j.credit)::bigint from finance.fct_journal_lines as j"
+                " join finance_config.settings as s on true"
+                " left join finance_config.currency_accounts as ca on ca.currency = j.currency"
+                " where j.posting_mode = 'detail' and j.entry_type = 'balance_transaction'"
+                " and j.account_code = coalesce(ca.bank_account, s.default_bank_account) group by 1"
+            ).fetchall()
+        )
+        unpaid_bank = dict(
+            conn.execute(
+                "select n.currency, sum(n.net_amount)::bigint from finance.fct_activity_not_paid_out as n"
+                " join finance_config.settings as s on true"
+                " left join finance_config.currency_accounts as ca on ca.currency = n.currency"
+                " where n.account_code = coalesce(ca.bank_account, s.default_bank_account) group by 1"
+            ).fetchall()
+        )
     summary_mode = res.posting_mode == "payout_summary"
     for cur, paid in bank:
         gl = res.gl_movement.get(cur, {})
@@ -203,8 +235,14 @@ def _mapping_with_mode(settings, posting_mode: str) -> Path:
     return path
 
 
-def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print, target: str | None = None,
-             posting_mode: str | None = None) -> DemoResult:
+def run_demo(
+    days: int = 30,
+    seed: int = 7,
+    load: Path | None = None,
+    echo=print,
+    target: str | None = None,
+    posting_mode: str | None = None,
+) -> DemoResult:
     """Start everything on embedded defaults, run the pipeline end to end, return the summary.
     `posting_mode` (detail | payout_summary) overrides the mapping's for this run."""
     from stripe_sage_pipeline.sage.factory import make_target_client
@@ -224,8 +262,11 @@ def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print
     res = DemoResult(target=target or settings.sage_target)
     t0 = time.monotonic()
     # The set-up first (`stripe-sage doctor`'s local checks; Stripe and Sage Pro are the demo's own sandboxes).
-    failed = [r for r in run_checks(settings, only=["mapping", "database", "dagster"], echo=echo,
-                                     stop_at_failure=True) if not r.ok]
+    failed = [
+        r
+        for r in run_checks(settings, only=["mapping", "database", "dagster"], echo=echo, stop_at_failure=True)
+        if not r.ok
+    ]
     if failed:
         raise CommandError(failed[0].detail)
     conninfo = libpq_url(database_url(settings))
@@ -246,8 +287,10 @@ def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print
     summary = state.summary()
     res.emulator_counts = summary["counts"]
     res.emulator_balance_transactions = summary["balance_transactions"]
-    echo(f"Stripe emulator on {emulator.url} ({sum(res.emulator_counts.values())} objects); "
-         f"{sage_name} on {sage.base_url}")
+    echo(
+        f"Stripe emulator on {emulator.url} ({sum(res.emulator_counts.values())} objects); "
+        f"{sage_name} on {sage.base_url}"
+    )
     try:
         os.environ.update({"STRIPE_API_BASE": emulator.url, "STRIPE_API_KEY": SANDBOX_STRIPE_KEY, **sage_env})
         # The emulator has no limit of its own in the demo; real Stripe keys keep the 22/s default.
@@ -276,8 +319,12 @@ def run_demo(days: int = 30, seed: int = 7, load: Path | None = None, echo=print
 
         echo(f"1/4 Extract: Stripe objects created {start_key} .. {end_key} (UTC hours), one history run")
         t = time.monotonic()
-        _run_job(defs, "stripe_history_job", instance, run_config={
-            "ops": {"extract_history": {"config": {"start": start_key, "end": end_key}}}})
+        _run_job(
+            defs,
+            "stripe_history_job",
+            instance,
+            run_config={"ops": {"extract_history": {"config": {"start": start_key, "end": end_key}}}},
+        )
         _run_job(defs, "update_path_job", instance)
         res.seconds["extract"] = round(time.monotonic() - t, 1)
         res.rows = staging_counts(conninfo)
@@ -331,8 +378,10 @@ def format_summary(res: DemoResult) -> str:
     out.append("  balance transactions per currency (Σ amount / fee / net):")
     for cur, s in sorted(res.balance_transactions.items()):
         ok = res.emulator_balance_transactions.get(cur) == s
-        out.append(f"    {cur.upper():<4} {to_decimal_str(s['amount'], cur):>14} {to_decimal_str(s['fee'], cur):>12} "
-                   f"{to_decimal_str(s['net'], cur):>14}  {'✓ ties to Stripe' if ok else '✗ differs from Stripe'}")
+        out.append(
+            f"    {cur.upper():<4} {to_decimal_str(s['amount'], cur):>14} {to_decimal_str(s['fee'], cur):>12} "
+            f"{to_decimal_str(s['net'], cur):>14}  {'✓ ties to Stripe' if ok else '✗ differs from Stripe'}"
+        )
     out += ["", "PAYOUTS  (each payout against the sum of what it swept)"]
     for status, n in sorted(res.payouts.items()):
         out.append(f"  {status:<12} {n:>6}")
@@ -342,9 +391,16 @@ def format_summary(res: DemoResult) -> str:
     out += ["", f"POSTED TO {label}  ({res.posting_mode} mode, {res.days_loaded} posting days)"]
     for resource, by_status in sorted(res.postings.items()):
         out.append(f"  {resource:<18} " + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())))
-    out.append(f"  dead letters: {res.dead_letters['count']}"
-               + ("" if not res.dead_letters["count"] else "  (" + ", ".join(
-                   f"{r}: {n}" for r, n in res.dead_letters["reasons"].items()) + ") — see sage_sync.dead_letters"))
+    out.append(
+        f"  dead letters: {res.dead_letters['count']}"
+        + (
+            ""
+            if not res.dead_letters["count"]
+            else "  ("
+            + ", ".join(f"{r}: {n}" for r, n in res.dead_letters["reasons"].items())
+            + ") — see sage_sync.dead_letters"
+        )
+    )
     out += ["", f"GL MOVEMENT IN {label}  (net debit + / credit −, read back from Sage)"]
     for cur, accts in sorted(res.gl_movement.items()):
         out.append(f"  {cur.upper()}")
@@ -356,27 +412,38 @@ def format_summary(res: DemoResult) -> str:
         ok = diff == unpaid
         out.append(f"  {cur.upper()}: {'✓ equals the activity not yet paid out' if ok else '✗ differs from it'}")
         for code in sorted(set(diff) | set(unpaid)):
-            out.append(f"    {code} {ACCOUNT_NAMES.get(code, ''):<20} {unpaid.get(code, '0'):>16}"
-                       + ("" if ok else f"   (detail − summary {diff.get(code, '0')})"))
+            out.append(
+                f"    {code} {ACCOUNT_NAMES.get(code, ''):<20} {unpaid.get(code, '0'):>16}"
+                + ("" if ok else f"   (detail − summary {diff.get(code, '0')})")
+            )
     if not res.mode_difference and not res.not_paid_out:
         out.append("  none: everything is paid out, both modes are equal  ✓")
-    out.append(f"  reconciled payouts whose summary leaves clearing non-zero: {res.reconciled_payouts_with_clearing_left}"
-               f"  {'✓' if res.reconciled_payouts_with_clearing_left == 0 else '✗'}")
+    out.append(
+        f"  reconciled payouts whose summary leaves clearing non-zero: {res.reconciled_payouts_with_clearing_left}"
+        f"  {'✓' if res.reconciled_payouts_with_clearing_left == 0 else '✗'}"
+    )
     out += ["", "TIE-OUT"]
     for cur, t in sorted(res.tie_out.items()):
         ok_bank = t["expected_bank_movement"] == t["sage_bank_movement"]
         ok_tb = Decimal(t["sage_trial_balance_total"]) == 0
         extra = "" if Decimal(t["bank_activity"]) == 0 else f" {t['bank_activity']} from top-ups"
-        out.append(f"  {cur.upper()}: bank 1010 moved {t['sage_bank_movement']} in Sage; Stripe paid out "
-                   f"{t['stripe_paid_payouts']}{extra}  {'✓' if ok_bank else '✗'}   trial balance nets to "
-                   f"{t['sage_trial_balance_total']}  {'✓' if ok_tb else '✗'}")
-    out += ["", "NEXT", f"  query the data:   {res.psql}", f"  open the UI:      {res.ui}",
-            *([f"  close pack:       {res.close_pack}"] if res.close_pack else []),
-            "  map in a browser: stripe-sage mapping  (then open http://127.0.0.1:3100)",
-            "  re-drive dead letters after a fix:  stripe-sage redrive",
-            "  stop the embedded PostgreSQL:       stripe-sage db stop",
-            f"  took {res.seconds.get('total', 0)} s (extract {res.seconds.get('extract')} s, transform "
-            f"{res.seconds.get('transform')} s, load {res.seconds.get('load')} s)"]
+        out.append(
+            f"  {cur.upper()}: bank 1010 moved {t['sage_bank_movement']} in Sage; Stripe paid out "
+            f"{t['stripe_paid_payouts']}{extra}  {'✓' if ok_bank else '✗'}   trial balance nets to "
+            f"{t['sage_trial_balance_total']}  {'✓' if ok_tb else '✗'}"
+        )
+    out += [
+        "",
+        "NEXT",
+        f"  query the data:   {res.psql}",
+        f"  open the UI:      {res.ui}",
+        *([f"  close pack:       {res.close_pack}"] if res.close_pack else []),
+        "  map in a browser: stripe-sage mapping  (then open http://127.0.0.1:3100)",
+        "  re-drive dead letters after a fix:  stripe-sage redrive",
+        "  stop the embedded PostgreSQL:       stripe-sage db stop",
+        f"  took {res.seconds.get('total', 0)} s (extract {res.seconds.get('extract')} s, transform "
+        f"{res.seconds.get('transform')} s, load {res.seconds.get('load')} s)",
+    ]
     return "\n".join(out)
 
 
@@ -385,8 +452,9 @@ def main_demo_args(args) -> int:
     return main_demo(args.days, args.seed, args.load, args.json, target=args.target, posting_mode=args.posting_mode)
 
 
-def main_demo(days: int, seed: int, load: Path | None, as_json: bool, target: str | None = None,
-              posting_mode: str | None = None) -> int:
+def main_demo(
+    days: int, seed: int, load: Path | None, as_json: bool, target: str | None = None, posting_mode: str | None = None
+) -> int:
     """Entry point of `stripe-sage demo` (`target`: sagepro or intacct; default SAGE_TARGET;
     `posting_mode`: detail or payout_summary instead of the mapping's)."""
     echo = (lambda *_: None) if as_json else print

@@ -50,13 +50,18 @@ def explain(exc: BaseException) -> str:
         if isinstance(e, MappingError):
             key, value, msg = e.problems[0] if e.problems else ("?", "", str(e))
             more = f" (and {len(e.problems) - 1} more)" if len(e.problems) > 1 else ""
-            return f"invalid mapping {e.source}: {key}: {msg} (got {value!r}){more} — fix the file; " \
-                   "`stripe-sage doctor` re-checks it"
+            return (
+                f"invalid mapping {e.source}: {key}: {msg} (got {value!r}){more} — fix the file; "
+                "`stripe-sage doctor` re-checks it"
+            )
         if isinstance(e, psycopg.OperationalError):
             from stripe_sage_pipeline.runtime.db import libpq_url
 
-            where = redact_url(libpq_url(settings.database_url)) if settings.database_url else \
-                f"127.0.0.1:{settings.embedded_pg_port} (embedded)"
+            where = (
+                redact_url(libpq_url(settings.database_url))
+                if settings.database_url
+                else f"127.0.0.1:{settings.embedded_pg_port} (embedded)"
+            )
             return database_problem(where, e, settings)
         if isinstance(e, stripe.StripeError):
             return stripe_problem(settings.stripe_api_base or "api.stripe.com", e)

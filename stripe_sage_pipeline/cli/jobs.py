@@ -20,22 +20,26 @@ class JobFailed(CommandError):
     """A Dagster run failed; the message names the job, the run id and the first failure."""
 
 
-def execute_job(defs: dg.Definitions, job_name: str, instance: dg.DagsterInstance, log_file: Path,
-                **kwargs) -> dg.ExecuteInProcessResult:
+def execute_job(
+    defs: dg.Definitions, job_name: str, instance: dg.DagsterInstance, log_file: Path, **kwargs
+) -> dg.ExecuteInProcessResult:
     """Execute `job_name` in this process on `instance`; raise `JobFailed` (one line) when the run fails."""
     run_config = kwargs.pop("run_config", {})
     run_config.setdefault("loggers", {"console": {"config": {"log_level": "WARNING"}}})
     log_file.parent.mkdir(parents=True, exist_ok=True)
     with open(log_file, "a") as log, contextlib.redirect_stdout(log):
         result = defs.resolve_job_def(job_name).execute_in_process(
-            instance=instance, raise_on_error=False, run_config=run_config, **kwargs)
+            instance=instance, raise_on_error=False, run_config=run_config, **kwargs
+        )
     if not result.success:
         failures = [e.message for e in result.all_events if e.is_failure and e.message]
         from stripe_sage_pipeline.automation.alerts import scrub
 
         first = scrub(failures[0].splitlines()[0]) if failures else "no step reported why"
-        raise JobFailed(f"{job_name} failed (run {result.run_id[:8]}): {first[:300]} — see the run in `stripe-sage ui`"
-                        f" or {log_file}; fix the cause and run the same command again")
+        raise JobFailed(
+            f"{job_name} failed (run {result.run_id[:8]}): {first[:300]} — see the run in `stripe-sage ui`"
+            f" or {log_file}; fix the cause and run the same command again"
+        )
     return result
 
 

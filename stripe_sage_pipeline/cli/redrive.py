@@ -34,15 +34,21 @@ def main_redrive(args: argparse.Namespace) -> int:
         if not result.ok:
             raise CommandError(result.detail)
     url = database_url(s)
-    client, transport = make_target_client(s, rate_per_minute=s.intacct_rate_per_minute if s.sage_target == "intacct"
-                                           else 110)
+    client, transport = make_target_client(
+        s, rate_per_minute=s.intacct_rate_per_minute if s.sage_target == "intacct" else 110
+    )
     try:
         res = redrive(url, client, resources=args.resource, refs=args.ref)
     finally:
         client.close()
     if args.json:
-        print(json.dumps({"items": res.items, "posted": res.posted, "still_dead": res.still_dead,
-                          "requests": transport.count}, indent=1, default=str))
+        print(
+            json.dumps(
+                {"items": res.items, "posted": res.posted, "still_dead": res.still_dead, "requests": transport.count},
+                indent=1,
+                default=str,
+            )
+        )
     elif not res.items:
         print("No dead letters to re-drive.")
     else:
@@ -51,8 +57,10 @@ def main_redrive(args: argparse.Namespace) -> int:
             if i["reason_now"]:
                 now += f" (again: {i['reason_now']})"
             print(f"{i['resource']:<16} {i['external_ref']:<32} was {i['reason_was'] or '?':<22} -> {now}")
-        print(f"Re-drove {len(res.items)} dead letter(s): {res.posted} posted, {res.still_dead} still dead-lettered;"
-              f" {transport.count} Sage requests.")
+        print(
+            f"Re-drove {len(res.items)} dead letter(s): {res.posted} posted, {res.still_dead} still dead-lettered;"
+            f" {transport.count} Sage requests."
+        )
     return 0 if res.still_dead == 0 else 1
 
 

@@ -57,8 +57,10 @@ def plan_window(start: date, end: date, today: date, partitions_start: str) -> t
         raise CommandError(f"--from {start} is in the future (today is {today} UTC) — nothing to extract yet")
     first = date.fromisoformat(partitions_start[:10])
     if start < first:
-        raise CommandError(f"--from {start} is before the first partition STRIPE_SAGE_START_DATE={partitions_start}"
-                           f" — set STRIPE_SAGE_START_DATE={start}-00:00 (or earlier) and run again")
+        raise CommandError(
+            f"--from {start} is before the first partition STRIPE_SAGE_START_DATE={partitions_start}"
+            f" — set STRIPE_SAGE_START_DATE={start}-00:00 (or earlier) and run again"
+        )
     return start, min(end, today)
 
 
@@ -68,8 +70,12 @@ def _extracted(conninfo: str, start: date, end: date) -> dict[str, int]:
     lo = datetime(start.year, start.month, start.day, tzinfo=UTC)
     hi = datetime(end.year, end.month, end.day, tzinfo=UTC) + timedelta(days=1)
     with psycopg.connect(conninfo) as conn:
-        return {t: conn.execute(f"select count(*) from {SCHEMA}.{t} where created >= %s and created < %s",
-                                (lo, hi)).fetchone()[0] for t in TABLES}
+        return {
+            t: conn.execute(
+                f"select count(*) from {SCHEMA}.{t} where created >= %s and created < %s", (lo, hi)
+            ).fetchone()[0]
+            for t in TABLES
+        }
 
 
 def _postings(conninfo: str, start: date, end: date) -> tuple[dict[str, dict[str, int]], int]:
@@ -78,8 +84,10 @@ def _postings(conninfo: str, start: date, end: date) -> tuple[dict[str, dict[str
         if conn.execute("select to_regclass('sage_sync.posting_ledger')").fetchone()[0] is None:
             return out, 0
         for resource, status, n in conn.execute(
-                "select resource, status, count(*) from sage_sync.posting_ledger "
-                "where partition_date between %s and %s group by 1, 2 order by 1, 2", (start, end)):
+            "select resource, status, count(*) from sage_sync.posting_ledger "
+            "where partition_date between %s and %s group by 1, 2 order by 1, 2",
+            (start, end),
+        ):
             out.setdefault(resource, {})[status] = n
     dead = sum(by.get("dead_lettered", 0) for by in out.values())
     return out, dead
@@ -114,16 +122,24 @@ def run_range(start: date, end: date, *, load: bool = True, update_path: bool = 
     res = RunSummary(window={"from": f"{start}", "to": f"{end}"})
     t0 = time.monotonic()
     with dg.DagsterInstance.get() as instance:
+
         def job(name: str, **kw) -> None:
             result = execute_job(defs, name, instance, logs / f"{name}.log", **kw)
-            res.runs.append({"job": name, "run_id": result.run_id, **({"partition": kw["partition_key"]}
-                                                                      if "partition_key" in kw else {})})
+            res.runs.append(
+                {
+                    "job": name,
+                    "run_id": result.run_id,
+                    **({"partition": kw["partition_key"]} if "partition_key" in kw else {}),
+                }
+            )
 
         steps = ["extract"] + (["update path"] if update_path else []) + ["transform"]
         bar = Progress(len(steps), "extract+transform")
         t = time.monotonic()
-        job("stripe_history_job", run_config={"ops": {"extract_history": {"config": {
-            "start": f"{start}-00:00", "end": f"{end}-23:00"}}}})
+        job(
+            "stripe_history_job",
+            run_config={"ops": {"extract_history": {"config": {"start": f"{start}-00:00", "end": f"{end}-23:00"}}}},
+        )
         bar.advance(f"extracted {start} .. {end}")
         if update_path:
             job("update_path_job")
@@ -153,16 +169,23 @@ def run_range(start: date, end: date, *, load: bool = True, update_path: bool = 
 
 def format_run_summary(res: RunSummary) -> str:
     """The summary printed at the end of `run`."""
-    out = ["", f"RUN {res.window['from']} .. {res.window['to']} (UTC)  took {res.seconds.get('total', 0)} s",
-           "  extracted (objects created in the window):"]
+    out = [
+        "",
+        f"RUN {res.window['from']} .. {res.window['to']} (UTC)  took {res.seconds.get('total', 0)} s",
+        "  extracted (objects created in the window):",
+    ]
     out += [f"    {t:<22} {n:>8}" for t, n in res.extracted.items()]
-    out.append(f"  posting days loaded: {len(res.days_loaded)}"
-               + (f" ({res.days_loaded[0]} .. {res.days_loaded[-1]})" if res.days_loaded else ""))
+    out.append(
+        f"  posting days loaded: {len(res.days_loaded)}"
+        + (f" ({res.days_loaded[0]} .. {res.days_loaded[-1]})" if res.days_loaded else "")
+    )
     for resource, by_status in sorted(res.postings.items()):
         out.append(f"    {resource:<18} " + ", ".join(f"{n} {s}" for s, n in sorted(by_status.items())))
     if res.dead_letters_in_window:
-        out.append(f"  dead letters: {res.dead_letters_in_window} — see sage_sync.dead_letters, fix, then "
-                   "`stripe-sage redrive`")
+        out.append(
+            f"  dead letters: {res.dead_letters_in_window} — see sage_sync.dead_letters, fix, then "
+            "`stripe-sage redrive`"
+        )
     out.append(f"  {len(res.runs)} Dagster runs (see `stripe-sage ui`)")
     return "\n".join(out)
 

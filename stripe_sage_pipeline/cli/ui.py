@@ -52,23 +52,32 @@ def run_ui(host: str = "127.0.0.1", port: int = 3000) -> int:
     log_dir.mkdir(exist_ok=True)
     # The daemon's heartbeat chatter goes to a file; the webserver's own log stays on the console.
     with open(log_dir / "daemon.log", "a") as daemon_log:
-        daemon = subprocess.Popen([str(bindir / "dagster-daemon"), "run", "-w", workspace], cwd=PROJECT_ROOT,
-                                  stdout=daemon_log, stderr=subprocess.STDOUT)
-    web = subprocess.Popen([str(bindir / "dagster-webserver"), "-h", host, "-p", str(port), "-w", workspace],
-                           cwd=PROJECT_ROOT)
+        daemon = subprocess.Popen(
+            [str(bindir / "dagster-daemon"), "run", "-w", workspace],
+            cwd=PROJECT_ROOT,
+            stdout=daemon_log,
+            stderr=subprocess.STDOUT,
+        )
+    web = subprocess.Popen(
+        [str(bindir / "dagster-webserver"), "-h", host, "-p", str(port), "-w", workspace], cwd=PROJECT_ROOT
+    )
     shown = "127.0.0.1" if host == "0.0.0.0" else host
     url = f"http://{shown}:{port}"
     try:
         deadline = time.monotonic() + STARTUP_TIMEOUT_S
         while not _answers(url + "/server_info"):
             if web.poll() is not None:
-                raise CommandError(f"the Dagster webserver exited with status {web.returncode} before answering — "
-                                   "see its output above; `stripe-sage doctor` checks the set-up")
+                raise CommandError(
+                    f"the Dagster webserver exited with status {web.returncode} before answering — "
+                    "see its output above; `stripe-sage doctor` checks the set-up"
+                )
             if time.monotonic() > deadline:
                 raise CommandError(f"the Dagster webserver did not answer on {url} within {STARTUP_TIMEOUT_S} s")
             time.sleep(0.5)
-        print(f"Dagster UI: {url}  (daemon log: {log_dir / 'daemon.log'}; Ctrl-C stops the webserver and the daemon)",
-              flush=True)
+        print(
+            f"Dagster UI: {url}  (daemon log: {log_dir / 'daemon.log'}; Ctrl-C stops the webserver and the daemon)",
+            flush=True,
+        )
         return web.wait()
     except KeyboardInterrupt:
         return 0

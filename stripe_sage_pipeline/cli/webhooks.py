@@ -21,10 +21,16 @@ def main_webhooks(args: argparse.Namespace, stop: threading.Event | None = None)
         ensure_inbox(conn)
     server = WebhookServer(conninfo, settings.stripe_webhook_secret, host=args.host, port=args.port).start()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    secret = ("the emulator's default (set STRIPE_WEBHOOK_SECRET to your endpoint's signing secret)"
-              if settings.stripe_webhook_secret == SANDBOX_WEBHOOK_SECRET else "STRIPE_WEBHOOK_SECRET")
-    print(f"Stripe webhook receiver on {server.url}{WEBHOOK_PATH} (signing secret: {secret}); "
-          "register https://<your public address>" + WEBHOOK_PATH + " in Stripe. Ctrl-C stops it.", flush=True)
+    secret = (
+        "the emulator's default (set STRIPE_WEBHOOK_SECRET to your endpoint's signing secret)"
+        if settings.stripe_webhook_secret == SANDBOX_WEBHOOK_SECRET
+        else "STRIPE_WEBHOOK_SECRET"
+    )
+    print(
+        f"Stripe webhook receiver on {server.url}{WEBHOOK_PATH} (signing secret: {secret}); "
+        "register https://<your public address>" + WEBHOOK_PATH + " in Stripe. Ctrl-C stops it.",
+        flush=True,
+    )
     try:
         (stop or threading.Event()).wait()
     except KeyboardInterrupt:

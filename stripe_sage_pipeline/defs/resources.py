@@ -4,7 +4,6 @@ Secrets are `dg.EnvVar`s when the variable is set, so Dagster shows the variable
 never its value. When unset, the sandbox defaults apply (they are not secrets).
 """
 
-
 import dataclasses
 
 import dagster as dg
@@ -89,8 +88,9 @@ class SageResource(dg.ConfigurableResource):
         """
         from stripe_sage_pipeline.sage.factory import make_target_client
 
-        return make_target_client(self, rate_per_minute=self.rate_per_minute, max_concurrency=self.max_concurrency,
-                                  **overrides)
+        return make_target_client(
+            self, rate_per_minute=self.rate_per_minute, max_concurrency=self.max_concurrency, **overrides
+        )
 
     # The factory reads settings-shaped attributes.
     @property

@@ -101,8 +101,9 @@ class StripeReader:
         self._local = threading.local()
         self.stripe_account = stripe_account
         # Every reader of one account in this process draws from one limiter (Stripe limits per account).
-        self.limiter = rate_limit or shared_rate_limit(("stripe", api_base or "", stripe_account or "", rate_limit_per_s),
-                                                       rate_limit_per_s)
+        self.limiter = rate_limit or shared_rate_limit(
+            ("stripe", api_base or "", stripe_account or "", rate_limit_per_s), rate_limit_per_s
+        )
         self.retry = RetryPolicy(max_retries=max_retries, backoff_base_s=backoff_base_s, backoff_cap_s=backoff_cap_s)
         self.stats = RequestStats()
         self.latency = LatencyMeter()  # Stripe's answer time per request
@@ -135,8 +136,13 @@ class StripeReader:
         return client
 
     def _count_failure(self, exc: BaseException | None, retried: bool) -> None:
-        kind = ("rate_limited" if isinstance(exc, stripe.RateLimitError)
-                else "network_errors" if isinstance(exc, stripe.APIConnectionError) else "server_errors")
+        kind = (
+            "rate_limited"
+            if isinstance(exc, stripe.RateLimitError)
+            else "network_errors"
+            if isinstance(exc, stripe.APIConnectionError)
+            else "server_errors"
+        )
         self.stats.add(retries=int(retried), **{kind: 1})
 
     def request(self, path: str, **params) -> dict:
@@ -153,14 +159,20 @@ class StripeReader:
             return data
 
         try:
-            return self.retry.call(attempt, retry_on_exception=_retryable, retry_after=_retry_after,
-                                   on_retry=lambda ev: self._count_failure(ev.exception, retried=True))
+            return self.retry.call(
+                attempt,
+                retry_on_exception=_retryable,
+                retry_after=_retry_after,
+                on_retry=lambda ev: self._count_failure(ev.exception, retried=True),
+            )
         except stripe.StripeError as exc:
             if _retryable(exc):  # out of retries: the last failure counts too
                 self._count_failure(exc, retried=False)
             raise
 
-    def iter_pages(self, path: str, params: dict | None = None, start_after: str | None = None) -> Iterator[tuple[list[dict], str | None]]:
+    def iter_pages(
+        self, path: str, params: dict | None = None, start_after: str | None = None
+    ) -> Iterator[tuple[list[dict], str | None]]:
         """Yield (objects, last_id) page by page, newest first; `start_after` resumes after an id."""
         params = dict(params or {})
         included = include_params(path, self.api_version, on_list=True).get("expand", [])

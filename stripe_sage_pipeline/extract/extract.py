@@ -65,8 +65,15 @@ def _record_rejection(url: str, err: MalformedObject, raw: dict | None, account:
             "values (%s, %s, %s, %s, %s, %s, %s) on conflict (stripe_account, object_type, object_id) do update set "
             "field = excluded.field, problem = excluded.problem, partition_key = excluded.partition_key, raw = excluded.raw, "
             "last_seen_at = now()",
-            (account, err.object_type, err.object_id or "<no id>", err.field, err.problem, partition,
-             json.dumps(raw) if raw is not None else None),
+            (
+                account,
+                err.object_type,
+                err.object_id or "<no id>",
+                err.field,
+                err.problem,
+                partition,
+                json.dumps(raw) if raw is not None else None,
+            ),
         )
 
 
@@ -74,8 +81,9 @@ def _hour_label(ts: int) -> str:
     return time.strftime("%Y-%m-%dT%H:00Z", time.gmtime(ts - ts % HOUR))
 
 
-def _rows_keeping_bad(url: str, table_name: str, objects: list[dict], account: str
-                      ) -> tuple[list[tuple[dict, tuple]], list[tuple[dict, MalformedObject]]]:
+def _rows_keeping_bad(
+    url: str, table_name: str, objects: list[dict], account: str
+) -> tuple[list[tuple[dict, tuple]], list[tuple[dict, MalformedObject]]]:
     """(object, row) for every well-formed object of a page, and (object, error) for each malformed one;
     the malformed ones are kept in `_rejected_objects` under the hour they were created in."""
     table = TABLES[table_name]
@@ -102,8 +110,10 @@ def _rows_or_fail(url: str, table_name: str, objects: list[dict], account: str, 
     except MalformedObject as err:
         bad = next((o for o in objects if isinstance(o, dict) and o.get("id") == err.object_id), None)
         _record_rejection(url, err, bad, account, label)
-        raise ExtractionError(f"{table_name} window {label}: {err}; nothing committed for this window "
-                              f"(the object is kept in {SCHEMA}._rejected_objects)") from err
+        raise ExtractionError(
+            f"{table_name} window {label}: {err}; nothing committed for this window "
+            f"(the object is kept in {SCHEMA}._rejected_objects)"
+        ) from err
 
 
 def _chunks(start: int, end: int, pieces: int) -> list[tuple[int, int]]:
@@ -120,16 +130,26 @@ def _payout_members(reader: StripeReader, payout_id: str) -> list[str]:
     return [bt["id"] for bt in reader.list_all("/v1/balance_transactions", {"payout": payout_id})]
 
 
-def _flush(reader: StripeReader, conn: psycopg.Connection, table_name: str, hours: dict[int, list[tuple]],
-           payouts: dict[int, list[tuple[str, Future | None]]], resume_key: str, lowest_done: int) -> tuple[int, int]:
+def _flush(
+    reader: StripeReader,
+    conn: psycopg.Connection,
+    table_name: str,
+    hours: dict[int, list[tuple]],
+    payouts: dict[int, list[tuple[str, Future | None]]],
+    resume_key: str,
+    lowest_done: int,
+) -> tuple[int, int]:
     """Commit whole hours in one transaction, with the resume cursor, so a kill never leaves half an hour.
 
     `payouts` are the hours' automatic payouts with their membership listing, already under way when a
     pool was given (started as soon as the payout's page arrived), else listed here.
     """
     account = reader.stripe_account or ""
-    members = {po: fut.result() if fut is not None else _payout_members(reader, po)
-               for objs in payouts.values() for po, fut in objs}
+    members = {
+        po: fut.result() if fut is not None else _payout_members(reader, po)
+        for objs in payouts.values()
+        for po, fut in objs
+    }
     table = TABLES[table_name]
     rows = [r for h in sorted(hours) for r in hours[h]]
     with conn.transaction():
@@ -139,8 +159,15 @@ def _flush(reader: StripeReader, conn: psycopg.Connection, table_name: str, hour
     return len(rows), n_members
 
 
-def extract_chunk(reader: StripeReader, url: str, table_name: str, start: int, end: int,
-                  first_page: FirstPage | None = None, pool: Executor | None = None) -> WindowResult:
+def extract_chunk(
+    reader: StripeReader,
+    url: str,
+    table_name: str,
+    start: int,
+    end: int,
+    first_page: FirstPage | None = None,
+    pool: Executor | None = None,
+) -> WindowResult:
     """Stream objects created in [start, end) newest first; commit each hour once it is complete.
 
     Listing is newest first, so once a page reaches an older hour every newer hour is complete. Memory
@@ -175,8 +202,15 @@ def extract_chunk(reader: StripeReader, url: str, table_name: str, start: int, e
         lowest_done = below_hour + HOUR if below_hour is not None else start
         if bad_hours:
             lowest_done = max(lowest_done, min(bad_hours) + HOUR)
-        n, m = _flush(reader, conn, table_name, {h: hours.pop(h) for h in done},
-                      {h: payouts.pop(h) for h in done if h in payouts}, resume_key, lowest_done)
+        n, m = _flush(
+            reader,
+            conn,
+            table_name,
+            {h: hours.pop(h) for h in done},
+            {h: payouts.pop(h) for h in done if h in payouts},
+            resume_key,
+            lowest_done,
+        )
         result.rows += n
         result.payout_members += m
 
@@ -211,8 +245,9 @@ def extract_chunk(reader: StripeReader, url: str, table_name: str, start: int, e
             # Keep the cursor above the newest failed hour: the chunk is not complete.
             _set_cursor(conn, resume_key, account, max(lowest_done, max(bad_hours) + HOUR), None)
         elif resumed_at is not None or lowest_done != upper:
-            conn.execute(f"delete from {SCHEMA}._sync_state where stream = %s and stripe_account = %s",
-                         (resume_key, account))
+            conn.execute(
+                f"delete from {SCHEMA}._sync_state where stream = %s and stripe_account = %s", (resume_key, account)
+            )
     result.hours = len(hour_windows(start, end))
     return result
 
@@ -312,12 +347,20 @@ def extract_windows(
                 out.errors[t] = exc
                 continue
             created = [c for c in (_created_or_none(o) for o in fp.objects) if c is not None]
-            pages[t] = concurrency.estimate_pages(len(fp.objects), max(created, default=end), min(created, default=end),
-                                                  start, fp.has_more) if created else 1.0
+            pages[t] = (
+                concurrency.estimate_pages(
+                    len(fp.objects), max(created, default=end), min(created, default=end), start, fp.has_more
+                )
+                if created
+                else 1.0
+            )
     slots = concurrency.in_flight(reader.rate_limit_per_s, reader.seconds_per_page(), explicit=workers)
     out.in_flight = slots
-    counts = ({t: pieces for t in tables} if pieces is not None
-              else concurrency.chunk_counts({t: pages[t] for t in tables if t in pages}, slots))
+    counts = (
+        {t: pieces for t in tables}
+        if pieces is not None
+        else concurrency.chunk_counts({t: pages[t] for t in tables if t in pages}, slots)
+    )
     tasks: list[tuple[float, str, int, int, FirstPage | None]] = []
     for t, n in counts.items():
         chunks = _chunks(start, end, n)
@@ -335,8 +378,10 @@ def extract_windows(
             return WindowResult(t, s, e)
         return extract_chunk(reader, url, t, s, e, first_page=fp, pool=members_pool)
 
-    with ThreadPoolExecutor(max_workers=slots) as members_pool, \
-            ThreadPoolExecutor(max_workers=max(1, min(slots, len(tasks) or 1))) as pool:
+    with (
+        ThreadPoolExecutor(max_workers=slots) as members_pool,
+        ThreadPoolExecutor(max_workers=max(1, min(slots, len(tasks) or 1))) as pool,
+    ):
         futures = [(task[1], pool.submit(run, task)) for task in tasks]
         for t, fut in futures:
             try:
@@ -482,7 +527,11 @@ def refetch_objects(reader: StripeReader, url: str, changed: dict[str, set[str]]
             fetched.setdefault(table_name, []).append(obj)
             carried.update((bt["id"], bt) for bt in bts if isinstance(bt.get("id"), str))
             missing.update(ids_only)
-            if table_name == "payouts" and obj.get("automatic") and obj.get("status") in ("paid", "in_transit", "failed"):
+            if (
+                table_name == "payouts"
+                and obj.get("automatic")
+                and obj.get("status") in ("paid", "in_transit", "failed")
+            ):
                 members[oid] = [bt["id"] for bt in reader.list_all("/v1/balance_transactions", {"payout": oid})]
     bts = [carried[b] for b in sorted(carried)]
     bts += [reader.retrieve("/v1/balance_transactions", b) for b in sorted(missing - set(carried))]
@@ -503,7 +552,8 @@ def raise_if_rejected(rejected: list[str]) -> None:
         shown = "\n  ".join(rejected[:50]) + (f"\n  … and {len(rejected) - 50} more" if len(rejected) > 50 else "")
         raise ExtractionError(
             f"{len(rejected)} malformed Stripe object(s); the hour of each committed nothing, every other hour was"
-            f" extracted (each object is kept with its reason in {SCHEMA}._rejected_objects):\n  {shown}")
+            f" extracted (each object is kept with its reason in {SCHEMA}._rejected_objects):\n  {shown}"
+        )
 
 
 def relist_recent(reader: StripeReader, url: str, since: int, until: int) -> dict[str, int]:
@@ -575,8 +625,17 @@ def _store_events(conn: psycopg.Connection, events: Iterable[dict], account: str
     rows = []
     for ev in events:
         obj = (ev.get("data") or {}).get("object") or {}
-        rows.append((account, ev["id"], ev["created"], ev["type"], obj.get("object"), obj.get("id"),
-                     json.dumps(ev, separators=(",", ":"))))
+        rows.append(
+            (
+                account,
+                ev["id"],
+                ev["created"],
+                ev["type"],
+                obj.get("object"),
+                obj.get("id"),
+                json.dumps(ev, separators=(",", ":")),
+            )
+        )
     if rows:
         with conn.cursor() as cur:
             cur.executemany(

@@ -19,8 +19,13 @@ def ensure_schema(conn: psycopg.Connection) -> None:
             conn.execute(stmt)
 
 
-def rows_for(table: Table, objects: Iterable[dict], stripe_account: str = "", extracted_at: datetime | None = None,
-             api_version: str | None = None) -> list[tuple]:
+def rows_for(
+    table: Table,
+    objects: Iterable[dict],
+    stripe_account: str = "",
+    extracted_at: datetime | None = None,
+    api_version: str | None = None,
+) -> list[tuple]:
     """Staging rows for objects read at `api_version` (default STRIPE_API_VERSION, the version every
     reader requests), deduplicated by id (the last one wins); raises MalformedObject."""
     at = extracted_at or datetime.now(UTC)
@@ -38,7 +43,9 @@ def upsert_rows(conn: psycopg.Connection, table: Table, rows: list[tuple]) -> in
         return 0
     cols = table.column_names
     tmp = f"_tmp_{table.name}"
-    conn.execute(f"create temp table if not exists {tmp} (like {SCHEMA}.{table.name} including defaults) on commit delete rows")
+    conn.execute(
+        f"create temp table if not exists {tmp} (like {SCHEMA}.{table.name} including defaults) on commit delete rows"
+    )
     conn.execute(f"delete from {tmp}")  # empty unless this transaction used it already; cheaper than truncate
     collist = ", ".join(cols)
     with conn.cursor().copy(f"copy {tmp} ({collist}) from stdin") as copy:
@@ -52,14 +59,21 @@ def upsert_rows(conn: psycopg.Connection, table: Table, rows: list[tuple]) -> in
     return cur.rowcount
 
 
-def upsert_objects(conn: psycopg.Connection, table_name: str, objects: Iterable[dict], stripe_account: str = "",
-                   api_version: str | None = None) -> int:
+def upsert_objects(
+    conn: psycopg.Connection,
+    table_name: str,
+    objects: Iterable[dict],
+    stripe_account: str = "",
+    api_version: str | None = None,
+) -> int:
     """Convert and upsert Stripe objects (read at `api_version`) into one staging table (caller owns the transaction)."""
     table = TABLES[table_name]
     return upsert_rows(conn, table, rows_for(table, objects, stripe_account, api_version=api_version))
 
 
-def upsert_payout_members(conn: psycopg.Connection, payout_id: str, bt_ids: Iterable[str], stripe_account: str = "") -> int:
+def upsert_payout_members(
+    conn: psycopg.Connection, payout_id: str, bt_ids: Iterable[str], stripe_account: str = ""
+) -> int:
     """Record which balance transactions a payout swept (idempotent)."""
     rows = [(stripe_account, payout_id, bt) for bt in bt_ids]
     if not rows:

@@ -27,6 +27,7 @@ def has_current_shapes(api_version: str | None) -> bool:
     """True when objects read at `api_version` have the shapes of 2025-03-31.basil and later."""
     return bool(api_version) and str(api_version)[:10] >= CURRENT_SHAPES_SINCE
 
+
 try:  # orjson serialises a page's raw JSON several times faster; the jsonb Postgres stores is the same
     import orjson
 
@@ -137,8 +138,16 @@ def _readers(table: Table) -> list[tuple[str, str | None, tuple[str, ...], Calla
     """Per column: (path, top-level key or None, path parts, converter, required), computed once per table."""
     specs = _READERS.get(table.name)
     if specs is None:
-        specs = [(c.path, c.path if "." not in c.path and "|" not in c.path else None, tuple(c.path.split(".")), _CONVERT[c.kind], c.required)
-                 for c in table.columns]
+        specs = [
+            (
+                c.path,
+                c.path if "." not in c.path and "|" not in c.path else None,
+                tuple(c.path.split(".")),
+                _CONVERT[c.kind],
+                c.required,
+            )
+            for c in table.columns
+        ]
         _READERS[table.name] = specs
     return specs
 
@@ -146,7 +155,9 @@ def _readers(table: Table) -> list[tuple[str, str | None, tuple[str, ...], Calla
 _READERS: dict[str, list[tuple[str, str | None, tuple[str, ...], Callable[[Any], Any], bool]]] = {}
 
 
-def to_row(table: Table, obj: dict, stripe_account: str, extracted_at: datetime, api_version: str | None = None) -> tuple:
+def to_row(
+    table: Table, obj: dict, stripe_account: str, extracted_at: datetime, api_version: str | None = None
+) -> tuple:
     """Convert one Stripe object (read at `api_version`) to a staging row; raise MalformedObject naming the id and field."""
     if not isinstance(obj, dict):
         raise MalformedObject(table.object_type, None, "<object>", "is not a JSON object")
@@ -166,7 +177,12 @@ def to_row(table: Table, obj: dict, stripe_account: str, extracted_at: datetime,
                 raw = raw[part]
         if raw is _MISSING or raw is None:
             if required:
-                raise MalformedObject(table.object_type, oid, path, "is required but missing" if raw is _MISSING else "is required but null")
+                raise MalformedObject(
+                    table.object_type,
+                    oid,
+                    path,
+                    "is required but missing" if raw is _MISSING else "is required but null",
+                )
             values.append(None)
             continue
         try:
@@ -182,7 +198,9 @@ def to_row(table: Table, obj: dict, stripe_account: str, extracted_at: datetime,
 def C(name: str, pgtype: str, path: str | None = None, kind: str | None = None, required: bool = False) -> Column:
     """Shorthand for a Column; the kind follows from the Postgres type unless given."""
     if kind is None:
-        kind = {"bigint": "int", "boolean": "bool", "timestamptz": "ts", "jsonb": "json", "numeric": "numeric"}.get(pgtype, "text")
+        kind = {"bigint": "int", "boolean": "bool", "timestamptz": "ts", "jsonb": "json", "numeric": "numeric"}.get(
+            pgtype, "text"
+        )
     return Column(name, pgtype, path or name, kind, required)
 
 
@@ -192,59 +210,155 @@ CREATED = C("created", "timestamptz", required=True)
 TABLES: dict[str, Table] = {
     t.name: t
     for t in [
-        Table("customers", "customer", "/v1/customers", (
-            ID, CREATED, C("email", "text"), C("name", "text"), C("description", "text"), C("phone", "text"),
-            C("currency", "text"), C("address_line1", "text", "address.line1"), C("address_line2", "text", "address.line2"),
-            C("address_city", "text", "address.city"), C("address_state", "text", "address.state"),
-            C("address_postal_code", "text", "address.postal_code"), C("address_country", "text", "address.country"),
-            C("metadata", "jsonb"), C("livemode", "boolean", required=True),
-        )),
-        Table("charges", "charge", "/v1/charges", (
-            ID, CREATED, C("amount", "bigint", required=True), C("amount_captured", "bigint", required=True),
-            C("amount_refunded", "bigint", required=True), C("currency", "text", required=True),
-            C("customer_id", "text", "customer", "ref"), C("balance_transaction_id", "text", "balance_transaction", "ref"),
-            C("invoice_id", "text", "invoice", "ref"), C("payment_intent_id", "text", "payment_intent", "ref"),
-            C("status", "text", required=True), C("paid", "boolean", required=True), C("captured", "boolean", required=True),
-            C("refunded", "boolean", required=True), C("disputed", "boolean", required=True), C("description", "text"),
-            C("metadata", "jsonb"), C("livemode", "boolean", required=True),
-        )),
-        Table("refunds", "refund", "/v1/refunds", (
-            ID, CREATED, C("amount", "bigint", required=True), C("currency", "text", required=True),
-            C("charge_id", "text", "charge", "ref"), C("balance_transaction_id", "text", "balance_transaction", "ref"),
-            C("payment_intent_id", "text", "payment_intent", "ref"), C("status", "text"), C("reason", "text"),
-            C("metadata", "jsonb"),
-        )),
-        Table("disputes", "dispute", "/v1/disputes", (
-            ID, CREATED, C("amount", "bigint", required=True), C("currency", "text", required=True),
-            C("charge_id", "text", "charge", "ref", required=True), C("payment_intent_id", "text", "payment_intent", "ref"),
-            C("status", "text", required=True), C("reason", "text", required=True),
-            C("balance_transactions", "jsonb", required=True), C("metadata", "jsonb"),
-        )),
-        Table("payouts", "payout", "/v1/payouts", (
-            ID, CREATED, C("amount", "bigint", required=True), C("currency", "text", required=True),
-            C("arrival_date", "timestamptz", required=True), C("automatic", "boolean", required=True),
-            C("status", "text", required=True), C("method", "text"), C("type", "text"),
-            C("balance_transaction_id", "text", "balance_transaction", "ref"),
-            C("failure_balance_transaction_id", "text", "failure_balance_transaction", "ref"),
-            C("failure_code", "text"), C("failure_message", "text"), C("destination_id", "text", "destination", "ref"),
-            C("description", "text"), C("metadata", "jsonb"),
-        )),
-        Table("balance_transactions", "balance_transaction", "/v1/balance_transactions", (
-            ID, CREATED, C("available_on", "timestamptz", required=True), C("amount", "bigint", required=True),
-            C("fee", "bigint", required=True), C("net", "bigint", required=True), C("currency", "text", required=True),
-            C("exchange_rate", "numeric"), C("type", "text", required=True), C("reporting_category", "text", required=True),
-            C("source_id", "text", "source", "ref"), C("status", "text", required=True), C("description", "text"),
-            C("fee_details", "jsonb", required=True),
-        )),
+        Table(
+            "customers",
+            "customer",
+            "/v1/customers",
+            (
+                ID,
+                CREATED,
+                C("email", "text"),
+                C("name", "text"),
+                C("description", "text"),
+                C("phone", "text"),
+                C("currency", "text"),
+                C("address_line1", "text", "address.line1"),
+                C("address_line2", "text", "address.line2"),
+                C("address_city", "text", "address.city"),
+                C("address_state", "text", "address.state"),
+                C("address_postal_code", "text", "address.postal_code"),
+                C("address_country", "text", "address.country"),
+                C("metadata", "jsonb"),
+                C("livemode", "boolean", required=True),
+            ),
+        ),
+        Table(
+            "charges",
+            "charge",
+            "/v1/charges",
+            (
+                ID,
+                CREATED,
+                C("amount", "bigint", required=True),
+                C("amount_captured", "bigint", required=True),
+                C("amount_refunded", "bigint", required=True),
+                C("currency", "text", required=True),
+                C("customer_id", "text", "customer", "ref"),
+                C("balance_transaction_id", "text", "balance_transaction", "ref"),
+                C("invoice_id", "text", "invoice", "ref"),
+                C("payment_intent_id", "text", "payment_intent", "ref"),
+                C("status", "text", required=True),
+                C("paid", "boolean", required=True),
+                C("captured", "boolean", required=True),
+                C("refunded", "boolean", required=True),
+                C("disputed", "boolean", required=True),
+                C("description", "text"),
+                C("metadata", "jsonb"),
+                C("livemode", "boolean", required=True),
+            ),
+        ),
+        Table(
+            "refunds",
+            "refund",
+            "/v1/refunds",
+            (
+                ID,
+                CREATED,
+                C("amount", "bigint", required=True),
+                C("currency", "text", required=True),
+                C("charge_id", "text", "charge", "ref"),
+                C("balance_transaction_id", "text", "balance_transaction", "ref"),
+                C("payment_intent_id", "text", "payment_intent", "ref"),
+                C("status", "text"),
+                C("reason", "text"),
+                C("metadata", "jsonb"),
+            ),
+        ),
+        Table(
+            "disputes",
+            "dispute",
+            "/v1/disputes",
+            (
+                ID,
+                CREATED,
+                C("amount", "bigint", required=True),
+                C("currency", "text", required=True),
+                C("charge_id", "text", "charge", "ref", required=True),
+                C("payment_intent_id", "text", "payment_intent", "ref"),
+                C("status", "text", required=True),
+                C("reason", "text", required=True),
+                C("balance_transactions", "jsonb", required=True),
+                C("metadata", "jsonb"),
+            ),
+        ),
+        Table(
+            "payouts",
+            "payout",
+            "/v1/payouts",
+            (
+                ID,
+                CREATED,
+                C("amount", "bigint", required=True),
+                C("currency", "text", required=True),
+                C("arrival_date", "timestamptz", required=True),
+                C("automatic", "boolean", required=True),
+                C("status", "text", required=True),
+                C("method", "text"),
+                C("type", "text"),
+                C("balance_transaction_id", "text", "balance_transaction", "ref"),
+                C("failure_balance_transaction_id", "text", "failure_balance_transaction", "ref"),
+                C("failure_code", "text"),
+                C("failure_message", "text"),
+                C("destination_id", "text", "destination", "ref"),
+                C("description", "text"),
+                C("metadata", "jsonb"),
+            ),
+        ),
+        Table(
+            "balance_transactions",
+            "balance_transaction",
+            "/v1/balance_transactions",
+            (
+                ID,
+                CREATED,
+                C("available_on", "timestamptz", required=True),
+                C("amount", "bigint", required=True),
+                C("fee", "bigint", required=True),
+                C("net", "bigint", required=True),
+                C("currency", "text", required=True),
+                C("exchange_rate", "numeric"),
+                C("type", "text", required=True),
+                C("reporting_category", "text", required=True),
+                C("source_id", "text", "source", "ref"),
+                C("status", "text", required=True),
+                C("description", "text"),
+                C("fee_details", "jsonb", required=True),
+            ),
+        ),
         # charge / payment_intent: the invoice's own fields (up to 2025-03-31) or its first InvoicePayment.
-        Table("invoices", "invoice", "/v1/invoices", (
-            ID, CREATED, C("customer_id", "text", "customer", "ref"),
-            C("charge_id", "text", "charge|payments.data.0.payment.charge", "ref"),
-            C("payment_intent_id", "text", "payment_intent|payments.data.0.payment.payment_intent", "ref"),
-            C("currency", "text", required=True),
-            C("status", "text"), C("number", "text"), C("subtotal", "bigint"), C("tax", "bigint"), C("total", "bigint"),
-            C("amount_paid", "bigint"), C("total_tax_amounts", "jsonb"), C("lines", "jsonb"), C("metadata", "jsonb"),
-        ), includes=("payments",)),
+        Table(
+            "invoices",
+            "invoice",
+            "/v1/invoices",
+            (
+                ID,
+                CREATED,
+                C("customer_id", "text", "customer", "ref"),
+                C("charge_id", "text", "charge|payments.data.0.payment.charge", "ref"),
+                C("payment_intent_id", "text", "payment_intent|payments.data.0.payment.payment_intent", "ref"),
+                C("currency", "text", required=True),
+                C("status", "text"),
+                C("number", "text"),
+                C("subtotal", "bigint"),
+                C("tax", "bigint"),
+                C("total", "bigint"),
+                C("amount_paid", "bigint"),
+                C("total_tax_amounts", "jsonb"),
+                C("lines", "jsonb"),
+                C("metadata", "jsonb"),
+            ),
+            includes=("payments",),
+        ),
     ]
 }
 
@@ -306,7 +420,9 @@ def all_ddl() -> list[str]:
     # Tables created before the API version was kept gain the column (null: read at an unknown version).
     stmts += [f"alter table {SCHEMA}.{t.name} add column if not exists _api_version text" for t in TABLES.values()]
     stmts += [PAYOUT_BT_DDL, EVENTS_DDL, SYNC_STATE_DDL, REJECTED_DDL]
-    stmts += [f"create index if not exists {t.name}_created_idx on {SCHEMA}.{t.name} (created)" for t in TABLES.values()]
+    stmts += [
+        f"create index if not exists {t.name}_created_idx on {SCHEMA}.{t.name} (created)" for t in TABLES.values()
+    ]
     stmts += [
         f"create index if not exists balance_transactions_source_idx on {SCHEMA}.balance_transactions (source_id)",
         f"create index if not exists payout_bt_bt_idx on {SCHEMA}.payout_balance_transactions (balance_transaction_id)",

@@ -102,8 +102,12 @@ values (%s, %s, %s, %s, %s, %s, %s)
 def ensure_inbox(conn: psycopg.Connection) -> None:
     """Create `stripe_staging.webhook_inbox` (and its schema) if missing; commits unless in autocommit."""
     # Skip the DDL when the tables exist: concurrent `create schema if not exists` can still collide.
-    if None in conn.execute("select to_regclass('stripe_staging.webhook_inbox'),"
-                            " to_regclass('stripe_staging.webhook_rejections')").fetchone():
+    if (
+        None
+        in conn.execute(
+            "select to_regclass('stripe_staging.webhook_inbox'), to_regclass('stripe_staging.webhook_rejections')"
+        ).fetchone()
+    ):
         conn.execute(INBOX_DDL)
     if not conn.autocommit:
         conn.commit()
@@ -176,20 +180,27 @@ def alert_rejections(conninfo: str, reason: str, status: int, event_id: str | No
             ensure_alerts(conn)
             recent = conn.execute(
                 "select exists (select 1 from sage_sync.alerts where kind = 'webhook_rejected'"
-                " and raised_at > now() - make_interval(secs => %s))", (ALERT_EVERY_S,)).fetchone()[0]
+                " and raised_at > now() - make_interval(secs => %s))",
+                (ALERT_EVERY_S,),
+            ).fetchone()[0]
             if recent:
                 return None
-            counts = dict(conn.execute(
-                "select reason, count(*) from stripe_staging.webhook_rejections"
-                " where received_at > now() - interval '1 hour' group by 1 order by 2 desc").fetchall())
+            counts = dict(
+                conn.execute(
+                    "select reason, count(*) from stripe_staging.webhook_rejections"
+                    " where received_at > now() - interval '1 hour' group by 1 order by 2 desc"
+                ).fetchall()
+            )
             return raise_alert(
-                conninfo, severity="warning", kind="webhook_rejected",
+                conninfo,
+                severity="warning",
+                kind="webhook_rejected",
                 title=f"Stripe webhook delivery rejected: {reason}",
                 message=f"HTTP {status} for {event_id or 'a delivery without a usable event id'}; rejected in the"
-                        f" last hour: {counts}",
+                f" last hour: {counts}",
                 next_step="Read stripe_staging.webhook_rejections (reason, event id, body of signed deliveries); a"
-                          " wrong STRIPE_WEBHOOK_SECRET rejects every delivery; the update path still re-reads"
-                          " Stripe's events",
+                " wrong STRIPE_WEBHOOK_SECRET rejects every delivery; the update path still re-reads"
+                " Stripe's events",
                 details={"reason": reason, "http_status": status, "event_id": event_id, "last_hour": counts},
             )
         finally:
@@ -243,18 +254,34 @@ def create_app(
     """
     pool = _AsyncConnPool(conninfo)
 
-    async def reject(status: int, reason: str, *, body: bytes | None = None, size: int | None = None,
-                     signed: bool = False, event_id: str | None = None, answer: JSONResponse | None = None
-                     ) -> JSONResponse:
+    async def reject(
+        status: int,
+        reason: str,
+        *,
+        body: bytes | None = None,
+        size: int | None = None,
+        signed: bool = False,
+        event_id: str | None = None,
+        answer: JSONResponse | None = None,
+    ) -> JSONResponse:
         """Keep the rejection with its reason (and the body of a signed delivery), log it, alert after answering."""
         log.warning("rejected webhook (HTTP %d): %s%s", status, reason, f" [{event_id}]" if event_id else "")
         digest = hashlib.sha256(body).hexdigest() if body is not None else None
         kept = body[:KEPT_BODY_BYTES] if body is not None and signed else None
         try:
             async with pool.connection() as conn:
-                await conn.execute(_REJECT, (status, reason, event_id, signed,
-                                             size if size is not None else (len(body) if body is not None else None),
-                                             digest, kept))
+                await conn.execute(
+                    _REJECT,
+                    (
+                        status,
+                        reason,
+                        event_id,
+                        signed,
+                        size if size is not None else (len(body) if body is not None else None),
+                        digest,
+                        kept,
+                    ),
+                )
         except psycopg.Error as exc:  # the answer must not depend on the bookkeeping
             log.error("webhook rejection not recorded: %s", type(exc).__name__)
         response = answer or _error(status, reason)
@@ -279,8 +306,9 @@ def create_app(
             stripe.WebhookSignature.verify_header(body, header, secret, tolerance_s)
         except stripe.SignatureVerificationError as exc:
             # The SDK's message says which check failed (missing, mismatch, stale) and carries no secret.
-            return await reject(400, "invalid Stripe-Signature: " + (exc.user_message or "verification failed"),
-                                body=body)
+            return await reject(
+                400, "invalid Stripe-Signature: " + (exc.user_message or "verification failed"), body=body
+            )
         except UnicodeDecodeError:
             return await reject(400, "body is not UTF-8", body=body)
 
@@ -296,10 +324,17 @@ def create_app(
 
         event_id, event_type, object_type, object_id, created = fields
         if created is not None and created > now + FUTURE_SKEW_S:
-            return await reject(400, f"event created {created} is in the future", body=body, signed=True,
-                                event_id=event_id)
-        params = {"id": event_id, "type": event_type, "object_type": object_type, "object_id": object_id,
-                  "created": created, "payload": text}
+            return await reject(
+                400, f"event created {created} is in the future", body=body, signed=True, event_id=event_id
+            )
+        params = {
+            "id": event_id,
+            "type": event_type,
+            "object_type": object_type,
+            "object_id": object_id,
+            "created": created,
+            "payload": text,
+        }
         try:
             try:
                 inserted, same_body = await _insert(pool, params)
@@ -308,8 +343,13 @@ def create_app(
                 inserted, same_body = await _insert(pool, params)
         except psycopg.DataError as exc:
             # e.g. a \u0000 escape, which jsonb refuses: retrying would never help, so do not ask Stripe to.
-            return await reject(400, f"payload cannot be stored as jsonb ({type(exc).__name__})", body=body,
-                                signed=True, event_id=event_id)
+            return await reject(
+                400,
+                f"payload cannot be stored as jsonb ({type(exc).__name__})",
+                body=body,
+                signed=True,
+                event_id=event_id,
+            )
         except psycopg.Error as exc:
             # Any other database failure: 500 makes Stripe retry the delivery later.
             log.error("webhook %s not stored: %s", event_id, type(exc).__name__)
@@ -319,9 +359,14 @@ def create_app(
         if duplicate and same_body is False:
             # Stripe's retries carry the same body: a different one under a known id is kept and reported, and
             # answered 200 (the first body stays; a retry would not change that).
-            return await reject(200, "duplicate event id with a different body (the first one is kept)", body=body,
-                                signed=True, event_id=event_id,
-                                answer=JSONResponse({"received": True, "duplicate": True, "conflict": True}))
+            return await reject(
+                200,
+                "duplicate event id with a different body (the first one is kept)",
+                body=body,
+                signed=True,
+                event_id=event_id,
+                answer=JSONResponse({"received": True, "duplicate": True, "conflict": True}),
+            )
         log.info("webhook %s %s %s", event_id, event_type, "duplicate" if duplicate else "stored")
         return JSONResponse({"received": True, "duplicate": duplicate})
 

@@ -50,8 +50,9 @@ def sage_owned_hash(record: dict[str, Any], sage_owns: Iterable[str]) -> str:
     return L.content_hash({f: (record.get(f) or None) for f in sorted(owned_fields(sage_owns))})
 
 
-def _remember_sage_side(conn: psycopg.Connection, customer_id: str, custno: str, record: dict[str, Any],
-                        sage_owns: Iterable[str]) -> None:
+def _remember_sage_side(
+    conn: psycopg.Connection, customer_id: str, custno: str, record: dict[str, Any], sage_owns: Iterable[str]
+) -> None:
     conn.execute(
         f"insert into {L.SCHEMA}.customer_sync_state (customer_id, custno, sage_owned_hash, sage_updated_at)"
         " values (%s, %s, %s, %s) on conflict (customer_id) do update set custno = excluded.custno,"
@@ -71,18 +72,33 @@ def _update_body(item: PlannedItem, sage_owns: Iterable[str]) -> dict[str, Any]:
 def _row(item: PlannedItem, version: int, attempt: int, payload: dict[str, Any]) -> L.LedgerRow:
     op = "create" if version == 1 else "update"
     return L.LedgerRow(
-        resource=CUSTOMERS, external_ref=item.external_ref, version=version, item_key=item.item_key,
+        resource=CUSTOMERS,
+        external_ref=item.external_ref,
+        version=version,
+        item_key=item.item_key,
         sage_ref=item.external_ref if version == 1 else f"{item.external_ref}@{version}",
-        partition_date=None, posting_mode=op, status="computed", content_hash=item.content_hash,
-        payload=payload, attempt=attempt,
-        idempotency_key=L.item_idempotency_key(CUSTOMERS, f"{item.external_ref}:{op}:{version}",
-                                               L.content_hash(payload), attempt),
+        partition_date=None,
+        posting_mode=op,
+        status="computed",
+        content_hash=item.content_hash,
+        payload=payload,
+        attempt=attempt,
+        idempotency_key=L.item_idempotency_key(
+            CUSTOMERS, f"{item.external_ref}:{op}:{version}", L.content_hash(payload), attempt
+        ),
     )
 
 
-def push_customers(url: str, client: Any, *, up_to: date | None = None, mapping: Mapping | None = None,
-                   customer_ids: list[str] | None = None, redrive: bool = False,
-                   transport: CountingTransport | None = None) -> LoadStats:
+def push_customers(
+    url: str,
+    client: Any,
+    *,
+    up_to: date | None = None,
+    mapping: Mapping | None = None,
+    customer_ids: list[str] | None = None,
+    redrive: bool = False,
+    transport: CountingTransport | None = None,
+) -> LoadStats:
     """Create or update the Sage customer of every Stripe customer created on or before `up_to`."""
     mapping = mapping or load_mapping()
     owns = mapping.customer_sync.sage_owns
@@ -111,8 +127,11 @@ def push_customers(url: str, client: Any, *, up_to: date | None = None, mapping:
                 elif cur.content_hash == item.content_hash and cur.status == "computed":
                     row = cur  # resend exactly what a killed run sent
                 else:  # computed with other content, or a re-drive: same version, next attempt
-                    payload = item.payload if cur.version == 1 else {"custno": item.payload["custno"],
-                                                                     **_update_body(item, owns)}
+                    payload = (
+                        item.payload
+                        if cur.version == 1
+                        else {"custno": item.payload["custno"], **_update_body(item, owns)}
+                    )
                     row = _row(item, cur.version, cur.attempt + 1, payload)
                     L.replace_attempt(conn, row)
                 if cur is None or row.version != cur.version:
@@ -125,13 +144,15 @@ def push_customers(url: str, client: Any, *, up_to: date | None = None, mapping:
     return stats
 
 
-def _push_one(conn: psycopg.Connection, target: Target, row: L.LedgerRow, item: PlannedItem,
-              owns: Iterable[str], stats: LoadStats) -> None:
+def _push_one(
+    conn: psycopg.Connection, target: Target, row: L.LedgerRow, item: PlannedItem, owns: Iterable[str], stats: LoadStats
+) -> None:
     custno = item.payload.get("custno", "")
     try:
         if row.version == 1:
-            result = target.post(CUSTOMERS, row.payload, idempotency_key=row.idempotency_key,
-                                 external_ref=item.external_ref)
+            result = target.post(
+                CUSTOMERS, row.payload, idempotency_key=row.idempotency_key, external_ref=item.external_ref
+            )
             record, outcome, request_id = result.record, result.status, result.request_id
         else:
             body = {k: v for k, v in row.payload.items() if k != "custno"}
@@ -203,11 +224,14 @@ def stripe_client(api_key: str, api_base: str | None = None, stripe_account: str
     if stripe_account:
         kwargs["stripe_account"] = stripe_account
     # Every Stripe request at one explicit version (STRIPE_API_VERSION).
-    return stripe.StripeClient(api_key, max_network_retries=3, stripe_version=load_settings().stripe_api_version, **kwargs)
+    return stripe.StripeClient(
+        api_key, max_network_retries=3, stripe_version=load_settings().stripe_api_version, **kwargs
+    )
 
 
-def pull_sage_changes(url: str, client: Any, stripe_sdk: stripe.StripeClient,
-                      mapping: Mapping | None = None) -> PullStats:
+def pull_sage_changes(
+    url: str, client: Any, stripe_sdk: stripe.StripeClient, mapping: Mapping | None = None
+) -> PullStats:
     """Copy Sage-side changes of Sage-owned fields to the Stripe customers, once each."""
     mapping = mapping or load_mapping()
     owns = mapping.customer_sync.sage_owns
@@ -241,7 +265,8 @@ def pull_sage_changes(url: str, client: Any, stripe_sdk: stripe.StripeClient,
                 told = L.content_hash(sparams)
                 if state is None or state[1] != told:
                     stripe_sdk.v1.customers.update(
-                        customer_id, params=sparams,
+                        customer_id,
+                        params=sparams,
                         options={"idempotency_key": idempotency_key("stripe-customer", customer_id, told)},
                     )
                     out.updated += 1

@@ -116,10 +116,30 @@ where l.status = 'dead_lettered';
 """
 
 LEDGER_COLUMNS = (
-    "resource", "external_ref", "version", "item_key", "sage_ref", "partition_date", "posting_mode", "status",
-    "content_hash", "payload", "attempt", "idempotency_key", "sage_id", "request_id", "post_outcome", "posted_at",
-    "reason", "error_message", "details", "dead_lettered_at", "reversal_sage_id", "reversal_ref",
-    "reversal_request_id", "reversed_at",
+    "resource",
+    "external_ref",
+    "version",
+    "item_key",
+    "sage_ref",
+    "partition_date",
+    "posting_mode",
+    "status",
+    "content_hash",
+    "payload",
+    "attempt",
+    "idempotency_key",
+    "sage_id",
+    "request_id",
+    "post_outcome",
+    "posted_at",
+    "reason",
+    "error_message",
+    "details",
+    "dead_lettered_at",
+    "reversal_sage_id",
+    "reversal_ref",
+    "reversal_request_id",
+    "reversed_at",
 )
 
 
@@ -132,7 +152,9 @@ def ensure_schema(conn: psycopg.Connection) -> None:
 
 def content_hash(value: Any) -> str:
     """Stable 16-hex hash of a JSON-able value (keys sorted)."""
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":"), default=str).encode()).hexdigest()[
+        :16
+    ]
 
 
 def versioned_ref(base: str, version: int, marker: str = "v") -> str:
@@ -143,7 +165,7 @@ def versioned_ref(base: str, version: int, marker: str = "v") -> str:
         ref = f"{base}~{marker}{version}"
     if len(ref) <= MAX_REF:
         return ref
-    suffix = ref[len(base):]
+    suffix = ref[len(base) :]
     digest = hashlib.sha256(base.encode()).hexdigest()[:8]
     return f"{base[: MAX_REF - len(suffix) - 9]}.{digest}{suffix}"
 
@@ -221,8 +243,19 @@ def insert_computed(conn: psycopg.Connection, rows: Sequence[LedgerRow]) -> None
             " values (%s, %s, %s, %s, %s, %s, %s, 'computed', %s, %s, %s, %s)"
             " on conflict (resource, external_ref, version) do nothing",
             [
-                (r.resource, r.external_ref, r.version, r.item_key, r.sage_ref, r.partition_date, r.posting_mode,
-                 r.content_hash, Jsonb(r.payload), r.attempt, r.idempotency_key)
+                (
+                    r.resource,
+                    r.external_ref,
+                    r.version,
+                    r.item_key,
+                    r.sage_ref,
+                    r.partition_date,
+                    r.posting_mode,
+                    r.content_hash,
+                    Jsonb(r.payload),
+                    r.attempt,
+                    r.idempotency_key,
+                )
                 for r in rows
             ],
         )
@@ -235,14 +268,22 @@ def replace_attempt(conn: psycopg.Connection, row: LedgerRow) -> None:
             f"update {SCHEMA}.posting_ledger set status = 'computed', content_hash = %s, payload = %s, attempt = %s,"
             " idempotency_key = %s, partition_date = %s, posting_mode = %s, item_key = %s, updated_at = now()"
             " where resource = %s and external_ref = %s and version = %s and status in ('computed', 'dead_lettered')",
-            (row.content_hash, Jsonb(row.payload), row.attempt, row.idempotency_key, row.partition_date,
-             row.posting_mode, row.item_key, row.resource, row.external_ref, row.version),
+            (
+                row.content_hash,
+                Jsonb(row.payload),
+                row.attempt,
+                row.idempotency_key,
+                row.partition_date,
+                row.posting_mode,
+                row.item_key,
+                row.resource,
+                row.external_ref,
+                row.version,
+            ),
         )
 
 
-def mark_posted(
-    conn: psycopg.Connection, row: LedgerRow, sage_id: str, request_id: str, outcome: str
-) -> None:
+def mark_posted(conn: psycopg.Connection, row: LedgerRow, sage_id: str, request_id: str, outcome: str) -> None:
     """computed → posted, with the Sage id and the request id; resolves any open dead letter of the row."""
     with conn.transaction():
         conn.execute(
@@ -276,14 +317,27 @@ def mark_dead_lettered(
         conn.execute(
             f"insert into {SCHEMA}.dead_letter_history (resource, external_ref, version, attempt, partition_date,"
             " reason, error_message, details, request_id, record) values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-            (row.resource, row.external_ref, row.version, row.attempt, row.partition_date, reason, message,
-             Jsonb(details or []), request_id, Jsonb(row.payload)),
+            (
+                row.resource,
+                row.external_ref,
+                row.version,
+                row.attempt,
+                row.partition_date,
+                reason,
+                message,
+                Jsonb(details or []),
+                request_id,
+                Jsonb(row.payload),
+            ),
         )
 
 
 def mark_reversed(
-    conn: psycopg.Connection, row: LedgerRow, reversal_sage_id: str | None, reversal_ref: str | None,
-    request_id: str | None
+    conn: psycopg.Connection,
+    row: LedgerRow,
+    reversal_sage_id: str | None,
+    reversal_ref: str | None,
+    request_id: str | None,
 ) -> None:
     """posted → reversed (the reversal's Sage id and ref kept on the row)."""
     with conn.transaction():

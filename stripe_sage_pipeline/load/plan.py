@@ -115,7 +115,9 @@ def entry_problems(lines: Sequence[dict[str, Any]]) -> list[str]:
         if not isinstance(d, int) or not isinstance(c, int) or isinstance(d, bool) or isinstance(c, bool):
             problems.append(f"line {ln['account_code']}: amounts must be integers in minor units")
         elif d < 0 or c < 0 or (d > 0) == (c > 0):
-            problems.append(f"line {ln['account_code']}: needs exactly one non-negative side > 0 (debit {d}, credit {c})")
+            problems.append(
+                f"line {ln['account_code']}: needs exactly one non-negative side > 0 (debit {d}, credit {c})"
+            )
     if len({ln["currency"] for ln in lines}) > 1:
         problems.append("lines in more than one currency")
     if len(lines) < 2:
@@ -146,12 +148,14 @@ def plan_journal_entry(lines: Sequence[dict[str, Any]]) -> PlannedItem:
     for ln in lines:
         # The line memo keeps the Stripe ids (and, from the mart, presentment amount and rate).
         line_memo = memo if ref in memo else f"{ref} {memo}"
-        body_lines.append({
-            "glacnt": ln["account_code"],
-            "debit": to_decimal_str(int(ln["debit"]), currency),
-            "credit": to_decimal_str(int(ln["credit"]), currency),
-            "memo": line_memo.strip()[:120],
-        })
+        body_lines.append(
+            {
+                "glacnt": ln["account_code"],
+                "debit": to_decimal_str(int(ln["debit"]), currency),
+                "credit": to_decimal_str(int(ln["credit"]), currency),
+                "memo": line_memo.strip()[:120],
+            }
+        )
         booked.append((ln["account_code"], int(ln["debit"]), int(ln["credit"])))
     payload = {
         "journal": JOURNAL,
@@ -202,8 +206,9 @@ def plan_journal_entries(
 # -- customers -----------------------------------------------------------------------------------
 
 
-def customer_rows(conn: psycopg.Connection, up_to: date | None = None, customer_ids: Sequence[str] | None = None
-                  ) -> list[dict[str, Any]]:
+def customer_rows(
+    conn: psycopg.Connection, up_to: date | None = None, customer_ids: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
     """dim_customers rows, created on or before `up_to` (UTC) or with the given ids."""
     where, params = [], []
     if up_to is not None:
@@ -262,8 +267,9 @@ def plan_customer(row: dict[str, Any], sage_owns: Iterable[str]) -> PlannedItem:
 # -- invoice-driven revenue ------------------------------------------------------------------------
 
 
-def invoice_lines(conn: psycopg.Connection, day: date | None = None, charge_ids: Sequence[str] | None = None
-                  ) -> list[dict[str, Any]]:
+def invoice_lines(
+    conn: psycopg.Connection, day: date | None = None, charge_ids: Sequence[str] | None = None
+) -> list[dict[str, Any]]:
     """fct_invoice_lines of one date (or of given charges), in document order."""
     where, params = [], []
     if day is not None:
@@ -323,28 +329,37 @@ def plan_invoices(lines: Sequence[dict[str, Any]]) -> list[PlannedItem]:
             },
         }
         accounts = [(f"lines[{i}].revenue_glacnt", ln["revenue_account"]) for i, ln in enumerate(doc_lines)]
-        accounts += [(f"lines[{i}].tax_glacnt", ln["sales_tax_account"]) for i, ln in enumerate(doc_lines)
-                     if int(ln["tax_amount"])]
+        accounts += [
+            (f"lines[{i}].tax_glacnt", ln["sales_tax_account"])
+            for i, ln in enumerate(doc_lines)
+            if int(ln["tax_amount"])
+        ]
         problems = []
         if subtotal + tax != int(first["document_total"]):
-            problems.append(f"invoice {first['charge_id']}: lines + tax {subtotal + tax} != total {first['document_total']}")
-        items.append(PlannedItem(
-            resource=INVOICES,
-            external_ref=first["charge_id"],
-            item_key=first["document_key"],
-            partition_date=first["posting_date"],
-            posting_mode=None,
-            payload=payload,
-            content_hash=content_hash({"custno": first["custno"], "date": payload["invdate"], "cur": cur,
-                                       "lines": sorted(booked)}),
-            accounts=accounts,
-            problems=problems,
-        ))
+            problems.append(
+                f"invoice {first['charge_id']}: lines + tax {subtotal + tax} != total {first['document_total']}"
+            )
+        items.append(
+            PlannedItem(
+                resource=INVOICES,
+                external_ref=first["charge_id"],
+                item_key=first["document_key"],
+                partition_date=first["posting_date"],
+                posting_mode=None,
+                payload=payload,
+                content_hash=content_hash(
+                    {"custno": first["custno"], "date": payload["invdate"], "cur": cur, "lines": sorted(booked)}
+                ),
+                accounts=accounts,
+                problems=problems,
+            )
+        )
     return items
 
 
-def receipt_candidates(lines: Sequence[dict[str, Any]], invoiced: dict[str, str], mapping: Mapping
-                       ) -> dict[str, dict[str, Any]]:
+def receipt_candidates(
+    lines: Sequence[dict[str, Any]], invoiced: dict[str, str], mapping: Mapping
+) -> dict[str, dict[str, Any]]:
     """Charge entries (detail mode) that a cash receipt can replace: entry_id → receipt facts.
 
     `invoiced` maps charge_id → custno of the charges that get an invoice. A charge entry qualifies when
@@ -408,8 +423,13 @@ def plan_cash_receipt(facts: dict[str, Any], invno: str | None) -> PlannedItem:
         partition_date=facts["posting_date"],
         posting_mode="detail",
         payload=payload,
-        content_hash=content_hash({k: facts[k] for k in ("custno", "posting_date", "currency", "amount", "fee",
-                                                         "fee_glacnt", "deposit_glacnt")} | {"invno": invno}),
+        content_hash=content_hash(
+            {
+                k: facts[k]
+                for k in ("custno", "posting_date", "currency", "amount", "fee", "fee_glacnt", "deposit_glacnt")
+            }
+            | {"invno": invno}
+        ),
         accounts=accounts,
         hold_reason=None if invno else "InvoiceNotPosted",
         depends_on=facts["charge_id"],

@@ -73,8 +73,15 @@ def _replan(conn: psycopg.Connection, resource: str, rows: list[L.LedgerRow], ma
     return []
 
 
-def redrive(url: str, client: Any, *, mapping: Mapping | None = None, resources: list[str] | None = None,
-            refs: list[str] | None = None, poster: Poster | None = None) -> RedriveResult:
+def redrive(
+    url: str,
+    client: Any,
+    *,
+    mapping: Mapping | None = None,
+    resources: list[str] | None = None,
+    refs: list[str] | None = None,
+    poster: Poster | None = None,
+) -> RedriveResult:
     """Re-plan and post every dead letter (optionally only some resources or external refs)."""
     mapping = mapping or load_mapping()
     own_poster = poster is None
@@ -83,8 +90,11 @@ def redrive(url: str, client: Any, *, mapping: Mapping | None = None, resources:
     try:
         with psycopg.connect(libpq_url(url), autocommit=True) as conn:
             L.ensure_schema(conn)
-            dead = [r for r in L.rows_where(conn, "status = 'dead_lettered'")
-                    if (not resources or r.resource in resources) and (not refs or r.external_ref in refs)]
+            dead = [
+                r
+                for r in L.rows_where(conn, "status = 'dead_lettered'")
+                if (not resources or r.resource in resources) and (not refs or r.external_ref in refs)
+            ]
             by_resource: dict[str, list[L.LedgerRow]] = defaultdict(list)
             for r in dead:
                 by_resource[r.resource].append(r)
@@ -92,8 +102,13 @@ def redrive(url: str, client: Any, *, mapping: Mapping | None = None, resources:
             # Dependency order: customers before the documents that name them.
             if by_resource.get(CUSTOMERS):
                 out.stats[CUSTOMERS] = push_customers(
-                    url, client, mapping=mapping, customer_ids=[r.external_ref for r in by_resource[CUSTOMERS]],
-                    redrive=True, transport=poster.transport)
+                    url,
+                    client,
+                    mapping=mapping,
+                    customer_ids=[r.external_ref for r in by_resource[CUSTOMERS]],
+                    redrive=True,
+                    transport=poster.transport,
+                )
             for resource in (INVOICES, RECEIPTS, JE):
                 rows = by_resource.get(resource)
                 if not rows:
@@ -107,16 +122,18 @@ def redrive(url: str, client: Any, *, mapping: Mapping | None = None, resources:
                 out.stats[RECEIPTS] = poster.sync(receipts, stats=out.stats.get(RECEIPTS))
             for (resource, ref), row in before.items():
                 now = L.current_versions(conn, resource, [ref]).get(ref)
-                out.items.append({
-                    "resource": resource,
-                    "external_ref": ref,
-                    "version": row.version,
-                    "reason_was": row.reason,
-                    "status_now": now.status if now else "missing",
-                    "sage_id": now.sage_id if now else None,
-                    "reason_now": now.reason if now and now.status == "dead_lettered" else None,
-                    "attempt": now.attempt if now else None,
-                })
+                out.items.append(
+                    {
+                        "resource": resource,
+                        "external_ref": ref,
+                        "version": row.version,
+                        "reason_was": row.reason,
+                        "status_now": now.status if now else "missing",
+                        "sage_id": now.sage_id if now else None,
+                        "reason_now": now.reason if now and now.status == "dead_lettered" else None,
+                        "attempt": now.attempt if now else None,
+                    }
+                )
     finally:
         if own_poster:
             poster.close()

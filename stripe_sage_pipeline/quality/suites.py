@@ -83,46 +83,131 @@ def _staging_checks() -> list[Check]:
     s = "stripe_staging"
     t = "_extracted_at"
     checks = [
-        Check("staging_balance_transaction_ids_unique", s, "balance_transactions", "unique",
-              columns=("stripe_account", "id"), time_column=t),
-        Check("staging_net_equals_amount_minus_fee", s, "balance_transactions", "unexpected_rows", time_column=t,
-              sql="select stripe_account, id, amount, fee, net from {batch} where net <> amount - fee",
-              description="Every balance transaction: net == amount - fee.", blocking=False,
-              holds="its journal entry does not balance: the loader refuses its posting day (and its payout's summary)"),
+        Check(
+            "staging_balance_transaction_ids_unique",
+            s,
+            "balance_transactions",
+            "unique",
+            columns=("stripe_account", "id"),
+            time_column=t,
+        ),
+        Check(
+            "staging_net_equals_amount_minus_fee",
+            s,
+            "balance_transactions",
+            "unexpected_rows",
+            time_column=t,
+            sql="select stripe_account, id, amount, fee, net from {batch} where net <> amount - fee",
+            description="Every balance transaction: net == amount - fee.",
+            blocking=False,
+            holds="its journal entry does not balance: the loader refuses its posting day (and its payout's summary)",
+        ),
         # No or one fee detail (nearly every row) is read directly; only longer lists are expanded.
-        Check("staging_fee_equals_fee_details", s, "balance_transactions", "unexpected_rows", time_column=t,
-              sql="select stripe_account, id, fee, fee_details_total from ("
-                  " select stripe_account, id, fee, coalesce(case jsonb_array_length(fee_details) when 0 then 0"
-                  " when 1 then (fee_details -> 0 ->> 'amount')::bigint end,"
-                  " (select coalesce(sum((d ->> 'amount')::bigint), 0)"
-                  " from jsonb_array_elements(fee_details) as d)) as fee_details_total from {batch}) as b"
-                  " where fee <> fee_details_total",
-              description="Every balance transaction: fee == sum(fee_details.amount).", blocking=False,
-              holds="nothing: the part fee_details do not explain is posted to the default fee account"),
-        Check("staging_balance_transaction_currency_iso", s, "balance_transactions", "in_set", column="currency",
-              values=tuple(iso_currencies()), time_column=t),
-        Check("staging_balance_transaction_type_known", s, "balance_transactions", "in_set", column="type",
-              values=tuple(sorted(BT_TYPES)), time_column=t, blocking=False,
-              description="Transaction types Stripe documents (a new one is data Stripe legitimately sends).",
-              holds="nothing: an unmapped type posts to suspense, flagged"),
-        Check("staging_balance_transaction_status_known", s, "balance_transactions", "in_set", column="status",
-              values=tuple(BT_STATUSES), time_column=t, blocking=False, holds="nothing"),
+        Check(
+            "staging_fee_equals_fee_details",
+            s,
+            "balance_transactions",
+            "unexpected_rows",
+            time_column=t,
+            sql="select stripe_account, id, fee, fee_details_total from ("
+            " select stripe_account, id, fee, coalesce(case jsonb_array_length(fee_details) when 0 then 0"
+            " when 1 then (fee_details -> 0 ->> 'amount')::bigint end,"
+            " (select coalesce(sum((d ->> 'amount')::bigint), 0)"
+            " from jsonb_array_elements(fee_details) as d)) as fee_details_total from {batch}) as b"
+            " where fee <> fee_details_total",
+            description="Every balance transaction: fee == sum(fee_details.amount).",
+            blocking=False,
+            holds="nothing: the part fee_details do not explain is posted to the default fee account",
+        ),
+        Check(
+            "staging_balance_transaction_currency_iso",
+            s,
+            "balance_transactions",
+            "in_set",
+            column="currency",
+            values=tuple(iso_currencies()),
+            time_column=t,
+        ),
+        Check(
+            "staging_balance_transaction_type_known",
+            s,
+            "balance_transactions",
+            "in_set",
+            column="type",
+            values=tuple(sorted(BT_TYPES)),
+            time_column=t,
+            blocking=False,
+            description="Transaction types Stripe documents (a new one is data Stripe legitimately sends).",
+            holds="nothing: an unmapped type posts to suspense, flagged",
+        ),
+        Check(
+            "staging_balance_transaction_status_known",
+            s,
+            "balance_transactions",
+            "in_set",
+            column="status",
+            values=tuple(BT_STATUSES),
+            time_column=t,
+            blocking=False,
+            holds="nothing",
+        ),
         Check("staging_charge_ids_unique", s, "charges", "unique", columns=("stripe_account", "id"), time_column=t),
-        Check("staging_charge_status_known", s, "charges", "in_set", column="status", values=tuple(CHARGE_STATUSES),
-              time_column=t, blocking=False, holds="nothing: only succeeded charges become invoices"),
-        Check("staging_charge_currency_iso", s, "charges", "in_set", column="currency",
-              values=tuple(iso_currencies()), time_column=t),
-        Check("staging_refund_status_known", s, "refunds", "in_set", column="status", values=tuple(REFUND_STATUSES),
-              time_column=t, blocking=False, holds="nothing: refunds post from their balance transactions"),
+        Check(
+            "staging_charge_status_known",
+            s,
+            "charges",
+            "in_set",
+            column="status",
+            values=tuple(CHARGE_STATUSES),
+            time_column=t,
+            blocking=False,
+            holds="nothing: only succeeded charges become invoices",
+        ),
+        Check(
+            "staging_charge_currency_iso",
+            s,
+            "charges",
+            "in_set",
+            column="currency",
+            values=tuple(iso_currencies()),
+            time_column=t,
+        ),
+        Check(
+            "staging_refund_status_known",
+            s,
+            "refunds",
+            "in_set",
+            column="status",
+            values=tuple(REFUND_STATUSES),
+            time_column=t,
+            blocking=False,
+            holds="nothing: refunds post from their balance transactions",
+        ),
         Check("staging_payout_ids_unique", s, "payouts", "unique", columns=("stripe_account", "id"), time_column=t),
-        Check("staging_payout_status_known", s, "payouts", "in_set", column="status", values=tuple(PAYOUT_STATUSES),
-              time_column=t, blocking=False, holds="that payout: posted only once paid"),
-        Check("staging_payout_members_staged", s, "payout_balance_transactions", "unexpected_rows", time_column=t,
-              sql="select m.stripe_account, m.payout_id, m.balance_transaction_id from (select * from {batch}) as m"
-                  " where not exists (select 1 from stripe_staging.balance_transactions as b"
-                  " where b.stripe_account = m.stripe_account and b.id = m.balance_transaction_id)",
-              description="Every transaction listed in a payout has been extracted.", blocking=False,
-              holds="that payout's summary entry (its reconciliation is incomplete until the transaction arrives)"),
+        Check(
+            "staging_payout_status_known",
+            s,
+            "payouts",
+            "in_set",
+            column="status",
+            values=tuple(PAYOUT_STATUSES),
+            time_column=t,
+            blocking=False,
+            holds="that payout: posted only once paid",
+        ),
+        Check(
+            "staging_payout_members_staged",
+            s,
+            "payout_balance_transactions",
+            "unexpected_rows",
+            time_column=t,
+            sql="select m.stripe_account, m.payout_id, m.balance_transaction_id from (select * from {batch}) as m"
+            " where not exists (select 1 from stripe_staging.balance_transactions as b"
+            " where b.stripe_account = m.stripe_account and b.id = m.balance_transaction_id)",
+            description="Every transaction listed in a payout has been extracted.",
+            blocking=False,
+            holds="that payout's summary entry (its reconciliation is incomplete until the transaction arrives)",
+        ),
     ]
     return checks
 
@@ -132,55 +217,96 @@ def _journal_checks() -> list[Check]:
     return [
         # Unbalanced entries are found with a hash aggregate (min <> max: more than one currency);
         # count(distinct), which needs sorting all lines, is only computed for those.
-        Check("journal_lines_balance", f, "fct_journal_lines", "unexpected_rows",
-              sql="select entry_id, min(external_ref) as external_ref, sum(debit) as total_debit,"
-                  " sum(credit) as total_credit, sum(debit) - sum(credit) as difference,"
-                  " count(distinct currency) as currencies from {batch}"
-                  " where entry_id in (select entry_id from {batch} group by entry_id"
-                  " having sum(debit) <> sum(credit) or min(currency) <> max(currency))"
-                  " group by entry_id",
-              description="Every entry: sum(debit) == sum(credit) to the minor unit, in one currency.", blocking=False,
-              holds="the posting day of that entry (the loader refuses a day with an unbalanced entry)"),
-        Check("journal_lines_one_sided", f, "fct_journal_lines", "unexpected_rows",
-              sql="select journal_line_id, entry_id, account_code, debit, credit from {batch}"
-                  " where debit < 0 or credit < 0 or (debit > 0) = (credit > 0)",
-              description="Every line is non-negative and on exactly one side.", blocking=False,
-              holds="the posting day of that entry (the loader refuses it)"),
-        Check("journal_lines_accounts_in_chart", f, "fct_journal_lines", "unexpected_rows",
-              sql="select journal_line_id, entry_id, account_code from (select * from {batch}) as j where not exists"
-                  " (select 1 from finance_config.accounts as a where a.account_code = j.account_code)",
-              description="Every account used is in the mapping's chart of accounts.", blocking=False,
-              holds="that entry (dead-lettered by the loader's account check, re-driven once the account exists)"),
+        Check(
+            "journal_lines_balance",
+            f,
+            "fct_journal_lines",
+            "unexpected_rows",
+            sql="select entry_id, min(external_ref) as external_ref, sum(debit) as total_debit,"
+            " sum(credit) as total_credit, sum(debit) - sum(credit) as difference,"
+            " count(distinct currency) as currencies from {batch}"
+            " where entry_id in (select entry_id from {batch} group by entry_id"
+            " having sum(debit) <> sum(credit) or min(currency) <> max(currency))"
+            " group by entry_id",
+            description="Every entry: sum(debit) == sum(credit) to the minor unit, in one currency.",
+            blocking=False,
+            holds="the posting day of that entry (the loader refuses a day with an unbalanced entry)",
+        ),
+        Check(
+            "journal_lines_one_sided",
+            f,
+            "fct_journal_lines",
+            "unexpected_rows",
+            sql="select journal_line_id, entry_id, account_code, debit, credit from {batch}"
+            " where debit < 0 or credit < 0 or (debit > 0) = (credit > 0)",
+            description="Every line is non-negative and on exactly one side.",
+            blocking=False,
+            holds="the posting day of that entry (the loader refuses it)",
+        ),
+        Check(
+            "journal_lines_accounts_in_chart",
+            f,
+            "fct_journal_lines",
+            "unexpected_rows",
+            sql="select journal_line_id, entry_id, account_code from (select * from {batch}) as j where not exists"
+            " (select 1 from finance_config.accounts as a where a.account_code = j.account_code)",
+            description="Every account used is in the mapping's chart of accounts.",
+            blocking=False,
+            holds="that entry (dead-lettered by the loader's account check, re-driven once the account exists)",
+        ),
         Check("journal_lines_posting_date_present", f, "fct_journal_lines", "not_null", column="posting_date"),
     ]
 
 
 def _payout_checks() -> list[Check]:
     return [
-        Check("payout_reconciliation_zero_difference", "finance", "fct_payout_reconciliation", "unexpected_rows",
-              sql="select payout_id, payout_status, payout_amount, net_of_items, difference from {batch}"
-                  " where is_complete and payout_status not in ('failed', 'canceled') and difference <> 0",
-              description="Every complete automatic payout: amount == sum(net) of its items.", blocking=False,
-              holds="that payout's summary entry (PayoutNotReconciled:difference)"),
-        Check("payout_members_net_to_zero", "finance", "fct_payout_reconciliation", "unexpected_rows",
-              sql="select payout_id, net_of_all from {batch}"
-                  " where is_complete and has_own_transaction and payout_status not in ('failed', 'canceled')"
-                  " and net_of_all <> 0",
-              description="Every complete automatic payout: the net of all its transactions (its own included) is 0.",
-              blocking=False, holds="that payout's summary entry"),
+        Check(
+            "payout_reconciliation_zero_difference",
+            "finance",
+            "fct_payout_reconciliation",
+            "unexpected_rows",
+            sql="select payout_id, payout_status, payout_amount, net_of_items, difference from {batch}"
+            " where is_complete and payout_status not in ('failed', 'canceled') and difference <> 0",
+            description="Every complete automatic payout: amount == sum(net) of its items.",
+            blocking=False,
+            holds="that payout's summary entry (PayoutNotReconciled:difference)",
+        ),
+        Check(
+            "payout_members_net_to_zero",
+            "finance",
+            "fct_payout_reconciliation",
+            "unexpected_rows",
+            sql="select payout_id, net_of_all from {batch}"
+            " where is_complete and has_own_transaction and payout_status not in ('failed', 'canceled')"
+            " and net_of_all <> 0",
+            description="Every complete automatic payout: the net of all its transactions (its own included) is 0.",
+            blocking=False,
+            holds="that payout's summary entry",
+        ),
     ]
 
 
 def _invoice_checks() -> list[Check]:
     return [
-        Check("invoice_totals_equal_lines_plus_tax", "finance", "fct_invoice_lines", "unexpected_rows",
-              sql="select document_key, max(document_total) as document_total, sum(line_amount) as lines_total,"
-                  " max(document_tax) as document_tax from {batch} group by document_key"
-                  " having max(document_total) <> sum(line_amount) + max(document_tax)",
-              description="Every document: total == sum(line amounts) + tax (lines after discounts and included tax).",
-              blocking=False, holds="the posting day of that invoice (the loader refuses it)"),
-        Check("invoice_lines_revenue_account_present", "finance", "fct_invoice_lines", "not_null",
-              column="revenue_account"),
+        Check(
+            "invoice_totals_equal_lines_plus_tax",
+            "finance",
+            "fct_invoice_lines",
+            "unexpected_rows",
+            sql="select document_key, max(document_total) as document_total, sum(line_amount) as lines_total,"
+            " max(document_tax) as document_tax from {batch} group by document_key"
+            " having max(document_total) <> sum(line_amount) + max(document_tax)",
+            description="Every document: total == sum(line amounts) + tax (lines after discounts and included tax).",
+            blocking=False,
+            holds="the posting day of that invoice (the loader refuses it)",
+        ),
+        Check(
+            "invoice_lines_revenue_account_present",
+            "finance",
+            "fct_invoice_lines",
+            "not_null",
+            column="revenue_account",
+        ),
     ]
 
 
@@ -228,8 +354,9 @@ def _gx_expectation(check: Check):
     import great_expectations as gx
 
     if check.kind == "unexpected_rows":
-        return gx.expectations.UnexpectedRowsExpectation(unexpected_rows_query=check.sql,
-                                                         description=check.description or check.name)
+        return gx.expectations.UnexpectedRowsExpectation(
+            unexpected_rows_query=check.sql, description=check.description or check.name
+        )
     if check.kind == "not_null":
         return gx.expectations.ExpectColumnValuesToNotBeNull(column=check.column)
     if check.kind == "unique":
@@ -237,7 +364,8 @@ def _gx_expectation(check: Check):
         cols = ", ".join(check.columns)
         return gx.expectations.UnexpectedRowsExpectation(
             unexpected_rows_query=f"select {cols}, count(*) as duplicates from {{batch}} group by {cols} having count(*) > 1",
-            description=check.description or check.name)
+            description=check.description or check.name,
+        )
     if check.kind == "in_set":
         return gx.expectations.ExpectColumnValuesToBeInSet(column=check.column, value_set=list(check.values))
     raise ValueError(f"unknown check kind {check.kind!r}")
@@ -314,8 +442,12 @@ def _marks(url: str, checks: list[Check]) -> tuple[dict[str, datetime], dict[tup
     tables = sorted({(c.schema, c.table, c.time_column) for c in checks})
     with psycopg.connect(libpq_url(url)) as conn:
         conn.execute(STATE_DDL)
-        marks = dict(conn.execute(f"select check_name, validated_through from {STATE_TABLE}"
-                                  " where check_name = any(%s)", ([c.name for c in checks],)).fetchall())
+        marks = dict(
+            conn.execute(
+                f"select check_name, validated_through from {STATE_TABLE} where check_name = any(%s)",
+                ([c.name for c in checks],),
+            ).fetchall()
+        )
         newest = {t: conn.execute(f"select max({t[2]}) from {t[0]}.{t[1]}").fetchone()[0] for t in tables}
         conn.commit()
     return marks, newest
@@ -385,11 +517,14 @@ def run_suite(
             if win is None:
                 asset = ds.add_table_asset(asset_name, table_name=first.table, schema_name=first.schema)
             else:
-                asset = ds.add_query_asset(asset_name, query=f"select * from {key} where {first.time_column}"
-                                                             f" {win[0]} '{win[1].isoformat()}'::timestamptz")
+                asset = ds.add_query_asset(
+                    asset_name,
+                    query=f"select * from {key} where {first.time_column} {win[0]} '{win[1].isoformat()}'::timestamptz",
+                )
             try:
-                validation = asset.add_batch_definition_whole_table("all").get_batch().validate(
-                    suite, result_format="COMPLETE")
+                validation = (
+                    asset.add_batch_definition_whole_table("all").get_batch().validate(suite, result_format="COMPLETE")
+                )
             finally:
                 ds.delete_asset(asset_name)
             outcomes = {(r.expectation_config.meta or {}).get("check"): r for r in validation.results}
@@ -413,8 +548,14 @@ def run_suite(
             by_name[c.name] = CheckResult(c.name, bool(r.success), int(count or 0), _rows_from(res, c, first_n))
     results = [by_name[c.name] for c in selected]
     if since is None:
-        _save_marks(url, {c.name: newest[(c.schema, c.table, c.time_column)] for c, r in zip(selected, results, strict=True)
-                          if r.passed and newest[(c.schema, c.table, c.time_column)] is not None})
+        _save_marks(
+            url,
+            {
+                c.name: newest[(c.schema, c.table, c.time_column)]
+                for c, r in zip(selected, results, strict=True)
+                if r.passed and newest[(c.schema, c.table, c.time_column)] is not None
+            },
+        )
     failing = [row for c in results for row in c.failing_rows][:first_n]
     windows = {c.name: window(c) for c in selected}
     stats = {

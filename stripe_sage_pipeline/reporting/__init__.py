@@ -19,8 +19,9 @@ def default_out_dir(month: str) -> Path:
     return load_settings().data_dir / "close-packs" / month
 
 
-def build_close_pack(url: str, sage_client: Any, month: str, out_dir: Path | None = None,
-                     mapping: Mapping | None = None) -> tuple[ClosePack, Written]:
+def build_close_pack(
+    url: str, sage_client: Any, month: str, out_dir: Path | None = None, mapping: Mapping | None = None
+) -> tuple[ClosePack, Written]:
     """Collect the month (database + Sage's GL read back) and write the HTML report with its charts."""
     mapping = mapping or load_mapping()
     first, last = month_bounds(month)

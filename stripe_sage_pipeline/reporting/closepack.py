@@ -50,8 +50,9 @@ def month_days(first: date, last: date) -> list[date]:
     return [first + timedelta(days=i) for i in range((last - first).days + 1)]
 
 
-def stripe_paid_out_by_day(payouts: Iterable[MappingT[str, Any]], reversals: MappingT[str, date]
-                           ) -> dict[tuple[str, date], int]:
+def stripe_paid_out_by_day(
+    payouts: Iterable[MappingT[str, Any]], reversals: MappingT[str, date]
+) -> dict[tuple[str, date], int]:
     """What Stripe sent to the bank per (currency, day): a paid payout on its arrival date; a payout
     that was paid and later failed (it has a reversal date) also, and minus its amount on that date."""
     out: dict[tuple[str, date], int] = defaultdict(int)
@@ -64,16 +65,18 @@ def stripe_paid_out_by_day(payouts: Iterable[MappingT[str, Any]], reversals: Map
     return dict(out)
 
 
-def sage_bank_by_day(postings: Iterable[MappingT[str, Any]], bank_accounts: MappingT[str, str]
-                     ) -> dict[tuple[str, date], int]:
+def sage_bank_by_day(
+    postings: Iterable[MappingT[str, Any]], bank_accounts: MappingT[str, str]
+) -> dict[tuple[str, date], int]:
     """Net debit − credit on each currency's bank account per (currency, day), from Sage's GL postings."""
     out: dict[tuple[str, date], int] = defaultdict(int)
     for p in postings:
         cur = p["currency"].lower()
         if p["glacnt"] != bank_accounts.get(cur):
             continue
-        out[(cur, date.fromisoformat(p["posting_date"]))] += \
-            from_decimal_str(p["debit"], cur) - from_decimal_str(p["credit"], cur)
+        out[(cur, date.fromisoformat(p["posting_date"]))] += from_decimal_str(p["debit"], cur) - from_decimal_str(
+            p["credit"], cur
+        )
     return dict(out)
 
 
@@ -101,8 +104,12 @@ class DayRow:
         return self.sage - self.stripe
 
 
-def daily_rows(currencies: Iterable[str], days: list[date], stripe: MappingT[tuple[str, date], int],
-               sage: MappingT[tuple[str, date], int]) -> list[DayRow]:
+def daily_rows(
+    currencies: Iterable[str],
+    days: list[date],
+    stripe: MappingT[tuple[str, date], int],
+    sage: MappingT[tuple[str, date], int],
+) -> list[DayRow]:
     """Every (currency, day) of the month, zero days included (a chart needs them)."""
     return [DayRow(c, d, stripe.get((c, d), 0), sage.get((c, d), 0)) for c in sorted(currencies) for d in days]
 
@@ -125,8 +132,10 @@ class GLRow:
 
 def gl_rows(sage: MappingT[Key, int], booked: MappingT[Key, int], names: MappingT[str, str]) -> list[GLRow]:
     """The union of accounts moved in Sage or booked by the marts, by currency then account."""
-    return [GLRow(c, a, names.get(a, ""), sage.get((c, a), 0), booked.get((c, a), 0))
-            for c, a in sorted(set(sage) | set(booked))]
+    return [
+        GLRow(c, a, names.get(a, ""), sage.get((c, a), 0), booked.get((c, a), 0))
+        for c, a in sorted(set(sage) | set(booked))
+    ]
 
 
 @dataclass
@@ -155,15 +164,24 @@ class TieOut:
         return self.bank_ties and self.balanced
 
 
-def tie_out(currencies: Iterable[str], sage: MappingT[Key, int], stripe_by_day: MappingT[tuple[str, date], int],
-            bank_accounts: MappingT[str, str]) -> list[TieOut]:
+def tie_out(
+    currencies: Iterable[str],
+    sage: MappingT[Key, int],
+    stripe_by_day: MappingT[tuple[str, date], int],
+    bank_accounts: MappingT[str, str],
+) -> list[TieOut]:
     """The tie-out per currency from Sage's GL movement and Stripe's payouts of the month."""
     out = []
     for c in sorted(currencies):
-        out.append(TieOut(
-            currency=c, bank_account=bank_accounts[c], sage_bank=sage.get((c, bank_accounts[c]), 0),
-            stripe_paid_out=sum(v for (cc, _), v in stripe_by_day.items() if cc == c),
-            trial_balance=sum(v for (cc, _), v in sage.items() if cc == c)))
+        out.append(
+            TieOut(
+                currency=c,
+                bank_account=bank_accounts[c],
+                sage_bank=sage.get((c, bank_accounts[c]), 0),
+                stripe_paid_out=sum(v for (cc, _), v in stripe_by_day.items() if cc == c),
+                trial_balance=sum(v for (cc, _), v in sage.items() if cc == c),
+            )
+        )
     return out
 
 
@@ -205,9 +223,11 @@ class ClosePack:
         if bad:
             kinds = ", ".join(sorted({p["reconciliation_status"] for p in bad}))
             out.append(f"{_count(len(bad), 'payout')} not reconciled ({kinds})")
-        for items, one, many in ((self.suspense, "transaction in suspense", "transactions in suspense"),
-                                 (self.dead_letters, "dead letter", "dead letters"),
-                                 (self.held, "held entry", "held entries")):
+        for items, one, many in (
+            (self.suspense, "transaction in suspense", "transactions in suspense"),
+            (self.dead_letters, "dead letter", "dead letters"),
+            (self.held, "held entry", "held entries"),
+        ):
             if items:
                 out.append(_count(len(items), one, many))
         return out
@@ -223,7 +243,9 @@ class ClosePack:
             "month": self.month,
             "ties_out": all(t.ok for t in self.tie_out) and self.sage_read,
             "payouts": len(self.payouts),
-            "payouts_not_reconciled": sum(1 for p in self.payouts if p["reconciliation_status"] not in POSTABLE_PAYOUT_STATUSES),
+            "payouts_not_reconciled": sum(
+                1 for p in self.payouts if p["reconciliation_status"] not in POSTABLE_PAYOUT_STATUSES
+            ),
             "suspense_items": len(self.suspense),
             "dead_letters": len(self.dead_letters),
             "held_entries": len(self.held),
@@ -237,20 +259,26 @@ def _payouts(conn: psycopg.Connection, first: date, last: date) -> list[dict[str
             " r.payout_amount as amount, r.gross, r.fees, r.net_of_items, r.difference, r.item_count,"
             " r.missing_count, r.reconciliation_status, r.balance_transaction_id"
             " from finance.fct_payout_reconciliation as r where r.arrival_date between %s and %s"
-            " order by r.arrival_date, r.currency, r.payout_id", (first, last)).fetchall()
+            " order by r.arrival_date, r.currency, r.payout_id",
+            (first, last),
+        ).fetchall()
 
 
 def _reversal_dates(conn: psycopg.Connection) -> dict[str, date]:
     """Payouts that were paid and later failed: the date their reversal is booked (from the marts)."""
-    rows = conn.execute("select payout_id, min(posting_date) from finance.fct_journal_lines"
-                        " where entry_type = 'payout_reversal' and is_selected_mode group by 1").fetchall()
+    rows = conn.execute(
+        "select payout_id, min(posting_date) from finance.fct_journal_lines"
+        " where entry_type = 'payout_reversal' and is_selected_mode group by 1"
+    ).fetchall()
     return dict(rows)
 
 
 def _booked(conn: psycopg.Connection, first: date, last: date) -> dict[Key, int]:
     rows = conn.execute(
         "select currency, account_code, sum(debit - credit)::bigint from finance.fct_journal_lines"
-        " where is_selected_mode and posting_date between %s and %s group by 1, 2", (first, last)).fetchall()
+        " where is_selected_mode and posting_date between %s and %s group by 1, 2",
+        (first, last),
+    ).fetchall()
     return {(c, a): int(v) for c, a, v in rows}
 
 
@@ -267,7 +295,9 @@ def _suspense(conn: psycopg.Connection, first: date, last: date) -> list[dict[st
             "   on c.stripe_account = l.stripe_account and c.is_unmapped and not c.is_payout_movement"
             "   and (c.balance_transaction_id = l.balance_transaction_id"
             "        or (l.entry_type = 'payout_summary' and c.payout_id = l.payout_id))"
-            " order by l.posting_date, l.external_ref, c.balance_transaction_id", (first, last)).fetchall()
+            " order by l.posting_date, l.external_ref, c.balance_transaction_id",
+            (first, last),
+        ).fetchall()
 
 
 def _dead_letters(conn: psycopg.Connection, first: date, last: date) -> list[dict[str, Any]]:
@@ -277,7 +307,9 @@ def _dead_letters(conn: psycopg.Connection, first: date, last: date) -> list[dic
         return cur.execute(
             "select resource, external_ref, partition_date, field, reason, message, attempt, dead_lettered_at"
             " from sage_sync.dead_letters where partition_date between %s and %s or partition_date is null"
-            " order by partition_date, resource, external_ref", (first, last)).fetchall()
+            " order by partition_date, resource, external_ref",
+            (first, last),
+        ).fetchall()
 
 
 def _held(conn: psycopg.Connection, first: date, last: date, mapping: Mapping) -> list[dict[str, Any]]:
@@ -294,20 +326,31 @@ def _held(conn: psycopg.Connection, first: date, last: date, mapping: Mapping) -
             " where l.is_selected_mode and l.entry_type = 'payout_summary' and l.posting_date between %s and %s"
             "   and not (coalesce(r.reconciliation_status, 'missing') = any(%s)"
             "        or (r.reconciliation_status = 'failed' and r.is_complete and r.difference = 0))"
-            " order by l.posting_date, l.external_ref", (first, last, list(POSTABLE_PAYOUT_STATUSES))).fetchall()
+            " order by l.posting_date, l.external_ref",
+            (first, last, list(POSTABLE_PAYOUT_STATUSES)),
+        ).fetchall()
 
 
 def _ledger_status(conn: psycopg.Connection, refs: list[str]) -> dict[str, str]:
     if not refs or not conn.execute("select to_regclass('sage_sync.posting_ledger') is not null").fetchone()[0]:
         return {}
-    rows = conn.execute("select distinct on (external_ref) external_ref, status from sage_sync.posting_ledger"
-                        " where resource = 'journal-entries' and external_ref = any(%s)"
-                        " order by external_ref, version desc", (refs,)).fetchall()
+    rows = conn.execute(
+        "select distinct on (external_ref) external_ref, status from sage_sync.posting_ledger"
+        " where resource = 'journal-entries' and external_ref = any(%s)"
+        " order by external_ref, version desc",
+        (refs,),
+    ).fetchall()
     return dict(rows)
 
 
-def collect(conn: psycopg.Connection, sage_postings: list[dict[str, Any]] | None, mapping: Mapping, month: str,
-            account_names: MappingT[str, str] | None = None, sage_error: str | None = None) -> ClosePack:
+def collect(
+    conn: psycopg.Connection,
+    sage_postings: list[dict[str, Any]] | None,
+    mapping: Mapping,
+    month: str,
+    account_names: MappingT[str, str] | None = None,
+    sage_error: str | None = None,
+) -> ClosePack:
     """Build the close pack of `month` ('YYYY-MM') from the database and Sage's GL postings of the month.
 
     `sage_postings`: `GET /gl-postings?from=&to=` of the month (None when Sage could not be read:
@@ -315,15 +358,19 @@ def collect(conn: psycopg.Connection, sage_postings: list[dict[str, Any]] | None
     first, last = month_bounds(month)
     payouts = _payouts(conn, first, last)
     # A payout's entry is referenced by the payout (summary mode) or its balance transaction (detail mode).
-    status = _ledger_status(conn, [p["payout_id"] for p in payouts] + [p["balance_transaction_id"] for p in payouts
-                                                                      if p["balance_transaction_id"]])
+    status = _ledger_status(
+        conn,
+        [p["payout_id"] for p in payouts]
+        + [p["balance_transaction_id"] for p in payouts if p["balance_transaction_id"]],
+    )
     for p in payouts:
         p["sage_status"] = status.get(p["payout_id"]) or status.get(p["balance_transaction_id"] or "", "")
     reversals = _reversal_dates(conn)
     with conn.cursor(row_factory=dict_row) as cur:
         staged = cur.execute(
             "select payout_id, currency, payout_status, amount, (arrival_at at time zone 'UTC')::date as arrival_date"
-            " from finance_staging.stg_stripe__payouts").fetchall()
+            " from finance_staging.stg_stripe__payouts"
+        ).fetchall()
     stripe_days = {k: v for k, v in stripe_paid_out_by_day(staged, reversals).items() if first <= k[1] <= last}
     booked = _booked(conn, first, last)
     sage_read = sage_postings is not None
@@ -334,10 +381,16 @@ def collect(conn: psycopg.Connection, sage_postings: list[dict[str, Any]] | None
     names = {**mapping.chart_of_accounts, **(account_names or {})}
     notes = []
     if not sage_read:
-        notes.append(f"Sage could not be read ({sage_error or 'no answer'}): its GL is missing from this pack and"
-                     " nothing ties out.")
+        notes.append(
+            f"Sage could not be read ({sage_error or 'no answer'}): its GL is missing from this pack and"
+            " nothing ties out."
+        )
     return ClosePack(
-        month=month, first=first, last=last, posting_mode=mapping.posting_mode, base_currency=mapping.base_currency,
+        month=month,
+        first=first,
+        last=last,
+        posting_mode=mapping.posting_mode,
+        base_currency=mapping.base_currency,
         days=daily_rows(currencies, month_days(first, last), stripe_days, sage_days),
         payouts=payouts,
         gl=gl_rows(sage_mv, booked, names),

@@ -53,14 +53,27 @@ def payouts_chart(pack: ClosePack) -> bytes:
         rows = by_ccy.get(cur, [])
         scale = 10 ** exponent(cur)
         xs = [r.day.day for r in rows]
-        ax.bar([x - 0.2 for x in xs], [r.stripe / scale for r in rows], width=0.4, color="#2456d6",
-               label="Stripe paid out")
-        ax.bar([x + 0.2 for x in xs], [r.sage / scale for r in rows], width=0.4, color="#1b9e77",
-               label=f"Sage bank account {banks.get(cur, '')}")
+        ax.bar(
+            [x - 0.2 for x in xs], [r.stripe / scale for r in rows], width=0.4, color="#2456d6", label="Stripe paid out"
+        )
+        ax.bar(
+            [x + 0.2 for x in xs],
+            [r.sage / scale for r in rows],
+            width=0.4,
+            color="#1b9e77",
+            label=f"Sage bank account {banks.get(cur, '')}",
+        )
         for r in rows:
             if r.difference:
-                ax.annotate("x", (r.day.day, max(r.stripe, r.sage) / scale), ha="center", va="bottom",
-                            color="#c62a2a", fontsize=11, fontweight="bold")
+                ax.annotate(
+                    "x",
+                    (r.day.day, max(r.stripe, r.sage) / scale),
+                    ha="center",
+                    va="bottom",
+                    color="#c62a2a",
+                    fontsize=11,
+                    fontweight="bold",
+                )
         ax.axhline(0, color="#999", linewidth=0.6)
         ax.set_title(cur.upper(), loc="left", fontsize=10, fontweight="bold")
         ax.set_xlim(0.3, pack.last.day + 0.7)
@@ -70,8 +83,7 @@ def payouts_chart(pack: ClosePack) -> bytes:
         ax.spines[["top", "right"]].set_visible(False)
         if i == 0:
             ax.legend(loc="upper left", fontsize=8, frameon=False)
-    fig.suptitle(f"Payouts against bank deposits per day of {pack.month} (major units)", fontsize=11, x=0.01,
-                 ha="left")
+    fig.suptitle(f"Payouts against bank deposits per day of {pack.month} (major units)", fontsize=11, x=0.01, ha="left")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110)
@@ -91,9 +103,16 @@ def render_html(pack: ClosePack, charts: dict[str, bytes]) -> str:
     by_ccy = defaultdict(list)
     for r in pack.gl:
         by_ccy[r.currency].append(r)
-    return _env().get_template("close_pack.html").render(
-        pack=pack, images=images, gl_by_currency=dict(sorted(by_ccy.items())),
-        generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"))
+    return (
+        _env()
+        .get_template("close_pack.html")
+        .render(
+            pack=pack,
+            images=images,
+            gl_by_currency=dict(sorted(by_ccy.items())),
+            generated=datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        )
+    )
 
 
 def write_close_pack(pack: ClosePack, out_dir: Path) -> Written:

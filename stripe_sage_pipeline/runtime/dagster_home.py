@@ -48,7 +48,9 @@ def prepare_dagster_home(settings: Settings | None = None) -> Path:
     os.environ["DAGSTER_HOME"] = str(home)
     # dagster-postgres speaks psycopg2; SQLAlchemy 2.1 would pick psycopg 3 for a bare postgresql:// URL.
     if not os.environ.get("DAGSTER_POSTGRES_URL"):  # (computing it starts the embedded server)
-        dagster_url = libpq_url(database_url(s, database="dagster")).replace("postgresql://", "postgresql+psycopg2://", 1)
+        dagster_url = libpq_url(database_url(s, database="dagster")).replace(
+            "postgresql://", "postgresql+psycopg2://", 1
+        )
         os.environ["DAGSTER_POSTGRES_URL"] = dagster_url
     os.environ.setdefault("DAGSTER_TELEMETRY_ENABLED", "false")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")

@@ -29,9 +29,9 @@ def database_url(settings: Settings | None = None, database: str = "stripe_sage"
     if s.database_url:
         url = s.database_url
         if url.startswith("postgres://"):
-            url = "postgresql://" + url[len("postgres://"):]
+            url = "postgresql://" + url[len("postgres://") :]
         if url.startswith("postgresql://"):
-            url = "postgresql+psycopg://" + url[len("postgresql://"):]
+            url = "postgresql+psycopg://" + url[len("postgresql://") :]
         if database != "stripe_sage":
             parts = urlsplit(url)
             url = urlunsplit(parts._replace(path=f"/{database}"))

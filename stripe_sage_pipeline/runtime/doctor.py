@@ -52,10 +52,18 @@ def check_mapping(settings: Settings) -> CheckResult:
     except MappingError as exc:
         first = exc.problems[0] if exc.problems else ("?", "", str(exc))
         more = f" (and {len(exc.problems) - 1} more)" if len(exc.problems) > 1 else ""
-        return CheckResult("mapping", False, f"{settings.mapping_file}: {first[0]}: {first[2]} (got {first[1]!r}){more}"
-                           " — fix the file (or point STRIPE_SAGE_MAPPING at another)")
-    return CheckResult("mapping", True, f"{settings.mapping_file} is valid ({m.posting_mode} mode, "
-                       f"{len(m.currencies)} currencies, {len(m.categories)} categories)")
+        return CheckResult(
+            "mapping",
+            False,
+            f"{settings.mapping_file}: {first[0]}: {first[2]} (got {first[1]!r}){more}"
+            " — fix the file (or point STRIPE_SAGE_MAPPING at another)",
+        )
+    return CheckResult(
+        "mapping",
+        True,
+        f"{settings.mapping_file} is valid ({m.posting_mode} mode, "
+        f"{len(m.currencies)} currencies, {len(m.categories)} categories)",
+    )
 
 
 def check_database(settings: Settings) -> CheckResult:
@@ -90,10 +98,16 @@ def check_dagster_home(settings: Settings) -> CheckResult:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        return CheckResult("dagster home", False, f"{exc.filename or 'DAGSTER_HOME'} is not writable ({exc.strerror})"
-                           " — set DAGSTER_HOME (or STRIPE_SAGE_DATA_DIR) to a writable folder")
+        return CheckResult(
+            "dagster home",
+            False,
+            f"{exc.filename or 'DAGSTER_HOME'} is not writable ({exc.strerror})"
+            " — set DAGSTER_HOME (or STRIPE_SAGE_DATA_DIR) to a writable folder",
+        )
     except Exception as exc:  # the embedded server behind DAGSTER_POSTGRES_URL did not start
-        return CheckResult("dagster home", False, f"{first_line(exc)} — run `stripe-sage doctor` after fixing the database")
+        return CheckResult(
+            "dagster home", False, f"{first_line(exc)} — run `stripe-sage doctor` after fixing the database"
+        )
     # Dagster retries a dead storage for a quarter of a minute, a warning per try: ask the server once first.
     storage = os.environ.get("DAGSTER_POSTGRES_URL", "")
     if storage.startswith("postgresql"):
@@ -105,14 +119,22 @@ def check_dagster_home(settings: Settings) -> CheckResult:
         try:
             psycopg.connect(plain, connect_timeout=int(TIMEOUT_S)).close()
         except psycopg.Error as exc:
-            return CheckResult("dagster home", False, f"Dagster's storage at {redact_url(plain)} does not answer "
-                               f"({first_line(exc)}) — check DAGSTER_POSTGRES_URL (default: the pipeline's database)")
+            return CheckResult(
+                "dagster home",
+                False,
+                f"Dagster's storage at {redact_url(plain)} does not answer "
+                f"({first_line(exc)}) — check DAGSTER_POSTGRES_URL (default: the pipeline's database)",
+            )
     try:
         with dg.DagsterInstance.get() as instance:
             runs = instance.get_runs_count()
     except Exception as exc:
-        return CheckResult("dagster home", False, f"the Dagster instance in {home} does not load ({first_line(exc)})"
-                           " — check DAGSTER_POSTGRES_URL; after a Dagster upgrade run `dagster instance migrate`")
+        return CheckResult(
+            "dagster home",
+            False,
+            f"the Dagster instance in {home} does not load ({first_line(exc)})"
+            " — check DAGSTER_POSTGRES_URL; after a Dagster upgrade run `dagster instance migrate`",
+        )
     return CheckResult("dagster home", True, f"{home} is writable; the instance loads ({runs} runs recorded)")
 
 
@@ -125,11 +147,20 @@ def check_stripe(settings: Settings) -> CheckResult:
     if not settings.stripe_api_key:
         return CheckResult("stripe", False, "STRIPE_API_KEY is not set — set a secret (sk_) or restricted (rk_) key")
     if settings.stripe_api_base is None and settings.stripe_api_key == SANDBOX_STRIPE_KEY:
-        return CheckResult("stripe", False, "STRIPE_API_KEY is not set (the default key only works with the emulator)"
-                           " — set your secret or restricted key, or STRIPE_API_BASE for the emulator")
+        return CheckResult(
+            "stripe",
+            False,
+            "STRIPE_API_KEY is not set (the default key only works with the emulator)"
+            " — set your secret or restricted key, or STRIPE_API_BASE for the emulator",
+        )
     kwargs = {"base_addresses": {"api": settings.stripe_api_base}} if settings.stripe_api_base else {}
-    client = stripe.StripeClient(settings.stripe_api_key, stripe_version=version, max_network_retries=0,
-                                 http_client=stripe.new_default_http_client(timeout=TIMEOUT_S), **kwargs)
+    client = stripe.StripeClient(
+        settings.stripe_api_key,
+        stripe_version=version,
+        max_network_retries=0,
+        http_client=stripe.new_default_http_client(timeout=TIMEOUT_S),
+        **kwargs,
+    )
     params = {"limit": 1}
     if settings.stripe_account:
         params["stripe_account"] = settings.stripe_account
@@ -139,8 +170,12 @@ def check_stripe(settings: Settings) -> CheckResult:
         return CheckResult("stripe", False, stripe_problem(where, exc))
     answered = response.headers.get("Stripe-Version") or response.headers.get("stripe-version")
     if answered and answered != version:
-        return CheckResult("stripe", False, f"{where} answered at API version {answered}, the pipeline reads at {version}"
-                           " — point STRIPE_API_BASE at a server that serves the pinned version")
+        return CheckResult(
+            "stripe",
+            False,
+            f"{where} answered at API version {answered}, the pipeline reads at {version}"
+            " — point STRIPE_API_BASE at a server that serves the pinned version",
+        )
     mode = "live" if settings.stripe_api_key.startswith(("sk_live_", "rk_live_")) else "test"
     account = f", account {settings.stripe_account}" if settings.stripe_account else ""
     return CheckResult("stripe", True, f"{where} accepts the {mode} key at API version {version}{account}")
@@ -156,17 +191,25 @@ def check_sage(settings: Settings) -> CheckResult:
         return _check_intacct(settings)
     url = settings.sagepro_base_url
     if not url:
-        return CheckResult("sage pro", False, "SAGEPRO_BASE_URL is not set — set it, e.g. "
-                           "http://127.0.0.1:8765/sagepro/v1/PRO01 (`stripe-sage sandbox sage` serves one)")
+        return CheckResult(
+            "sage pro",
+            False,
+            "SAGEPRO_BASE_URL is not set — set it, e.g. "
+            "http://127.0.0.1:8765/sagepro/v1/PRO01 (`stripe-sage sandbox sage` serves one)",
+        )
     try:
-        with SageClient(url, settings.sagepro_user, settings.sagepro_password, timeout_s=TIMEOUT_S,
-                        max_retries=0) as client:
+        with SageClient(
+            url, settings.sagepro_user, settings.sagepro_password, timeout_s=TIMEOUT_S, max_retries=0
+        ) as client:
             page = client.get("/accounts", {"$top": 1})
     except SageError as exc:
         return CheckResult("sage pro", False, sage_problem(url, exc))
     except Exception as exc:  # a malformed URL or a non-JSON answer
-        return CheckResult("sage pro", False, f"{url} did not answer like Sage Pro ({first_line(exc)})"
-                           " — check SAGEPRO_BASE_URL (…/sagepro/v1/<company>)")
+        return CheckResult(
+            "sage pro",
+            False,
+            f"{url} did not answer like Sage Pro ({first_line(exc)}) — check SAGEPRO_BASE_URL (…/sagepro/v1/<company>)",
+        )
     if not isinstance(page, dict) or "value" not in page:
         return CheckResult("sage pro", False, f"{url} did not answer like Sage Pro — check SAGEPRO_BASE_URL")
     return CheckResult("sage pro", True, f"{url} accepts user {settings.sagepro_user!r}")
@@ -186,12 +229,16 @@ def _check_intacct(settings: Settings) -> CheckResult:
     except SageError as exc:
         return CheckResult("sage intacct", False, target_problem(settings, exc))
     except Exception as exc:
-        return CheckResult("sage intacct", False, f"{url} did not answer like Sage Intacct ({first_line(exc)})"
-                           " — check INTACCT_BASE_URL (…/ia/api/v1)")
+        return CheckResult(
+            "sage intacct",
+            False,
+            f"{url} did not answer like Sage Intacct ({first_line(exc)}) — check INTACCT_BASE_URL (…/ia/api/v1)",
+        )
     finally:
         target.close()
-    return CheckResult("sage intacct", True, f"{url} accepts client {settings.intacct_client_id!r} "
-                       f"({len(accounts)} GL accounts)")
+    return CheckResult(
+        "sage intacct", True, f"{url} accepts client {settings.intacct_client_id!r} ({len(accounts)} GL accounts)"
+    )
 
 
 CHECKS: dict[str, Callable[[Settings], CheckResult]] = {
@@ -203,8 +250,12 @@ CHECKS: dict[str, Callable[[Settings], CheckResult]] = {
 }
 
 
-def run_checks(settings: Settings | None = None, only: Iterable[str] | None = None,
-               echo: Callable[[str], None] | None = None, stop_at_failure: bool = False) -> list[CheckResult]:
+def run_checks(
+    settings: Settings | None = None,
+    only: Iterable[str] | None = None,
+    echo: Callable[[str], None] | None = None,
+    stop_at_failure: bool = False,
+) -> list[CheckResult]:
     """Run the checks named in `only` (default: all, in order); `echo` gets each line as it is known.
 
     `stop_at_failure`: return after the first failing check (a command that cannot go on anyway)."""
@@ -256,13 +307,17 @@ def stripe_problem(where: str, exc: BaseException) -> str:
     text = first_line(getattr(exc, "user_message", None) or exc)
     if isinstance(exc, stripe.APIConnectionError):
         found = re.search(r"\[Errno -?\d+\] [^\"')\]]+|timed out|Name or service not known", str(exc))
-        return f"cannot reach Stripe at {where} ({found.group(0) if found else 'network error'}) — check the " \
-               "network, or STRIPE_API_BASE"
+        return (
+            f"cannot reach Stripe at {where} ({found.group(0) if found else 'network error'}) — check the "
+            "network, or STRIPE_API_BASE"
+        )
     if isinstance(exc, stripe.AuthenticationError):
         return f"{where} rejected STRIPE_API_KEY ({text}) — set a valid secret or restricted key"
     if isinstance(exc, stripe.PermissionError):
-        return (f"{where}: the key may not read balance transactions ({text}) — give the restricted key read access"
-                " to Balance, Charges, Customers, Disputes, Events, Invoices, Payouts and Refunds")
+        return (
+            f"{where}: the key may not read balance transactions ({text}) — give the restricted key read access"
+            " to Balance, Charges, Customers, Disputes, Events, Invoices, Payouts and Refunds"
+        )
     if isinstance(exc, stripe.RateLimitError):
         return f"{where} is rate limiting this key (429) — wait, or lower STRIPE_RATE_LIMIT_PER_S"
     if isinstance(exc, stripe.InvalidRequestError) and "version" in text.lower():
@@ -284,8 +339,10 @@ def sage_problem(url: str, exc: BaseException) -> str:
     if isinstance(exc, TransientError):
         cause = "did not answer" if getattr(exc, "status", None) is None else f"answered {exc.status}"
         return f"Sage Pro at {url} {cause} — start it or fix SAGEPRO_BASE_URL"
-    return f"Sage Pro at {url} answered {getattr(exc, 'status', None) or 'an error'} ({first_line(exc)})" \
-           " — check SAGEPRO_BASE_URL"
+    return (
+        f"Sage Pro at {url} answered {getattr(exc, 'status', None) or 'an error'} ({first_line(exc)})"
+        " — check SAGEPRO_BASE_URL"
+    )
 
 
 def target_problem(settings: Settings, exc: BaseException) -> str:
@@ -296,10 +353,14 @@ def target_problem(settings: Settings, exc: BaseException) -> str:
         return sage_problem(settings.sagepro_base_url or "the Sage Pro URL", exc)
     url = getattr(settings, "intacct_base_url", None) or "the Sage Intacct emulator's default address"
     if isinstance(exc, CredentialsError):
-        return (f"Sage Intacct at {url} refused the credentials — check INTACCT_CLIENT_ID, INTACCT_CLIENT_SECRET "
-                "and INTACCT_USERNAME (or INTACCT_REFRESH_TOKEN)")
+        return (
+            f"Sage Intacct at {url} refused the credentials — check INTACCT_CLIENT_ID, INTACCT_CLIENT_SECRET "
+            "and INTACCT_USERNAME (or INTACCT_REFRESH_TOKEN)"
+        )
     if isinstance(exc, TransientError):
         cause = "did not answer" if getattr(exc, "status", None) is None else f"answered {exc.status}"
         return f"Sage Intacct at {url} {cause} — start it or fix INTACCT_BASE_URL"
-    return f"Sage Intacct at {url} answered {getattr(exc, 'status', None) or 'an error'} ({first_line(exc)})" \
-           " — check INTACCT_BASE_URL"
+    return (
+        f"Sage Intacct at {url} answered {getattr(exc, 'status', None) or 'an error'} ({first_line(exc)})"
+        " — check INTACCT_BASE_URL"
+    )

@@ -75,8 +75,12 @@ def server_user() -> pwd.struct_passwd | None:
     except KeyError:
         pass
     try:
-        subprocess.run(["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", SYSTEM_USER],
-                       check=True, capture_output=True, text=True)
+        subprocess.run(
+            ["useradd", "--system", "--no-create-home", "-s", "/usr/sbin/nologin", SYSTEM_USER],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
     except (OSError, subprocess.CalledProcessError) as exc:
         raise EmbeddedPostgresError(
             f"cannot create the system user {SYSTEM_USER!r} the embedded server runs as when you are root ({exc}): "
@@ -149,7 +153,8 @@ def bin_dir(user: pwd.struct_passwd | None = None) -> Path:
     if not can_reach(bindir / "initdb", user):
         raise EmbeddedPostgresError(
             f"user {SYSTEM_USER!r} cannot reach {target}: make {cache} and its parents world-searchable (0755), "
-            f"or set STRIPE_SAGE_PG_BIN_CACHE to such a folder")
+            f"or set STRIPE_SAGE_PG_BIN_CACHE to such a folder"
+        )
     return bindir
 
 
@@ -274,7 +279,8 @@ class EmbeddedPostgres:
         if not can_reach(root, user):
             raise EmbeddedPostgresError(
                 f"user {SYSTEM_USER!r} can reach neither {self.data_dir} nor {root}: set STRIPE_SAGE_DATA_DIR or "
-                f"STRIPE_SAGE_PG_RUNTIME_DIR to a folder whose parents are world-searchable")
+                f"STRIPE_SAGE_PG_RUNTIME_DIR to a folder whose parents are world-searchable"
+            )
         prune_orphans(root)
         server_dir = root / hashlib.sha256(str(self.data_dir).encode()).hexdigest()[:16]
         shutil.rmtree(server_dir, ignore_errors=True)  # a leftover of a data folder at the same path
@@ -294,10 +300,12 @@ class EmbeddedPostgres:
             detail = (exc.stderr or exc.stdout or "").strip().splitlines()
             raise EmbeddedPostgresError(
                 f"embedded PostgreSQL {what} failed ({detail[-1] if detail else f'exit {exc.returncode}'}): "
-                f"see {self.log_file}") from exc
+                f"see {self.log_file}"
+            ) from exc
         except PermissionError as exc:
             raise EmbeddedPostgresError(
-                f"embedded PostgreSQL {what} failed: {exc}; set STRIPE_SAGE_DATA_DIR to a folder you own") from exc
+                f"embedded PostgreSQL {what} failed: {exc}; set STRIPE_SAGE_DATA_DIR to a folder you own"
+            ) from exc
 
     def start(self) -> EmbeddedPostgres:
         """Initialise the cluster if needed and start it; a running server is reused."""
@@ -312,7 +320,8 @@ class EmbeddedPostgres:
         except OSError as exc:
             raise EmbeddedPostgresError(
                 f"cannot create the data folder {self.data_dir} ({exc.strerror}): set STRIPE_SAGE_DATA_DIR to a "
-                "writable folder") from exc
+                "writable folder"
+            ) from exc
         self._place_cluster(user)
         for d in (self.pgdata, self.socket_dir):
             d.mkdir(parents=True, exist_ok=True)
@@ -320,22 +329,53 @@ class EmbeddedPostgres:
                 shutil.chown(d, user.pw_uid, user.pw_gid)
         self.pgdata.resolve().chmod(0o700)
         if not (self.pgdata / "PG_VERSION").exists():
-            self._run(user, [str(bindir / "initdb"), "-D", str(self.pgdata.resolve()), "-U", SUPERUSER,
-                             "--auth=trust", "-E", "UTF8", "--locale=C", "--no-sync"], "initdb")
+            self._run(
+                user,
+                [
+                    str(bindir / "initdb"),
+                    "-D",
+                    str(self.pgdata.resolve()),
+                    "-U",
+                    SUPERUSER,
+                    "--auth=trust",
+                    "-E",
+                    "UTF8",
+                    "--locale=C",
+                    "--no-sync",
+                ],
+                "initdb",
+            )
             with open(self.pgdata / "postgresql.conf", "a") as conf:
                 # A development server: durability traded for speed, sized for a 2-core box.
-                conf.write("\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
-                           "max_connections = 200\nshared_buffers = 256MB\nwork_mem = 32MB\n"
-                           "maintenance_work_mem = 256MB\nmax_wal_size = 2GB\n")
+                conf.write(
+                    "\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                    "max_connections = 200\nshared_buffers = 256MB\nwork_mem = 32MB\n"
+                    "maintenance_work_mem = 256MB\nmax_wal_size = 2GB\n"
+                )
         if user is not None and not self.log_file.exists():
             self.log_file.touch()
             shutil.chown(self.log_file, user.pw_uid, user.pw_gid)
         if not port_is_free(self.port):
             raise EmbeddedPostgresError(
-                f"port {self.port} on 127.0.0.1 is taken by another program: set STRIPE_SAGE_PG_PORT to a free port")
-        self._run(user, [str(bindir / "pg_ctl"), "-D", str(self.pgdata.resolve()), "-l", str(self.log_file),
-                         "-w", "-t", "60", "-o", f"-h 127.0.0.1 -p {self.port} -k {self.socket_dir}", "start"],
-                  "start")
+                f"port {self.port} on 127.0.0.1 is taken by another program: set STRIPE_SAGE_PG_PORT to a free port"
+            )
+        self._run(
+            user,
+            [
+                str(bindir / "pg_ctl"),
+                "-D",
+                str(self.pgdata.resolve()),
+                "-l",
+                str(self.log_file),
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                f"-h 127.0.0.1 -p {self.port} -k {self.socket_dir}",
+                "start",
+            ],
+            "start",
+        )
         self._wait_ready()
         for db in ("stripe_sage", "dagster"):
             self._ensure_database(db)
@@ -348,13 +388,15 @@ class EmbeddedPostgres:
                 return
             time.sleep(0.1)
         raise EmbeddedPostgresError(
-            f"embedded PostgreSQL did not listen on 127.0.0.1:{self.port} within {timeout_s:.0f} s: see {self.log_file}")
+            f"embedded PostgreSQL did not listen on 127.0.0.1:{self.port} within {timeout_s:.0f} s: see {self.log_file}"
+        )
 
     def _ensure_database(self, name: str) -> None:
         import psycopg
 
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user={SUPERUSER} dbname=postgres",
-                             autocommit=True) as conn:
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user={SUPERUSER} dbname=postgres", autocommit=True
+        ) as conn:
             if conn.execute("select 1 from pg_database where datname = %s", (name,)).fetchone() is None:
                 conn.execute(f'create database "{name}"')
 
@@ -363,8 +405,9 @@ class EmbeddedPostgres:
         if self._running_port() is None:
             return False
         user = server_user()
-        self._run(user, [str(bin_dir(user) / "pg_ctl"), "-D", str(self.pgdata.resolve()), "-m", "fast", "-w",
-                         "stop"], "stop")
+        self._run(
+            user, [str(bin_dir(user) / "pg_ctl"), "-D", str(self.pgdata.resolve()), "-m", "fast", "-w", "stop"], "stop"
+        )
         return True
 
     def psql_command(self, database: str = "stripe_sage") -> str:

@@ -91,12 +91,15 @@ class Recovery:
         if self.failed:
             parts.append(f"failed {len(self.failed)} dead run(s): {', '.join(r[:8] for r in self.failed)}")
         if self.freed:
-            parts.append(f"freed the pool slots of {len(self.freed)} finished run(s): "
-                         f"{', '.join(r[:8] for r in self.freed)}")
+            parts.append(
+                f"freed the pool slots of {len(self.freed)} finished run(s): {', '.join(r[:8] for r in self.freed)}"
+            )
         return "; ".join(parts)
 
 
-def dead_runs(instance: dg.DagsterInstance, grace_s: float = 10.0, now: float | None = None) -> list[tuple[dg.DagsterRun, int]]:
+def dead_runs(
+    instance: dg.DagsterInstance, grace_s: float = 10.0, now: float | None = None
+) -> list[tuple[dg.DagsterRun, int]]:
     """In-progress runs (started over `grace_s` ago) whose worker process is gone, with its pid."""
     now = time.time() if now is None else now
     out = []
@@ -135,8 +138,12 @@ def recover(instance: dg.DagsterInstance, grace_s: float = 10.0) -> Recovery:
         for run, pid in dead_runs(instance, grace_s):
             instance.report_run_failed(run, DEAD_MESSAGE.format(pid=pid))
             out.failed.append(run.run_id)
-            log.warning("run %s of %s: worker pid %d is gone; marked failed (run_retries retries it)",
-                        run.run_id, run.job_name, pid)
+            log.warning(
+                "run %s of %s: worker pid %d is gone; marked failed (run_retries retries it)",
+                run.run_id,
+                run.job_name,
+                pid,
+            )
     out.freed = free_finished_slots(instance)
     for run_id in out.freed:
         log.warning("freed the pool slots still held by finished run %s", run_id)

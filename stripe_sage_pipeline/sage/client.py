@@ -109,8 +109,14 @@ class CircuitBreaker:
     through as a probe (half-open): an answer closes it, another failure re-opens it.
     """
 
-    def __init__(self, base_url: str, threshold: int = BREAKER_THRESHOLD, window_s: float = BREAKER_WINDOW_S,
-                 cooldown_s: float = BREAKER_COOLDOWN_S, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        base_url: str,
+        threshold: int = BREAKER_THRESHOLD,
+        window_s: float = BREAKER_WINDOW_S,
+        cooldown_s: float = BREAKER_COOLDOWN_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.base_url = base_url
         self.threshold = max(1, threshold)
         self.window_s = window_s
@@ -133,7 +139,8 @@ class CircuitBreaker:
         return SageUnavailable(
             f"Sage Pro is unavailable at {self.base_url}: {self.cause} ({self.failures} attempts in a row without"
             f" an answer); nothing more is sent for {self.cooldown_s:.0f} s",
-            status=None, code="SageUnavailable",
+            status=None,
+            code="SageUnavailable",
         )
 
     def check(self) -> None:
@@ -159,8 +166,10 @@ class CircuitBreaker:
             self.cause = cause
             if self.first_failure_at is None:
                 self.first_failure_at = now
-            if self._probing or self.failures >= self.threshold or (
-                self.failures >= 2 and now - self.first_failure_at >= self.window_s
+            if (
+                self._probing
+                or self.failures >= self.threshold
+                or (self.failures >= 2 and now - self.first_failure_at >= self.window_s)
             ):
                 self.opened_at, self._probing = now, False
             return self.opened_at is not None

@@ -68,4 +68,12 @@ class SageUnavailable(TransientError):
     """
 
 
-__all__ = ["Conflict", "CredentialsError", "NotFound", "RecordInvalid", "SageError", "SageUnavailable", "TransientError"]
+__all__ = [
+    "Conflict",
+    "CredentialsError",
+    "NotFound",
+    "RecordInvalid",
+    "SageError",
+    "SageUnavailable",
+    "TransientError",
+]

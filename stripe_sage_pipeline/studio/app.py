@@ -98,17 +98,24 @@ class StudioConfig:
     intacct_locations: str | None = None
 
     def __repr__(self) -> str:
-        return (f"StudioConfig(mapping_file={str(self.mapping_file)!r}, sage_target={self.sage_target!r},"
-                f" sage_base_url={self.sage_base_url!r}, intacct_base_url={self.intacct_base_url!r},"
-                f" dagster_url={self.dagster_url!r}, token={'***' if self.token else None})")
+        return (
+            f"StudioConfig(mapping_file={str(self.mapping_file)!r}, sage_target={self.sage_target!r},"
+            f" sage_base_url={self.sage_base_url!r}, intacct_base_url={self.intacct_base_url!r},"
+            f" dagster_url={self.dagster_url!r}, token={'***' if self.token else None})"
+        )
 
     def target_settings(self) -> SimpleNamespace:
         """The settings `sage.factory.make_target_client` reads, for the configured target."""
         return SimpleNamespace(
-            sage_target=self.sage_target, sagepro_base_url=self.sage_base_url, sagepro_user=self.sage_user,
-            sagepro_password=self.sage_password, intacct_base_url=self.intacct_base_url,
-            intacct_client_id=self.intacct_client_id, intacct_client_secret=self.intacct_client_secret,
-            intacct_username=self.intacct_username, intacct_refresh_token=self.intacct_refresh_token,
+            sage_target=self.sage_target,
+            sagepro_base_url=self.sage_base_url,
+            sagepro_user=self.sage_user,
+            sagepro_password=self.sage_password,
+            intacct_base_url=self.intacct_base_url,
+            intacct_client_id=self.intacct_client_id,
+            intacct_client_secret=self.intacct_client_secret,
+            intacct_username=self.intacct_username,
+            intacct_refresh_token=self.intacct_refresh_token,
             intacct_locations=self.intacct_locations,
         )
 
@@ -151,8 +158,13 @@ def used_accounts(m: Mapping) -> list[tuple[str, str]]:
 def sage_problems(m: Mapping, chart: dict[str, dict[str, Any]] | None) -> list[dict[str, Any]]:
     """Accounts the mapping uses that Sage cannot take: missing, inactive or a header account."""
     if chart is None:
-        return [{"key": "<sage>", "value": None,
-                 "message": "Sage's chart of accounts could not be read: accounts cannot be checked, saving is off"}]
+        return [
+            {
+                "key": "<sage>",
+                "value": None,
+                "message": "Sage's chart of accounts could not be read: accounts cannot be checked, saving is off",
+            }
+        ]
     out = []
     for key, code in used_accounts(m):
         acct = chart.get(code)
@@ -168,8 +180,13 @@ def sage_problems(m: Mapping, chart: dict[str, dict[str, Any]] | None) -> list[d
 def mode_problems(m: Mapping) -> list[dict[str, Any]]:
     """Combinations the load refuses at posting time (load.post), caught before they are saved."""
     if m.revenue_mode == "invoice_driven" and m.posting_mode != "detail":
-        return [{"key": "revenue_mode", "value": m.revenue_mode,
-                 "message": "invoice_driven needs posting_mode detail (a payout summary already books revenue)"}]
+        return [
+            {
+                "key": "revenue_mode",
+                "value": m.revenue_mode,
+                "message": "invoice_driven needs posting_mode detail (a payout summary already books revenue)",
+            }
+        ]
     return []
 
 
@@ -204,8 +221,9 @@ def inventory_json(m: Mapping, groups: list[dict], fees: list[dict]) -> list[dic
         d = asdict(r)
         d["amount_text"] = _money(r.amount, r.currency)
         d["account_name"] = m.chart_of_accounts.get(r.account, "")
-        d["mappable"] = r.kind == "reporting_category" and r.value in REPORTING_CATEGORIES \
-            and r.value not in BUILT_IN_CATEGORIES
+        d["mappable"] = (
+            r.kind == "reporting_category" and r.value in REPORTING_CATEGORIES and r.value not in BUILT_IN_CATEGORIES
+        )
         out.append(d)
     return out
 
@@ -214,8 +232,11 @@ def preview_json(p: rules.Preview, current: Mapping, draft: Mapping, chart: dict
     """The preview for the page: movement rows, changed entries, the rules-vs-marts check."""
 
     def name(code: str) -> str:
-        return draft.chart_of_accounts.get(code) or current.chart_of_accounts.get(code) \
+        return (
+            draft.chart_of_accounts.get(code)
+            or current.chart_of_accounts.get(code)
             or ((chart or {}).get(code) or {}).get("description", "")
+        )
 
     def lines(legs: dict[str, int], cur: str) -> list[dict[str, str]]:
         return [{"account": a, "net": _money(v, cur)} for a, v in sorted(legs.items())]
@@ -224,23 +245,49 @@ def preview_json(p: rules.Preview, current: Mapping, draft: Mapping, chart: dict
     for c in p.changes:
         actions[c.action] = actions.get(c.action, 0) + 1
     return {
-        "first": p.first.isoformat(), "last": p.last.isoformat(),
-        "current_mode": p.current_mode, "draft_mode": p.draft_mode,
-        "rows": [{"currency": r.currency, "account": r.account, "name": name(r.account),
-                  "current": _money(r.current, r.currency), "draft": _money(r.draft, r.currency),
-                  "difference": _money(r.difference, r.currency), "difference_minor": r.difference,
-                  "changed": r.difference != 0} for r in p.rows],
-        "changes": [{"external_ref": c.external_ref, "entry_id": c.entry_id, "posting_date": c.posting_date.isoformat(),
-                     "currency": c.currency, "action": c.action, "ledger_status": c.ledger_status,
-                     "current": lines(c.current, c.currency), "draft": lines(c.draft, c.currency)}
-                    for c in p.changes[:500]],
+        "first": p.first.isoformat(),
+        "last": p.last.isoformat(),
+        "current_mode": p.current_mode,
+        "draft_mode": p.draft_mode,
+        "rows": [
+            {
+                "currency": r.currency,
+                "account": r.account,
+                "name": name(r.account),
+                "current": _money(r.current, r.currency),
+                "draft": _money(r.draft, r.currency),
+                "difference": _money(r.difference, r.currency),
+                "difference_minor": r.difference,
+                "changed": r.difference != 0,
+            }
+            for r in p.rows
+        ],
+        "changes": [
+            {
+                "external_ref": c.external_ref,
+                "entry_id": c.entry_id,
+                "posting_date": c.posting_date.isoformat(),
+                "currency": c.currency,
+                "action": c.action,
+                "ledger_status": c.ledger_status,
+                "current": lines(c.current, c.currency),
+                "draft": lines(c.draft, c.currency),
+            }
+            for c in p.changes[:500]
+        ],
         "changes_total": len(p.changes),
         "actions": actions,
-        "model_gap": [{"currency": c, "account": a, "amount": _money(v, c)} for (c, a), v in sorted(p.model_gap.items())],
-        "unmapped_current": p.unmapped_current, "unmapped_draft": p.unmapped_draft,
-        "notes": ["revenue_mode invoice_driven: charges post as Sage invoices and cash receipts; the preview shows"
-                  " them as the journal entries they replace (the same accounts, receivable aside)"]
-        if draft.revenue_mode == "invoice_driven" else [],
+        "model_gap": [
+            {"currency": c, "account": a, "amount": _money(v, c)} for (c, a), v in sorted(p.model_gap.items())
+        ],
+        "unmapped_current": p.unmapped_current,
+        "unmapped_draft": p.unmapped_draft,
+        "notes": [
+            "revenue_mode invoice_driven: charges post as Sage invoices and cash receipts; the preview shows"
+            " them as the journal entries they replace (the same accounts, receivable aside)"
+        ]
+        if draft.revenue_mode == "invoice_driven"
+        else [],
     }
 
 
@@ -282,8 +329,9 @@ class Studio:
         from stripe_sage_pipeline.sage.target import as_target
 
         try:
-            client, _ = make_target_client(self.config.target_settings(), max_retries=1, timeout_s=10,
-                                           backoff_base_s=0.1, backoff_cap_s=1)
+            client, _ = make_target_client(
+                self.config.target_settings(), max_retries=1, timeout_s=10, backoff_base_s=0.1, backoff_cap_s=1
+            )
         except Exception:
             return None
         target = as_target(client)
@@ -324,8 +372,10 @@ class Studio:
             "options": {
                 "reporting_categories": sorted(REPORTING_CATEGORIES - BUILT_IN_CATEGORIES),
                 "built_in_categories": sorted(BUILT_IN_CATEGORIES),
-                "bt_types": sorted(BT_TYPES), "fee_types": sorted(FEE_TYPES),
-                "posting_mode": ["payout_summary", "detail"], "revenue_mode": ["direct", "invoice_driven"],
+                "bt_types": sorted(BT_TYPES),
+                "fee_types": sorted(FEE_TYPES),
+                "posting_mode": ["payout_summary", "detail"],
+                "revenue_mode": ["direct", "invoice_driven"],
                 "activity_date": ["created", "available_on"],
                 "tax_source": ["invoice_then_metadata", "metadata", "none"],
                 "sage_owns": ["name", "email", "phone", "address"],
@@ -360,14 +410,26 @@ class Studio:
             month = str(body.get("month") or "")
             month_bounds(month)
         except ValueError as err:
-            return JSONResponse({"ok": False, "problems": [{"key": "month", "value": body.get("month"),
-                                                            "message": str(err)}]}, status_code=422)
+            return JSONResponse(
+                {"ok": False, "problems": [{"key": "month", "value": body.get("month"), "message": str(err)}]},
+                status_code=422,
+            )
         _, current = self.current()
         with self.conn() as conn:
             if not data.marts_ready(conn):
-                return JSONResponse({"ok": False, "problems": [{"key": "<marts>", "value": None,
-                                     "message": "the finance marts are not built yet: run the transform once"}]},
-                                    status_code=409)
+                return JSONResponse(
+                    {
+                        "ok": False,
+                        "problems": [
+                            {
+                                "key": "<marts>",
+                                "value": None,
+                                "message": "the finance marts are not built yet: run the transform once",
+                            }
+                        ],
+                    },
+                    status_code=409,
+                )
             month_data = data.month_data(conn, month)
         p = rules.preview(current, draft, month_data)
         return JSONResponse({"ok": True, "problems": problems, "preview": preview_json(p, current, draft, chart)})
@@ -379,23 +441,54 @@ class Studio:
     def _save(self, request: Request, body: dict[str, Any]) -> Response:
         saved_by = str(body.get("saved_by") or "").strip()[:100]
         if not saved_by:
-            return JSONResponse({"ok": False, "problems": [{"key": "saved_by", "value": None,
-                                 "message": "say who is saving (it goes into the audit trail)"}]}, status_code=422)
+            return JSONResponse(
+                {
+                    "ok": False,
+                    "problems": [
+                        {
+                            "key": "saved_by",
+                            "value": None,
+                            "message": "say who is saving (it goes into the audit trail)",
+                        }
+                    ],
+                },
+                status_code=422,
+            )
         chart = self.sage_chart()
         draft, problems = validate_draft(body.get("draft"), chart)
         if draft is None or problems:
             return JSONResponse({"ok": False, "problems": problems}, status_code=422)
         old_text, old = self.current()
         if body.get("file_hash") and body["file_hash"] != _hash(old_text):
-            return JSONResponse({"ok": False, "problems": [{"key": "<file>", "value": None, "message":
-                                 "mapping.yaml changed on disk since this page was opened: reload and redo the edit"}]},
-                                status_code=409)
+            return JSONResponse(
+                {
+                    "ok": False,
+                    "problems": [
+                        {
+                            "key": "<file>",
+                            "value": None,
+                            "message": "mapping.yaml changed on disk since this page was opened: reload and redo the edit",
+                        }
+                    ],
+                },
+                status_code=409,
+            )
         new_text = apply_draft(old_text, body["draft"])
         # The file as written must read back as the validated draft (the round trip lost nothing).
         if parse_mapping(yaml.safe_load(new_text), "written").model_dump() != draft.model_dump():
-            return JSONResponse({"ok": False, "problems": [{"key": "<file>", "value": None,
-                                 "message": "internal: the YAML round trip changed the mapping; nothing written"}]},
-                                status_code=500)
+            return JSONResponse(
+                {
+                    "ok": False,
+                    "problems": [
+                        {
+                            "key": "<file>",
+                            "value": None,
+                            "message": "internal: the YAML round trip changed the mapping; nothing written",
+                        }
+                    ],
+                },
+                status_code=500,
+            )
         diff = unified_diff(old_text, new_text)
         if not diff:
             return JSONResponse({"ok": True, "unchanged": True, "message": "nothing changed"})
@@ -403,20 +496,36 @@ class Studio:
         changes = audit.flat_changes(plain(load_document(old_text)), plain(load_document(new_text)))
         client = request.client.host if request.client else None
         with self.conn() as conn:
-            audit_id = audit.record_save(conn, saved_by=saved_by, client=client,
-                                         mapping_file=str(self.config.mapping_file),
-                                         old_fingerprint=old.fingerprint(), new_fingerprint=draft.fingerprint(),
-                                         changes=changes, diff=diff)
+            audit_id = audit.record_save(
+                conn,
+                saved_by=saved_by,
+                client=client,
+                mapping_file=str(self.config.mapping_file),
+                old_fingerprint=old.fingerprint(),
+                new_fingerprint=draft.fingerprint(),
+                changes=changes,
+                diff=diff,
+            )
             transform = None
             if body.get("start_transform"):
-                res = launch_transform(self.config.dagster_url, {"studio/audit_id": str(audit_id),
-                                                                 "studio/saved_by": saved_by})
+                res = launch_transform(
+                    self.config.dagster_url, {"studio/audit_id": str(audit_id), "studio/saved_by": saved_by}
+                )
                 transform = {"started": res.started, "run_id": res.run_id, "message": res.message}
                 audit.record_transform(conn, audit_id, res.message)
             history = [_audit_json(r) for r in audit.history(conn, 10)]
-        return JSONResponse({"ok": True, "audit_id": audit_id, "diff": diff, "changes": changes,
-                             "file_hash": _hash(new_text), "fingerprint": draft.fingerprint(),
-                             "transform": transform, "history": history})
+        return JSONResponse(
+            {
+                "ok": True,
+                "audit_id": audit_id,
+                "diff": diff,
+                "changes": changes,
+                "file_hash": _hash(new_text),
+                "fingerprint": draft.fingerprint(),
+                "transform": transform,
+                "history": history,
+            }
+        )
 
     def _api_audit(self, request: Request, body: dict[str, Any]) -> Response:
         with self.conn() as conn:
@@ -437,9 +546,15 @@ class Studio:
 
 
 def _audit_json(r: dict[str, Any]) -> dict[str, Any]:
-    return {"id": r["id"], "saved_at": r["saved_at"].isoformat(timespec="seconds"), "saved_by": r["saved_by"],
-            "changes": r["changes"], "diff": r["diff"], "transform": r["transform"],
-            "new_fingerprint": r["new_fingerprint"]}
+    return {
+        "id": r["id"],
+        "saved_at": r["saved_at"].isoformat(timespec="seconds"),
+        "saved_by": r["saved_by"],
+        "changes": r["changes"],
+        "diff": r["diff"],
+        "transform": r["transform"],
+        "new_fingerprint": r["new_fingerprint"],
+    }
 
 
 def _hash(text: str) -> str:
@@ -501,11 +616,15 @@ class Guard:
     def check(self, request: Request) -> Response | None:
         if self.token:
             auth = request.headers.get("authorization", "")
-            supplied = request.query_params.get("token") or request.cookies.get(TOKEN_COOKIE) \
+            supplied = (
+                request.query_params.get("token")
+                or request.cookies.get(TOKEN_COOKIE)
                 or (auth[7:] if auth.lower().startswith("bearer ") else None)
+            )
             if not supplied or not hmac.compare_digest(supplied.encode(), self.token.encode()):
-                return PlainTextResponse("403: this studio needs its access token (open the link it printed).",
-                                         status_code=403)
+                return PlainTextResponse(
+                    "403: this studio needs its access token (open the link it printed).", status_code=403
+                )
             if request.query_params.get("token") and request.method in SAFE_METHODS:
                 # Move the token from the URL into a cookie, so it leaves the address bar and the history.
                 url = request.url.remove_query_params("token")
@@ -516,8 +635,11 @@ class Guard:
             client = request.client.host if request.client else None
             host = host_name(request.headers.get("host") or "")
             if not is_loopback(client) or host not in LOOPBACK_HOSTS:
-                return PlainTextResponse("403: without a token the studio only answers on 127.0.0.1 "
-                                         "(start it with --token to serve other addresses).", status_code=403)
+                return PlainTextResponse(
+                    "403: without a token the studio only answers on 127.0.0.1 "
+                    "(start it with --token to serve other addresses).",
+                    status_code=403,
+                )
         if request.method not in SAFE_METHODS:
             cookie = request.cookies.get(CSRF_COOKIE)
             header = request.headers.get(CSRF_HEADER)

@@ -46,15 +46,25 @@ def flat_changes(old: Any, new: Any, path: str = "") -> list[dict[str, Any]]:
     return [{"key": path, "old": old, "new": new}]
 
 
-def record_save(conn: psycopg.Connection, *, saved_by: str, client: str | None, mapping_file: str,
-                old_fingerprint: str | None, new_fingerprint: str, changes: list[dict[str, Any]], diff: str) -> int:
+def record_save(
+    conn: psycopg.Connection,
+    *,
+    saved_by: str,
+    client: str | None,
+    mapping_file: str,
+    old_fingerprint: str | None,
+    new_fingerprint: str,
+    changes: list[dict[str, Any]],
+    diff: str,
+) -> int:
     """Insert one audit row; returns its id."""
     ensure_schema(conn)
     with conn.transaction():
         row = conn.execute(
             f"insert into {SCHEMA}.mapping_audit (saved_by, client, mapping_file, old_fingerprint, new_fingerprint,"
             " changes, diff) values (%s, %s, %s, %s, %s, %s, %s) returning id",
-            (saved_by, client, mapping_file, old_fingerprint, new_fingerprint, Jsonb(changes), diff)).fetchone()
+            (saved_by, client, mapping_file, old_fingerprint, new_fingerprint, Jsonb(changes), diff),
+        ).fetchone()
     return int(row[0])
 
 

@@ -26,16 +26,23 @@ def _exists(conn: psycopg.Connection, relation: str) -> bool:
 
 def marts_ready(conn: psycopg.Connection) -> bool:
     """True when the marts the studio reads have been built."""
-    return all(_exists(conn, r) for r in (f"{MARTS}.fct_journal_lines", f"{INTERMEDIATE}.int_balance_transactions__classified",
-                                          f"{MARTS}.fct_payout_reconciliation"))
+    return all(
+        _exists(conn, r)
+        for r in (
+            f"{MARTS}.fct_journal_lines",
+            f"{INTERMEDIATE}.int_balance_transactions__classified",
+            f"{MARTS}.fct_payout_reconciliation",
+        )
+    )
 
 
 def months_with_activity(conn: psycopg.Connection) -> list[str]:
     """'YYYY-MM' of every month with journal lines, newest first."""
     if not marts_ready(conn):
         return []
-    rows = conn.execute(f"select distinct to_char(posting_date, 'YYYY-MM') from {MARTS}.fct_journal_lines"
-                        " order by 1 desc").fetchall()
+    rows = conn.execute(
+        f"select distinct to_char(posting_date, 'YYYY-MM') from {MARTS}.fct_journal_lines order by 1 desc"
+    ).fetchall()
     return [r[0] for r in rows]
 
 
@@ -46,7 +53,8 @@ def staged_groups(conn: psycopg.Connection, first: date, last: date) -> tuple[li
             f"select coalesce(reporting_category, '') as reporting_category, balance_transaction_type, currency,"
             f" count(*) as n, sum(amount)::bigint as amount from {STAGING_VIEWS}.stg_stripe__balance_transactions"
             " where (created_at at time zone 'UTC')::date between %s and %s group by 1, 2, 3 order by 1, 2, 3",
-            (first, last)).fetchall()
+            (first, last),
+        ).fetchall()
         fees = []
         if _exists(conn, f"{INTERMEDIATE}.int_balance_transactions__classified"):
             fees = cur.execute(
@@ -55,7 +63,8 @@ def staged_groups(conn: psycopg.Connection, first: date, last: date) -> tuple[li
                 f" from {INTERMEDIATE}.int_balance_transactions__classified as c"
                 " cross join lateral jsonb_array_elements(c.fee_details) as fd"
                 " where (c.created_at at time zone 'UTC')::date between %s and %s group by 1, 2, 3 order by 1, 2, 3",
-                (first, last)).fetchall()
+                (first, last),
+            ).fetchall()
     return groups, fees
 
 
@@ -69,9 +78,16 @@ def month_data(conn: psycopg.Connection, month: str) -> MonthData:
         lines = cur.execute(
             f"select entry_id, posting_mode, entry_type, external_ref, posting_date, account_code, debit, credit,"
             f" currency, is_unmapped, stripe_account, payout_id, balance_transaction_id"
-            f" from {MARTS}.fct_journal_lines where posting_date between %s and %s", (first, last)).fetchall()
-        payout_keys = sorted({(ln["stripe_account"], ln["payout_id"]) for ln in lines if ln["payout_id"]
-                              and ln["entry_type"] != "balance_transaction"})
+            f" from {MARTS}.fct_journal_lines where posting_date between %s and %s",
+            (first, last),
+        ).fetchall()
+        payout_keys = sorted(
+            {
+                (ln["stripe_account"], ln["payout_id"])
+                for ln in lines
+                if ln["payout_id"] and ln["entry_type"] != "balance_transaction"
+            }
+        )
         txns = cur.execute(
             f"select c.stripe_account, c.balance_transaction_id, c.created_at, c.available_at, c.amount, c.fee, c.net,"
             f" c.currency, c.exchange_rate, c.balance_transaction_type, c.reporting_category, c.charge_id, c.invoice_id,"
@@ -86,22 +102,26 @@ def month_data(conn: psycopg.Connection, month: str) -> MonthData:
             "   on inv.stripe_account = c.stripe_account and inv.invoice_id = c.invoice_id"
             " where c.created_at between %s and %s or c.available_at between %s and %s"
             "   or (c.stripe_account, c.payout_id) in (select * from unnest(%s::text[], %s::text[]))",
-            (lo, hi, lo, hi, [k[0] for k in payout_keys], [k[1] for k in payout_keys])).fetchall()
+            (lo, hi, lo, hi, [k[0] for k in payout_keys], [k[1] for k in payout_keys]),
+        ).fetchall()
         payouts = {
             (r["stripe_account"], r["payout_id"]): r
             for r in cur.execute(
                 f"select stripe_account, payout_id, payout_amount as amount, currency, arrival_date,"
                 f" reconciliation_status from {MARTS}.fct_payout_reconciliation"
                 " where (stripe_account, payout_id) in (select * from unnest(%s::text[], %s::text[]))",
-                ([k[0] for k in payout_keys], [k[1] for k in payout_keys])).fetchall()
+                ([k[0] for k in payout_keys], [k[1] for k in payout_keys]),
+            ).fetchall()
         }
         posted: dict[str, str] = {}
         if _exists(conn, "sage_sync.posting_ledger"):
             refs = sorted({ln["external_ref"] for ln in lines})
             for r in cur.execute(
-                    "select distinct on (external_ref) external_ref, status from sage_sync.posting_ledger"
-                    " where resource = 'journal-entries' and external_ref = any(%s)"
-                    " order by external_ref, version desc", (refs,)).fetchall():
+                "select distinct on (external_ref) external_ref, status from sage_sync.posting_ledger"
+                " where resource = 'journal-entries' and external_ref = any(%s)"
+                " order by external_ref, version desc",
+                (refs,),
+            ).fetchall():
                 posted[r["external_ref"]] = r["status"]
     # Keep only transactions whose payout or date can matter (the margin query may read more).
     return MonthData(first, last, [dict(t) for t in txns], payouts, [dict(x) for x in lines], posted)

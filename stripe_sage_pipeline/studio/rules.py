@@ -28,8 +28,9 @@ from stripe_sage_pipeline.transform.mapping import BUILT_IN_CATEGORIES, Mapping
 PAYOUT_MOVEMENT_TYPES = frozenset({"payout", "payout_cancel", "payout_failure"})
 PAYOUT_CATEGORIES = frozenset({"payout", "payout_reversal"})
 # Categories that move their charge's tax pro rata (dbt: macros/invoices.sql tax_reversing_categories).
-TAX_REVERSING_CATEGORIES = frozenset({"refund", "refund_failure", "partial_capture_reversal", "dispute",
-                                      "dispute_reversal"})
+TAX_REVERSING_CATEGORIES = frozenset(
+    {"refund", "refund_failure", "partial_capture_reversal", "dispute", "dispute_reversal"}
+)
 
 Legs = dict[str, int]  # account code -> signed amount (netted per account)
 
@@ -215,8 +216,16 @@ def entries(m: Mapping, data: MonthData, mode: str | None = None) -> dict[str, E
         if not legs or not (data.first <= day <= data.last):
             continue
         eid = f"detail:{_prefix(bt['stripe_account'])}{bt['balance_transaction_id']}"
-        out[eid] = Entry(eid, bt["balance_transaction_id"], "balance_transaction", day, bt["currency"], legs,
-                         bt.get("payout_id"), unmapped)
+        out[eid] = Entry(
+            eid,
+            bt["balance_transaction_id"],
+            "balance_transaction",
+            day,
+            bt["currency"],
+            legs,
+            bt.get("payout_id"),
+            unmapped,
+        )
     # Payout-level entries: which exist, and when, is the marts' (paid, automatic, failed later).
     heads: dict[str, dict[str, Any]] = {}
     for ln in data.mart_lines:
@@ -239,8 +248,16 @@ def entries(m: Mapping, data: MonthData, mode: str | None = None) -> dict[str, E
         else:
             legs = payout_bank_legs(m, cur, amount, -1 if head["entry_type"] == "payout_reversal" else 1)
             unmapped = False
-        out[eid] = Entry(eid, head["external_ref"], head["entry_type"], head["posting_date"], cur,
-                         {a: v for a, v in legs.items() if v != 0}, head["payout_id"], unmapped)
+        out[eid] = Entry(
+            eid,
+            head["external_ref"],
+            head["entry_type"],
+            head["posting_date"],
+            cur,
+            {a: v for a, v in legs.items() if v != 0},
+            head["payout_id"],
+            unmapped,
+        )
     return out
 
 
@@ -252,8 +269,15 @@ def mart_entries(data: MonthData, mode: str) -> dict[str, Entry]:
             continue
         e = out.get(ln["entry_id"])
         if e is None:
-            e = out[ln["entry_id"]] = Entry(ln["entry_id"], ln["external_ref"], ln["entry_type"], ln["posting_date"],
-                                            ln["currency"], {}, ln.get("payout_id"))
+            e = out[ln["entry_id"]] = Entry(
+                ln["entry_id"],
+                ln["external_ref"],
+                ln["entry_type"],
+                ln["posting_date"],
+                ln["currency"],
+                {},
+                ln.get("payout_id"),
+            )
         e.lines[ln["account_code"]] = e.lines.get(ln["account_code"], 0) + int(ln["debit"]) - int(ln["credit"])
         e.unmapped = e.unmapped or bool(ln.get("is_unmapped"))
     for e in out.values():
@@ -330,10 +354,13 @@ def preview(current: Mapping, draft: Mapping, data: MonthData) -> Preview:
     draft_entries = entries(draft, data)
     replay = movement(entries(current, data).values())
     built = movement(today.values())
-    gap = {k: replay.get(k, 0) - built.get(k, 0) for k in set(replay) | set(built) if replay.get(k, 0) != built.get(k, 0)}
+    gap = {
+        k: replay.get(k, 0) - built.get(k, 0) for k in set(replay) | set(built) if replay.get(k, 0) != built.get(k, 0)
+    }
     cur_mv, new_mv = built, movement(draft_entries.values())
-    rows = [MovementRow(c, a, cur_mv.get((c, a), 0), new_mv.get((c, a), 0))
-            for c, a in sorted(set(cur_mv) | set(new_mv))]
+    rows = [
+        MovementRow(c, a, cur_mv.get((c, a), 0), new_mv.get((c, a), 0)) for c, a in sorted(set(cur_mv) | set(new_mv))
+    ]
     changes: list[EntryChange] = []
     by_ref_today = {e.external_ref: e for e in today.values()}
     by_ref_draft = {e.external_ref: e for e in draft_entries.values()}
@@ -349,10 +376,29 @@ def preview(current: Mapping, draft: Mapping, data: MonthData) -> Preview:
         else:
             action = "post_new"
         e = new or old
-        changes.append(EntryChange(ref, e.entry_id, e.posting_date, e.currency, action, status,
-                                   dict(old.lines) if old else {}, dict(new.lines) if new else {}))
-    return Preview(data.first, data.last, current.posting_mode, draft.posting_mode, rows, changes, gap,
-                   sum(1 for e in today.values() if e.unmapped), sum(1 for e in draft_entries.values() if e.unmapped))
+        changes.append(
+            EntryChange(
+                ref,
+                e.entry_id,
+                e.posting_date,
+                e.currency,
+                action,
+                status,
+                dict(old.lines) if old else {},
+                dict(new.lines) if new else {},
+            )
+        )
+    return Preview(
+        data.first,
+        data.last,
+        current.posting_mode,
+        draft.posting_mode,
+        rows,
+        changes,
+        gap,
+        sum(1 for e in today.values() if e.unmapped),
+        sum(1 for e in draft_entries.values() if e.unmapped),
+    )
 
 
 # -- inventory ----------------------------------------------------------------------------------------
@@ -387,8 +433,9 @@ def route_category(m: Mapping, reporting_category: str, bt_type: str, currency: 
     return m.categories[category], how, False
 
 
-def inventory(m: Mapping, groups: Sequence[MappingT[str, Any]], fee_groups: Sequence[MappingT[str, Any]]
-              ) -> list[InventoryRow]:
+def inventory(
+    m: Mapping, groups: Sequence[MappingT[str, Any]], fee_groups: Sequence[MappingT[str, Any]]
+) -> list[InventoryRow]:
     """Everything the money contains, with where it goes; suspense first (largest amount first).
 
     `groups`: counts and Σ amount per (reporting_category, balance_transaction_type, currency);
@@ -398,7 +445,13 @@ def inventory(m: Mapping, groups: Sequence[MappingT[str, Any]], fee_groups: Sequ
     by_type: dict[tuple[str, str], list] = defaultdict(lambda: [0, 0, "", "", False])
     by_ccy: dict[str, list] = defaultdict(lambda: [0, 0])
     for g in groups:
-        rc, t, cur, n, amt = g["reporting_category"] or "", g["balance_transaction_type"], g["currency"], int(g["n"]), int(g["amount"])
+        rc, t, cur, n, amt = (
+            g["reporting_category"] or "",
+            g["balance_transaction_type"],
+            g["currency"],
+            int(g["n"]),
+            int(g["amount"]),
+        )
         account, how, susp = route_category(m, rc, t, cur)
         for bucket, key in ((by_cat, (rc or f"(none: {t})", cur)), (by_type, (t, cur))):
             b = bucket[key]
@@ -425,8 +478,9 @@ def inventory(m: Mapping, groups: Sequence[MappingT[str, Any]], fee_groups: Sequ
     for cur, (n, amt) in by_ccy.items():
         pair = m.currencies.get(cur)
         how = f"currencies.{cur}" if pair else "currencies.default"
-        rows.append(InventoryRow("currency", cur, cur, n, amt,
-                                 f"{m.clearing_account(cur)} / {m.bank_account(cur)}", how))
+        rows.append(
+            InventoryRow("currency", cur, cur, n, amt, f"{m.clearing_account(cur)} / {m.bank_account(cur)}", how)
+        )
     order = {"reporting_category": 0, "balance_transaction_type": 1, "fee_type": 2, "currency": 3}
     rows.sort(key=lambda r: (not r.suspense, order[r.kind], -abs(r.amount) if r.suspense else 0, r.value, r.currency))
     return rows

@@ -23,8 +23,10 @@ class BindRefused(ValueError):
 def check_bind(host: str, token: str | None) -> None:
     """Refuse a non-loopback bind without a token (anyone on the network could rewrite the mapping)."""
     if not is_loopback(host) and not token:
-        raise BindRefused(f"refusing to serve the mapping studio on {host} without a token: pass --token (or set "
-                          f"{TOKEN_ENV}), or bind 127.0.0.1")
+        raise BindRefused(
+            f"refusing to serve the mapping studio on {host} without a token: pass --token (or set "
+            f"{TOKEN_ENV}), or bind 127.0.0.1"
+        )
 
 
 def config_from_env(token: str | None = None, dagster_url: str | None = None) -> StudioConfig:
@@ -50,15 +52,22 @@ def config_from_env(token: str | None = None, dagster_url: str | None = None) ->
 
 def main(argv: list[str] | None = None) -> int:
     """Parse `stripe-sage mapping` flags and serve until Ctrl-C."""
-    parser = argparse.ArgumentParser(prog="stripe-sage mapping",
-                                     description="the mapping studio: see, edit, preview and save mapping.yaml")
+    parser = argparse.ArgumentParser(
+        prog="stripe-sage mapping", description="the mapping studio: see, edit, preview and save mapping.yaml"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1; others need --token)")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help=f"port to listen on (default {DEFAULT_PORT})")
-    parser.add_argument("--token", default=load_settings().studio_token,
-                        help=f"access token, required off loopback (env {TOKEN_ENV}); 'generate' makes one")
-    parser.add_argument("--dagster-url", default=None,
-                        help=f"Dagster webserver that runs transform_job after a save (env {DAGSTER_URL_ENV}, "
-                             f"default {DEFAULT_DAGSTER_URL})")
+    parser.add_argument(
+        "--token",
+        default=load_settings().studio_token,
+        help=f"access token, required off loopback (env {TOKEN_ENV}); 'generate' makes one",
+    )
+    parser.add_argument(
+        "--dagster-url",
+        default=None,
+        help=f"Dagster webserver that runs transform_job after a save (env {DAGSTER_URL_ENV}, "
+        f"default {DEFAULT_DAGSTER_URL})",
+    )
     args = parser.parse_args(argv)
     token = secrets.token_urlsafe(24) if args.token == "generate" else args.token
     try:

@@ -143,7 +143,7 @@ def _merge(node: Any, new: Any) -> Any:
                 if isinstance(item, CommentedMap):
                     item.fa.set_block_style()
                 node.append(item)
-        del node[len(new):]
+        del node[len(new) :]
         return node
     if isinstance(new, dict):
         out = CommentedMap()
@@ -174,5 +174,8 @@ def apply_draft(text: str, draft: dict[str, Any]) -> str:
 
 def unified_diff(old: str, new: str, name: str = "mapping.yaml") -> str:
     """A unified diff of two versions of the file (empty when equal)."""
-    return "".join(difflib.unified_diff(old.splitlines(keepends=True), new.splitlines(keepends=True),
-                                        fromfile=f"a/{name}", tofile=f"b/{name}"))
+    return "".join(
+        difflib.unified_diff(
+            old.splitlines(keepends=True), new.splitlines(keepends=True), fromfile=f"a/{name}", tofile=f"b/{name}"
+        )
+    )

@@ -132,11 +132,14 @@ def plan_build(url: str | None = None, full_refresh: bool = False) -> BuildPlan:
     schema, views = staging_views()
     with psycopg.connect(libpq_url(url or database_url())) as conn:
         conn.execute(BUILD_STATE_DDL)
-        built = conn.execute(f"select fingerprint, code_fingerprint from {CONFIG_SCHEMA}.build_state"
-                             " order by built_at desc limit 1").fetchone()
+        built = conn.execute(
+            f"select fingerprint, code_fingerprint from {CONFIG_SCHEMA}.build_state order by built_at desc limit 1"
+        ).fetchone()
         active = conn.execute(f"select fingerprint from {CONFIG_SCHEMA}.settings").fetchone()
-        present = conn.execute("select count(*) from information_schema.views where table_schema = %s"
-                               " and table_name = any(%s)", (schema, views)).fetchone()[0]
+        present = conn.execute(
+            "select count(*) from information_schema.views where table_schema = %s and table_name = any(%s)",
+            (schema, views),
+        ).fetchone()[0]
         conn.commit()
     reasons = []
     if full_refresh:
@@ -166,8 +169,11 @@ def record_build(url: str | None = None, mapping: Mapping | None = None) -> None
     with psycopg.connect(libpq_url(url or database_url())) as conn:
         conn.execute(BUILD_STATE_DDL)
         conn.execute(f"delete from {CONFIG_SCHEMA}.build_state")
-        conn.execute(f"insert into {CONFIG_SCHEMA}.build_state (fingerprint, code_fingerprint, mapping)"
-                     f" select fingerprint, %s, %s from {CONFIG_SCHEMA}.settings", (code_fingerprint(), doc))
+        conn.execute(
+            f"insert into {CONFIG_SCHEMA}.build_state (fingerprint, code_fingerprint, mapping)"
+            f" select fingerprint, %s, %s from {CONFIG_SCHEMA}.settings",
+            (code_fingerprint(), doc),
+        )
         conn.commit()
 
 
@@ -258,6 +264,7 @@ def dbt_build(
             failures[name] = (r.message or "").strip()[:2000]
     if res.exception is not None:
         failures["<dbt>"] = str(res.exception)
-    out = DbtResult(success=bool(res.success), statuses=statuses, failures=failures, full_refresh=full_refresh,
-                    plan=plan)
+    out = DbtResult(
+        success=bool(res.success), statuses=statuses, failures=failures, full_refresh=full_refresh, plan=plan
+    )
     return out.raise_on_failure() if raise_on_failure else out

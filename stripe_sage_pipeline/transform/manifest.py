@@ -36,7 +36,9 @@ def parse_manifest(project_dir: Path) -> None:
     """`dbt parse` (no database connection needed); raises with dbt's reason when it fails."""
     from dbt.cli.main import dbtRunner
 
-    res = dbtRunner().invoke(["parse", "--project-dir", str(project_dir), "--profiles-dir", str(project_dir), "--quiet"])
+    res = dbtRunner().invoke(
+        ["parse", "--project-dir", str(project_dir), "--profiles-dir", str(project_dir), "--quiet"]
+    )
     if not res.success:
         raise RuntimeError(f"dbt parse failed: {res.exception}")
 

@@ -28,35 +28,113 @@ CONFIG_SCHEMA = "finance_config"
 # Stripe's reporting categories (docs.stripe.com/reports/reporting-categories; the 2023 list of
 # reference/stripe-openapi/enums.json plus what Stripe added since). Finance may map any string: one
 # that is not listed here is a warning (a category Stripe adds later), never an error.
-REPORTING_CATEGORIES: frozenset[str] = frozenset({
-    "advance", "advance_funding", "anticipation_repayment", "charge", "charge_failure", "climate_order_purchase",
-    "climate_order_refund", "connect_collection_transfer", "connect_reserved_funds", "contribution", "dispute",
-    "dispute_reversal", "fee", "financing_paydown", "financing_paydown_reversal", "financing_payout",
-    "financing_payout_reversal", "issuing_authorization_hold", "issuing_authorization_release", "issuing_dispute",
-    "issuing_transaction", "network_cost", "other_adjustment", "partial_capture_reversal", "payout",
-    "payout_minimum_balance_hold", "payout_minimum_balance_release", "payout_reversal", "platform_earning",
-    "platform_earning_refund", "refund", "refund_failure", "risk_reserved_funds", "tax", "topup", "topup_reversal",
-    "transfer", "transfer_reversal", "unreconciled_customer_funds",
-})
+REPORTING_CATEGORIES: frozenset[str] = frozenset(
+    {
+        "advance",
+        "advance_funding",
+        "anticipation_repayment",
+        "charge",
+        "charge_failure",
+        "climate_order_purchase",
+        "climate_order_refund",
+        "connect_collection_transfer",
+        "connect_reserved_funds",
+        "contribution",
+        "dispute",
+        "dispute_reversal",
+        "fee",
+        "financing_paydown",
+        "financing_paydown_reversal",
+        "financing_payout",
+        "financing_payout_reversal",
+        "issuing_authorization_hold",
+        "issuing_authorization_release",
+        "issuing_dispute",
+        "issuing_transaction",
+        "network_cost",
+        "other_adjustment",
+        "partial_capture_reversal",
+        "payout",
+        "payout_minimum_balance_hold",
+        "payout_minimum_balance_release",
+        "payout_reversal",
+        "platform_earning",
+        "platform_earning_refund",
+        "refund",
+        "refund_failure",
+        "risk_reserved_funds",
+        "tax",
+        "topup",
+        "topup_reversal",
+        "transfer",
+        "transfer_reversal",
+        "unreconciled_customer_funds",
+    }
+)
 # Categories whose counter account is not a mapping entry: charge splits into revenue + tax; payouts
 # go to the currency's bank account.
 BUILT_IN_CATEGORIES: frozenset[str] = frozenset({"charge", "payout", "payout_reversal"})
 # Balance transaction types: the 2023 list plus the installed SDK's (stripe/_balance_transaction.py).
-BT_TYPES: frozenset[str] = frozenset({
-    "adjustment", "advance", "advance_funding", "anticipation_repayment", "application_fee",
-    "application_fee_refund", "charge", "climate_order_purchase", "climate_order_refund", "connect_collection_transfer",
-    "contribution", "fee_credit_funding", "inbound_transfer", "inbound_transfer_reversal",
-    "issuing_authorization_hold", "issuing_authorization_release", "issuing_dispute",
-    "issuing_dispute_provisional_credit", "issuing_dispute_provisional_credit_reversal", "issuing_transaction",
-    "obligation_inbound", "obligation_outbound", "obligation_payout", "obligation_payout_failure",
-    "obligation_reversal_inbound", "obligation_reversal_outbound", "payment", "payment_failure_refund",
-    "payment_network_reserve_hold", "payment_network_reserve_release", "payment_refund", "payment_reversal",
-    "payment_unreconciled", "payout", "payout_cancel", "payout_failure", "payout_minimum_balance_hold",
-    "payout_minimum_balance_release", "refund", "refund_failure", "reserve_hold", "reserve_release",
-    "reserve_transaction", "reserved_funds", "stripe_balance_payment_debit", "stripe_balance_payment_debit_reversal",
-    "stripe_fee", "stripe_fx_fee", "tax_fee", "tax_fund", "topup", "topup_reversal", "transfer", "transfer_cancel",
-    "transfer_failure", "transfer_refund",
-})
+BT_TYPES: frozenset[str] = frozenset(
+    {
+        "adjustment",
+        "advance",
+        "advance_funding",
+        "anticipation_repayment",
+        "application_fee",
+        "application_fee_refund",
+        "charge",
+        "climate_order_purchase",
+        "climate_order_refund",
+        "connect_collection_transfer",
+        "contribution",
+        "fee_credit_funding",
+        "inbound_transfer",
+        "inbound_transfer_reversal",
+        "issuing_authorization_hold",
+        "issuing_authorization_release",
+        "issuing_dispute",
+        "issuing_dispute_provisional_credit",
+        "issuing_dispute_provisional_credit_reversal",
+        "issuing_transaction",
+        "obligation_inbound",
+        "obligation_outbound",
+        "obligation_payout",
+        "obligation_payout_failure",
+        "obligation_reversal_inbound",
+        "obligation_reversal_outbound",
+        "payment",
+        "payment_failure_refund",
+        "payment_network_reserve_hold",
+        "payment_network_reserve_release",
+        "payment_refund",
+        "payment_reversal",
+        "payment_unreconciled",
+        "payout",
+        "payout_cancel",
+        "payout_failure",
+        "payout_minimum_balance_hold",
+        "payout_minimum_balance_release",
+        "refund",
+        "refund_failure",
+        "reserve_hold",
+        "reserve_release",
+        "reserve_transaction",
+        "reserved_funds",
+        "stripe_balance_payment_debit",
+        "stripe_balance_payment_debit_reversal",
+        "stripe_fee",
+        "stripe_fx_fee",
+        "tax_fee",
+        "tax_fund",
+        "topup",
+        "topup_reversal",
+        "transfer",
+        "transfer_cancel",
+        "transfer_failure",
+        "transfer_refund",
+    }
+)
 FEE_TYPES: frozenset[str] = frozenset({"application_fee", "stripe_fee", "tax"})
 
 
@@ -202,13 +280,17 @@ def _semantic_problems(m: Mapping) -> list[tuple[str, Any, str]]:
         account(f"categories.{cat}", code)
     for bt_type, cat in m.type_fallback.items():
         if not _is_identifier(bt_type):
-            problems.append((f"type_fallback.{bt_type}", bt_type, "a transaction type is lower-case letters, digits and '_'"))
+            problems.append(
+                (f"type_fallback.{bt_type}", bt_type, "a transaction type is lower-case letters, digits and '_'")
+            )
         if cat not in m.categories and cat not in BUILT_IN_CATEGORIES:
             problems.append((f"type_fallback.{bt_type}", cat, "category has no mapping under categories"))
     account("fees.default", m.fees.default)
     for cat, code in m.fees.by_category.items():
         if not _is_identifier(cat):
-            problems.append((f"fees.by_category.{cat}", cat, "a reporting category is lower-case letters, digits and '_'"))
+            problems.append(
+                (f"fees.by_category.{cat}", cat, "a reporting category is lower-case letters, digits and '_'")
+            )
         account(f"fees.by_category.{cat}", code)
     for fee_type, code in m.fees.by_fee_type.items():
         if fee_type not in FEE_TYPES:
@@ -236,8 +318,13 @@ def mapping_warnings(m: Mapping) -> list[tuple[str, Any, str]]:
             warnings.append((f"categories.{cat}", cat, "not a reporting category Stripe documents; used as written"))
     for bt_type in m.type_fallback:
         if bt_type not in BT_TYPES:
-            warnings.append((f"type_fallback.{bt_type}", bt_type,
-                             "not a balance transaction type Stripe documents; used as written"))
+            warnings.append(
+                (
+                    f"type_fallback.{bt_type}",
+                    bt_type,
+                    "not a balance transaction type Stripe documents; used as written",
+                )
+            )
     return warnings
 
 
@@ -297,7 +384,9 @@ def load_mapping(path: str | Path | None = None) -> Mapping:
     except FileNotFoundError:
         raise MappingError(str(p), [("<file>", str(p), "mapping file not found")]) from None
     except yaml.YAMLError as exc:
-        raise MappingError(str(p), [("<yaml>", str(getattr(exc, "problem_mark", "")), f"not valid YAML: {exc}")]) from None
+        raise MappingError(
+            str(p), [("<yaml>", str(getattr(exc, "problem_mark", "")), f"not valid YAML: {exc}")]
+        ) from None
     return parse_mapping(data, str(p))
 
 
@@ -307,7 +396,9 @@ def mapping_rows(m: Mapping) -> list[dict[str, str]]:
     rows: list[dict[str, str]] = []
 
     def add(section: str, key: str, value: str, is_account: bool = True) -> None:
-        rows.append({"section": section, "key": key, "value": value, "name": chart.get(value, "") if is_account else ""})
+        rows.append(
+            {"section": section, "key": key, "value": value, "name": chart.get(value, "") if is_account else ""}
+        )
 
     add("setting", "posting_mode", m.posting_mode, False)
     add("setting", "revenue_mode", m.revenue_mode, False)
@@ -384,8 +475,16 @@ def write_config(conn: psycopg.Connection, m: Mapping) -> None:
     with conn.transaction():
         conn.execute("select pg_advisory_xact_lock(hashtext('finance_config'))")
         conn.execute(_CONFIG_DDL)
-        for t in ("settings", "accounts", "currency_accounts", "category_accounts", "type_fallback",
-                  "fee_accounts", "value_maps", "field_defaults"):
+        for t in (
+            "settings",
+            "accounts",
+            "currency_accounts",
+            "category_accounts",
+            "type_fallback",
+            "fee_accounts",
+            "value_maps",
+            "field_defaults",
+        ):
             conn.execute(f"delete from {CONFIG_SCHEMA}.{t}")
         d = m.currencies["default"]
         conn.execute(
@@ -393,11 +492,25 @@ def write_config(conn: psycopg.Connection, m: Mapping) -> None:
             " tax_source, tax_metadata_key, tax_reversal, revenue_account, sales_tax_account, receivable_account,"
             " fx_gain_loss_account, suspense_account, default_fee_account, default_clearing_account,"
             " default_bank_account, fingerprint) values (%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s,%s)",
-            (m.posting_mode, m.revenue_mode, m.base_currency.lower(), m.posting_date.activity_date,
-             m.posting_date.timezone, m.tax.source, m.tax.metadata_key, m.tax.reverse_on_refunds,
-             m.accounts.revenue, m.accounts.sales_tax,
-             m.accounts.receivable, m.accounts.fx_gain_loss, m.accounts.suspense, m.fees.default,
-             d.clearing, d.bank, m.fingerprint()),
+            (
+                m.posting_mode,
+                m.revenue_mode,
+                m.base_currency.lower(),
+                m.posting_date.activity_date,
+                m.posting_date.timezone,
+                m.tax.source,
+                m.tax.metadata_key,
+                m.tax.reverse_on_refunds,
+                m.accounts.revenue,
+                m.accounts.sales_tax,
+                m.accounts.receivable,
+                m.accounts.fx_gain_loss,
+                m.accounts.suspense,
+                m.fees.default,
+                d.clearing,
+                d.bank,
+                m.fingerprint(),
+            ),
         )
         with conn.cursor() as cur:
             cur.executemany(f"insert into {CONFIG_SCHEMA}.accounts values (%s, %s)", list(m.chart_of_accounts.items()))
@@ -405,7 +518,9 @@ def write_config(conn: psycopg.Connection, m: Mapping) -> None:
                 f"insert into {CONFIG_SCHEMA}.currency_accounts values (%s, %s, %s)",
                 [(c, p.clearing, p.bank) for c, p in m.currencies.items() if c != "default"],
             )
-            cur.executemany(f"insert into {CONFIG_SCHEMA}.category_accounts values (%s, %s)", list(m.categories.items()))
+            cur.executemany(
+                f"insert into {CONFIG_SCHEMA}.category_accounts values (%s, %s)", list(m.categories.items())
+            )
             cur.executemany(f"insert into {CONFIG_SCHEMA}.type_fallback values (%s, %s)", list(m.type_fallback.items()))
             cur.executemany(
                 f"insert into {CONFIG_SCHEMA}.fee_accounts values (%s, %s, %s)",

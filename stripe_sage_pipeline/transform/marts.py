@@ -43,8 +43,9 @@ class MartsLockTimeout(TimeoutError):
 
 
 @contextlib.contextmanager
-def marts_lock(url: str, *, exclusive: bool, wait_s: float = DEFAULT_WAIT_S,
-               on_wait: Callable[[str], None] | None = None) -> Iterator[float]:
+def marts_lock(
+    url: str, *, exclusive: bool, wait_s: float = DEFAULT_WAIT_S, on_wait: Callable[[str], None] | None = None
+) -> Iterator[float]:
     """Hold the marts lock (exclusive: a build; shared: a load) for the block; yields the seconds waited.
 
     The lock lives on its own connection, closed (and so released) on exit, also when the block raises.
@@ -55,15 +56,19 @@ def marts_lock(url: str, *, exclusive: bool, wait_s: float = DEFAULT_WAIT_S,
     t0 = time.monotonic()
     try:
         if not conn.execute(f"select pg_try_advisory_lock{suffix}(hashtext(%s))", (LOCK_NAME,)).fetchone()[0]:
-            msg = (f"finance marts are {'in use' if exclusive else 'being rebuilt'}: waiting for the {mode} marts lock"
-                   f" (at most {wait_s:.0f}s)")
+            msg = (
+                f"finance marts are {'in use' if exclusive else 'being rebuilt'}: waiting for the {mode} marts lock"
+                f" (at most {wait_s:.0f}s)"
+            )
             (on_wait or log.info)(msg)
             conn.execute(f"set lock_timeout = '{int(wait_s * 1000)}ms'")
             try:
                 conn.execute(f"select pg_advisory_lock{suffix}(hashtext(%s))", (LOCK_NAME,))
             except psycopg.errors.LockNotAvailable as err:
-                raise MartsLockTimeout(f"the finance marts stayed locked for more than {wait_s:.0f}s; see the"
-                                       " running transform_job / fast_path_job / load_job runs") from err
+                raise MartsLockTimeout(
+                    f"the finance marts stayed locked for more than {wait_s:.0f}s; see the"
+                    " running transform_job / fast_path_job / load_job runs"
+                ) from err
         yield time.monotonic() - t0
     finally:
         conn.close()
@@ -76,9 +81,12 @@ def built_mapping(url: str) -> Mapping | None:
             return None
         has_column = conn.execute(
             "select 1 from information_schema.columns where table_schema = %s and table_name = 'build_state'"
-            " and column_name = 'mapping'", (CONFIG_SCHEMA,)).fetchone()
+            " and column_name = 'mapping'",
+            (CONFIG_SCHEMA,),
+        ).fetchone()
         if not has_column:
             return None
-        row = conn.execute(f"select mapping from {CONFIG_SCHEMA}.build_state where mapping is not null"
-                           " order by built_at desc limit 1").fetchone()
+        row = conn.execute(
+            f"select mapping from {CONFIG_SCHEMA}.build_state where mapping is not null order by built_at desc limit 1"
+        ).fetchone()
     return parse_mapping(row[0], f"{CONFIG_SCHEMA}.build_state") if row else None

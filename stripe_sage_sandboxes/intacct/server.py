@@ -84,15 +84,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8766, help="port to listen on (default: 8766)")
     p.add_argument("--seed", type=int, default=0, help="random seed of injected faults (default: 0)")
-    p.add_argument("--rate-per-minute", type=int, default=6000,
-                   help="requests per minute before it answers 429 (default: 6000)")
+    p.add_argument(
+        "--rate-per-minute", type=int, default=6000, help="requests per minute before it answers 429 (default: 6000)"
+    )
     p.add_argument("--token-ttl", type=int, default=3600, help="seconds an access token lives")
-    p.add_argument("--fault-429-rate", type=float, default=0.0,
-                   help="fraction of requests answered 429, from 0 to 1 (0.05 = 5%%; default: 0)")
-    p.add_argument("--fault-503-rate", type=float, default=0.0,
-                   help="fraction of requests answered 503, from 0 to 1 (default: 0)")
-    p.add_argument("--fault-commit-504-rate", type=float, default=0.0,
-                   help="fraction of writes that commit but answer 504, from 0 to 1 (default: 0)")
+    p.add_argument(
+        "--fault-429-rate",
+        type=float,
+        default=0.0,
+        help="fraction of requests answered 429, from 0 to 1 (0.05 = 5%%; default: 0)",
+    )
+    p.add_argument(
+        "--fault-503-rate", type=float, default=0.0, help="fraction of requests answered 503, from 0 to 1 (default: 0)"
+    )
+    p.add_argument(
+        "--fault-commit-504-rate",
+        type=float,
+        default=0.0,
+        help="fraction of writes that commit but answer 504, from 0 to 1 (default: 0)",
+    )
     p.add_argument("--closed-period", action="append", default=[], help="YYYY-MM of a closed period, repeatable")
     return p
 

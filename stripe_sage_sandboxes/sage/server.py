@@ -104,36 +104,68 @@ def _user(spec: str) -> tuple[str, tuple[str, set[str]]]:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line of `stripe-sage sandbox sage`."""
-    p = argparse.ArgumentParser(prog="stripe-sage sandbox sage", description="Run the Sage Pro sandbox server: "
-                                "the REST contract of docs/sage-pro-contract.md. Point SAGEPRO_BASE_URL at "
-                                "http://HOST:PORT/sagepro/v1/COMPANY.")
+    p = argparse.ArgumentParser(
+        prog="stripe-sage sandbox sage",
+        description="Run the Sage Pro sandbox server: "
+        "the REST contract of docs/sage-pro-contract.md. Point SAGEPRO_BASE_URL at "
+        "http://HOST:PORT/sagepro/v1/COMPANY.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=8765, help="port to listen on (default: 8765)")
-    p.add_argument("--data-dir", type=Path, default=Path(".data/sage-sandbox"),
-                   help="where its ledger (SQLite) is kept (default: .data/sage-sandbox)")
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path(".data/sage-sandbox"),
+        help="where its ledger (SQLite) is kept (default: .data/sage-sandbox)",
+    )
     p.add_argument("--company", default="PRO01", help="company id in the URL (default: PRO01)")
     p.add_argument("--seed", type=int, default=0, help="random seed of injected faults (default: 0)")
     p.add_argument("--base-currency", default="USD", help="the company's base currency (default: USD)")
     p.add_argument(
-        "--user", action="append", type=_user, default=[],
-        help="NAME:PASSWORD[:roles], repeatable (default: pipeline/pipeline-secret with read,post; admin/admin-secret)"
+        "--user",
+        action="append",
+        type=_user,
+        default=[],
+        help="NAME:PASSWORD[:roles], repeatable (default: pipeline/pipeline-secret with read,post; admin/admin-secret)",
     )
-    p.add_argument("--rate-per-minute", type=int, default=120,
-                   help="requests per minute per user before it answers 429 (default: 120)")
-    p.add_argument("--max-concurrent", type=int, default=4,
-                   help="requests in flight per user before it answers 429 (default: 4)")
+    p.add_argument(
+        "--rate-per-minute",
+        type=int,
+        default=120,
+        help="requests per minute per user before it answers 429 (default: 120)",
+    )
+    p.add_argument(
+        "--max-concurrent", type=int, default=4, help="requests in flight per user before it answers 429 (default: 4)"
+    )
     p.add_argument("--faults-enabled", action="store_true", help="honour the X-Sandbox-Fault request header")
-    p.add_argument("--fault-429-rate", type=float, default=0.0,
-                   help="fraction of requests answered 429, from 0 to 1 (0.05 = 5%%; default: 0)")
-    p.add_argument("--fault-5xx-rate", type=float, default=0.0,
-                   help="fraction of requests answered 500/503, from 0 to 1 (default: 0)")
-    p.add_argument("--fault-commit-504-rate", type=float, default=0.0,
-                   help="fraction of writes that commit but answer 504, from 0 to 1 (default: 0)")
-    p.add_argument("--fault-retry-after", type=int, default=1,
-                   help="Retry-After seconds of injected 429/503 (default: 1)")
+    p.add_argument(
+        "--fault-429-rate",
+        type=float,
+        default=0.0,
+        help="fraction of requests answered 429, from 0 to 1 (0.05 = 5%%; default: 0)",
+    )
+    p.add_argument(
+        "--fault-5xx-rate",
+        type=float,
+        default=0.0,
+        help="fraction of requests answered 500/503, from 0 to 1 (default: 0)",
+    )
+    p.add_argument(
+        "--fault-commit-504-rate",
+        type=float,
+        default=0.0,
+        help="fraction of writes that commit but answer 504, from 0 to 1 (default: 0)",
+    )
+    p.add_argument(
+        "--fault-retry-after", type=int, default=1, help="Retry-After seconds of injected 429/503 (default: 1)"
+    )
     p.add_argument("--latency-ms", type=int, default=0, help="added to every response, in milliseconds (default: 0)")
-    p.add_argument("--closed-period", action="append", default=[],
-                   help="YYYY-MM of a closed fiscal period; postings into it answer 422 (repeatable)")
+    p.add_argument(
+        "--closed-period",
+        action="append",
+        default=[],
+        help="YYYY-MM of a closed fiscal period; postings into it answer 422 (repeatable)",
+    )
     return p
 
 

@@ -1039,7 +1039,9 @@ class SageStore:
 
     def list_gl_postings(self, filters: dict[str, Any], top: int, skip: int) -> tuple[list[dict[str, Any]], int]:
         """Every posting in order; filters glacnt, currency, source, doc_type, doc_no, external_ref, from, to."""
-        where, params = self._where(filters, ("glacnt", "currency", "source", "doc_type", "doc_no", "external_ref"), "posting_date")
+        where, params = self._where(
+            filters, ("glacnt", "currency", "source", "doc_type", "doc_no", "external_ref"), "posting_date"
+        )
         with self._tx() as c:
             rows, count = self._page(c, "gl_postings", where, params, "id", top, skip)
         return [self._render_posting(r) for r in rows], count

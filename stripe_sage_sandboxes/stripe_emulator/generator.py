@@ -529,13 +529,19 @@ class _Gen:
                 self.fail_chosen = True
                 self.schedule(arrival + DAY + 9 * 3600, "fail", payout_id)
             # Another never reaches the bank: it fails in transit and is swept again the next day.
-            elif (not self.transit_fail_chosen and currency == "usd" and at >= self.transit_fail_after
-                  and arrival + DAY <= self.end):
+            elif (
+                not self.transit_fail_chosen
+                and currency == "usd"
+                and at >= self.transit_fail_after
+                and arrival + DAY <= self.end
+            ):
                 self.transit_fail_chosen = True
                 self.schedule(arrival - 12 * 3600, "fail", payout_id)
         days_in = (at - self.manual_from) // DAY
         if manual and days_in % MANUAL_PAYOUT_EVERY_DAYS == 0:
-            payout_id = ops.create_manual_payout(self.state, MANUAL_CURRENCY, at=at + 10 * 3600, ids=self.ids, bulk=True)
+            payout_id = ops.create_manual_payout(
+                self.state, MANUAL_CURRENCY, at=at + 10 * 3600, ids=self.ids, bulk=True
+            )
             if payout_id is not None:
                 self.schedule(at + 10 * 3600 + 3600, "in_transit", payout_id)
                 self.schedule(self.state.field("payouts", payout_id, "arrival_date"), "paid", payout_id)
@@ -550,9 +556,19 @@ class _Gen:
 
     def balance_activity(self, day: int, d: int) -> None:
         """Money movements that are not payments, on fixed days of the window (USD unless said)."""
+
         def adj(currency: str, amount: int, type_: str, category: str, description: str, hour: int = 3) -> None:
-            ops.balance_adjustment(self.state, currency, amount, type=type_, category=category, at=day + hour * 3600,
-                                   description=description, ids=self.ids, bulk=True)
+            ops.balance_adjustment(
+                self.state,
+                currency,
+                amount,
+                type=type_,
+                category=category,
+                at=day + hour * 3600,
+                description=description,
+                ids=self.ids,
+                bulk=True,
+            )
 
         if d % 7 == 3:  # Stripe's billing fees, with the VAT it charges on them
             adj("usd", -2500, "stripe_fee", "fee", "Billing - Usage Fee")
@@ -560,10 +576,21 @@ class _Gen:
         if d == 2:
             adj("usd", 1000, "adjustment", "fee", "Stripe fee credit")
         if d == 4:
-            adj("usd", -10000, "payout_minimum_balance_hold", "payout_minimum_balance_hold", "Payout minimum balance hold")
+            adj(
+                "usd",
+                -10000,
+                "payout_minimum_balance_hold",
+                "payout_minimum_balance_hold",
+                "Payout minimum balance hold",
+            )
         if d == 11:
-            adj("usd", 10000, "payout_minimum_balance_release", "payout_minimum_balance_release",
-                "Payout minimum balance release")
+            adj(
+                "usd",
+                10000,
+                "payout_minimum_balance_release",
+                "payout_minimum_balance_release",
+                "Payout minimum balance release",
+            )
         if d == 6:
             adj("eur", -5000, "reserve_transaction", "risk_reserved_funds", "Reserve held for risk")
         if d == 20:

@@ -446,8 +446,19 @@ def create_manual_payout(
         state.payout_pool[currency] = [item for item in pool if item[0] > at]
         payout_id = ids.new("po")
         bt = new_balance_transaction(
-            state, ids, amount=-total, fee=0, fee_details=[], currency=currency, created=at, available_on=at,
-            type="payout", category="payout", source=payout_id, bulk=bulk, pool=False,
+            state,
+            ids,
+            amount=-total,
+            fee=0,
+            fee_details=[],
+            currency=currency,
+            created=at,
+            available_on=at,
+            type="payout",
+            category="payout",
+            source=payout_id,
+            bulk=bulk,
+            pool=False,
         )
         payout = {
             "id": payout_id,
@@ -483,8 +494,19 @@ def balance_adjustment(
     """A balance transaction that is not a payment: a Stripe fee or fee credit, VAT on fees, a
     reserve or minimum-balance hold and release, a top-up, an adjustment (fee 0, available at once)."""
     return new_balance_transaction(
-        state, _ids(state, ids), amount=amount, fee=0, fee_details=[], currency=currency, created=at,
-        available_on=at, type=type, category=category, source=source, description=description, bulk=bulk,
+        state,
+        _ids(state, ids),
+        amount=amount,
+        fee=0,
+        fee_details=[],
+        currency=currency,
+        created=at,
+        available_on=at,
+        type=type,
+        category=category,
+        source=source,
+        description=description,
+        bulk=bulk,
     )
 
 
@@ -499,12 +521,25 @@ def fail_refund(
         charge_id = state.field("refunds", refund_id, "charge")
         currency, settle_amount, rate = settlement_of(state, charge_id, amount)
         bt = new_balance_transaction(
-            state, ids, amount=settle_amount, fee=0, fee_details=[], currency=currency, exchange_rate=rate, created=at,
-            available_on=day_start(at) + DAY, type="adjustment", category="refund_failure", source=refund_id,
-            description=f"Refund failure for {charge_id}", bulk=bulk,
+            state,
+            ids,
+            amount=settle_amount,
+            fee=0,
+            fee_details=[],
+            currency=currency,
+            exchange_rate=rate,
+            created=at,
+            available_on=day_start(at) + DAY,
+            type="adjustment",
+            category="refund_failure",
+            source=refund_id,
+            description=f"Refund failure for {charge_id}",
+            bulk=bulk,
         )
         prev = state.update(
-            "refunds", refund_id, {"status": "failed", "failure_balance_transaction": bt, "failure_reason": "expired_or_canceled_card"}
+            "refunds",
+            refund_id,
+            {"status": "failed", "failure_balance_transaction": bt, "failure_reason": "expired_or_canceled_card"},
         )
         refunded = state.field("charges", charge_id, "amount_refunded") - amount
         state.update("charges", charge_id, {"amount_refunded": refunded, "refunded": False})

@@ -86,27 +86,44 @@ class EmulatorServer:
 
 def build_parser() -> argparse.ArgumentParser:
     """Command-line options of the foreground emulator."""
-    p = argparse.ArgumentParser(prog="stripe-sage sandbox stripe",
-                                description="Stateful Stripe API emulator: generated (or loaded) history, served like "
-                                "api.stripe.com to the official SDK. Point STRIPE_API_BASE at it.")
+    p = argparse.ArgumentParser(
+        prog="stripe-sage sandbox stripe",
+        description="Stateful Stripe API emulator: generated (or loaded) history, served like "
+        "api.stripe.com to the official SDK. Point STRIPE_API_BASE at it.",
+    )
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--port", type=int, default=12111, help="port to listen on (default: 12111)")
     p.add_argument("--seed", type=int, default=7, help="random seed; the same seed gives the same objects (default: 7)")
     p.add_argument("--days", type=int, default=30, help="days of generated history, ending at --end (default: 30)")
-    p.add_argument("--volume", type=float, default=1.0,
-                   help="activity multiplier: 1.0 is about 110 charges a day (default: 1.0)")
+    p.add_argument(
+        "--volume", type=float, default=1.0, help="activity multiplier: 1.0 is about 110 charges a day (default: 1.0)"
+    )
     p.add_argument("--end", type=int, default=None, help="epoch of the last day's end (default: today 00:00 UTC)")
     p.add_argument("--load", metavar="FILE", help="serve the objects of FILE (golden layout) instead of generating")
-    p.add_argument("--api-key", default="sk_test_emulator", help="the secret key it accepts (default: sk_test_emulator)")
-    p.add_argument("--rate-limit", type=float, default=None,
-                   help="requests per second before it answers 429 (default: unlimited)")
-    p.add_argument("--fault-5xx-rate", type=float, default=0.0,
-                   help="fraction of requests answered with a 5xx, from 0 to 1 (0.05 = 5%%; default: 0)")
+    p.add_argument(
+        "--api-key", default="sk_test_emulator", help="the secret key it accepts (default: sk_test_emulator)"
+    )
+    p.add_argument(
+        "--rate-limit", type=float, default=None, help="requests per second before it answers 429 (default: unlimited)"
+    )
+    p.add_argument(
+        "--fault-5xx-rate",
+        type=float,
+        default=0.0,
+        help="fraction of requests answered with a 5xx, from 0 to 1 (0.05 = 5%%; default: 0)",
+    )
     p.add_argument("--latency-ms", type=int, default=0, help="added to every response, in milliseconds (default: 0)")
-    p.add_argument("--webhook-url", action="append", default=[],
-                   help="deliver signed events to this URL, e.g. http://127.0.0.1:8787/stripe/webhooks (repeatable)")
-    p.add_argument("--webhook-secret", default="whsec_emulator",
-                   help="signing secret of delivered events (default: whsec_emulator)")
+    p.add_argument(
+        "--webhook-url",
+        action="append",
+        default=[],
+        help="deliver signed events to this URL, e.g. http://127.0.0.1:8787/stripe/webhooks (repeatable)",
+    )
+    p.add_argument(
+        "--webhook-secret",
+        default="whsec_emulator",
+        help="signing secret of delivered events (default: whsec_emulator)",
+    )
     p.add_argument("--now", type=int, default=None, help="fix the clock at this epoch (default: the real clock)")
     return p
 

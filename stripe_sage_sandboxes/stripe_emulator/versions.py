@@ -103,13 +103,15 @@ def _line(line: dict[str, Any], invoice_id: str) -> dict[str, Any]:
     out["taxes"] = [_tax(t) for t in line.get("tax_amounts") or []]
     out["subtotal"] = line.get("amount", 0)
     out["pretax_credit_amounts"] = [
-        {"amount": d["amount"], "discount": d.get("discount"), "type": "discount"} for d in line.get("discount_amounts") or []
+        {"amount": d["amount"], "discount": d.get("discount"), "type": "discount"}
+        for d in line.get("discount_amounts") or []
     ]
     price = line.get("price") or {}
     out["pricing"] = {
         "price_details": {"price": price.get("id"), "product": price.get("product")} if price.get("id") else None,
         "type": "price_details",
-        "unit_amount_decimal": str(price["unit_amount"]) if price.get("unit_amount") is not None
+        "unit_amount_decimal": str(price["unit_amount"])
+        if price.get("unit_amount") is not None
         else line.get("unit_amount_excluding_tax"),
     }
     out["parent"] = {
@@ -145,9 +147,7 @@ def invoice_payment(invoice: dict[str, Any]) -> dict[str, Any] | None:
         "invoice": invoice["id"],
         "is_default": True,
         "livemode": bool(invoice.get("livemode")),
-        "payment": (
-            {"payment_intent": pi, "type": "payment_intent"} if pi else {"charge": charge, "type": "charge"}
-        ),
+        "payment": ({"payment_intent": pi, "type": "payment_intent"} if pi else {"charge": charge, "type": "charge"}),
         "status": "paid" if invoice.get("status") == "paid" else "open",
         "status_transitions": {"canceled_at": None, "paid_at": paid_at},
     }
@@ -178,7 +178,12 @@ def current_rendering(coll: str, out: dict[str, Any], *, include: frozenset[str]
         out["amount_paid_off_stripe"] = None
         out["parent"] = None
         out["total_pretax_credit_amounts"] = [
-            {"amount": d["amount"], "credit_balance_transaction": None, "discount": d.get("discount"), "type": "discount"}
+            {
+                "amount": d["amount"],
+                "credit_balance_transaction": None,
+                "discount": d.get("discount"),
+                "type": "discount",
+            }
             for d in out.get("total_discount_amounts") or []
         ]
         out["confirmation_secret"] = None

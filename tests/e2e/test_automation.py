@@ -34,8 +34,14 @@ SECRET = "whsec_emulator"
 class Pipeline:
     """Servers, definitions and an instance wired together for one test."""
 
-    def __init__(self, conninfo: str, emulator: EmulatorServer, state: EmulatorState, sage: SageSandboxServer,
-                 receiver: webhooks.WebhookServer):
+    def __init__(
+        self,
+        conninfo: str,
+        emulator: EmulatorServer,
+        state: EmulatorState,
+        sage: SageSandboxServer,
+        receiver: webhooks.WebhookServer,
+    ):
         from stripe_sage_pipeline.definitions import defs
 
         self.conninfo, self.emulator, self.state, self.sage, self.receiver = conninfo, emulator, state, sage, receiver
@@ -49,8 +55,12 @@ class Pipeline:
         return result
 
     def first_load(self) -> None:
-        self.run("stripe_history_job", run_config={"ops": {"extract_history": {"config": {
-            "start": "2026-06-20-00:00", "end": "2026-07-16-23:00"}}}})
+        self.run(
+            "stripe_history_job",
+            run_config={
+                "ops": {"extract_history": {"config": {"start": "2026-06-20-00:00", "end": "2026-07-16-23:00"}}}
+            },
+        )
         self.run("update_path_job")
         self.after_staging_changed()
 
@@ -61,8 +71,10 @@ class Pipeline:
         transform = self.run("transform_job")
         self.transforms.append(transform)
         ctx = dg.build_run_status_sensor_context(
-            sensor_name="load_after_transform_sensor", dagster_instance=self.instance,
-            dagster_run=transform.dagster_run, dagster_event=transform.get_run_success_event(),
+            sensor_name="load_after_transform_sensor",
+            dagster_instance=self.instance,
+            dagster_run=transform.dagster_run,
+            dagster_event=transform.get_run_success_event(),
         )
         requests = load_after_transform_sensor(ctx) or []
         for req in requests:
@@ -73,12 +85,15 @@ class Pipeline:
         """The fast path run a sensor asked for (as the daemon launches it), then the load sensor after it."""
         from stripe_sage_pipeline.defs.automation import load_after_transform_sensor
 
-        run = self.run("fast_path_job", partition_key=req.partition_key,
-                       tags={**req.tags, "dagster/run_key": req.run_key})
+        run = self.run(
+            "fast_path_job", partition_key=req.partition_key, tags={**req.tags, "dagster/run_key": req.run_key}
+        )
         self.transforms.append(run)
         ctx = dg.build_run_status_sensor_context(
-            sensor_name="load_after_transform_sensor", dagster_instance=self.instance,
-            dagster_run=run.dagster_run, dagster_event=run.get_run_success_event(),
+            sensor_name="load_after_transform_sensor",
+            dagster_instance=self.instance,
+            dagster_run=run.dagster_run,
+            dagster_event=run.get_run_success_event(),
         )
         requests = load_after_transform_sensor(ctx) or []
         for r in requests:
@@ -89,7 +104,8 @@ class Pipeline:
         with psycopg.connect(self.conninfo) as conn:
             return conn.execute(
                 "select resource, external_ref, version, status, content_hash, sage_id, payload::text"
-                " from sage_sync.posting_ledger order by 1, 2, 3").fetchall()
+                " from sage_sync.posting_ledger order by 1, 2, 3"
+            ).fetchall()
 
     def gl(self) -> dict[str, str]:
         client, _ = make_client(self.sage.base_url, "pipeline", "pipeline-secret")
@@ -120,8 +136,9 @@ def pipeline(fresh_db, golden_path, tmp_path, monkeypatch, request):
     emulator = EmulatorServer(state, port=0).start()
     receiver = webhooks.WebhookServer(conninfo, SECRET).start()
     state.config.webhook_urls = [receiver.url + webhooks.WEBHOOK_PATH]
-    sage = SageSandboxServer(SageSandboxConfig(data_dir=tmp_path / "sage", rate_per_minute=6000, max_concurrent=8),
-                             port=0).start()
+    sage = SageSandboxServer(
+        SageSandboxConfig(data_dir=tmp_path / "sage", rate_per_minute=6000, max_concurrent=8), port=0
+    ).start()
     monkeypatch.setenv("STRIPE_SAGE_MAPPING", str(tmp_path / "mapping.yaml"))
     monkeypatch.setenv("STRIPE_API_BASE", emulator.url)
     monkeypatch.setenv("STRIPE_RATE_LIMIT_PER_S", "1000")
@@ -144,17 +161,22 @@ def test_payout_failed_event_reverses_its_bank_leg_through_the_payout_sensor(pip
     built = {e.asset_key for e in pipeline.transforms[0].get_asset_materialization_events()}
     assert dg.AssetKey(["finance_staging", "stg_stripe__payouts"]) in built  # first build: views too
     # ... and the unit test of the classification, reported as its asset check.
-    unit = [e for e in pipeline.transforms[0].get_asset_check_evaluations()
-            if e.check_name == "classify_categories_fallback_and_suspense"]
+    unit = [
+        e
+        for e in pipeline.transforms[0].get_asset_check_evaluations()
+        if e.check_name == "classify_categories_fallback_and_suspense"
+    ]
     assert [(e.asset_key, e.passed) for e in unit] == [
-        (dg.AssetKey(["finance_intermediate", "int_balance_transactions__classified"]), True)]
+        (dg.AssetKey(["finance_intermediate", "int_balance_transactions__classified"]), True)
+    ]
     # A successful dbt invocation leaves no per-run target folder behind.
     assert set((PROJECT_ROOT / "dbt_project" / "target").glob("finance_dbt_models-*")) <= targets
 
     import httpx
 
-    httpx.post(f"{pipeline.emulator.url}/_emulator/payouts/po_GOLD0001/fail",
-               headers={"Authorization": f"Bearer {KEY}"}).raise_for_status()
+    httpx.post(
+        f"{pipeline.emulator.url}/_emulator/payouts/po_GOLD0001/fail", headers={"Authorization": f"Bearer {KEY}"}
+    ).raise_for_status()
     events = pipeline.wait_inbox("payout.failed")
     assert events[0]["object_id"] == "po_GOLD0001"
 
@@ -178,10 +200,14 @@ def test_payout_failed_event_reverses_its_bank_leg_through_the_payout_sensor(pip
     assert gl["1150"] == "245.41"
     assert sum(Decimal(v) for v in gl.values()) == 0
     with psycopg.connect(pipeline.conninfo) as conn:
-        ledger = dict(conn.execute(
-            "select external_ref, status from sage_sync.posting_ledger where resource = 'journal-entries'").fetchall())
+        ledger = dict(
+            conn.execute(
+                "select external_ref, status from sage_sync.posting_ledger where resource = 'journal-entries'"
+            ).fetchall()
+        )
         failure_bt = conn.execute(
-            "select failure_balance_transaction_id from stripe_staging.payouts where id = 'po_GOLD0001'").fetchone()[0]
+            "select failure_balance_transaction_id from stripe_staging.payouts where id = 'po_GOLD0001'"
+        ).fetchone()[0]
     assert ledger["po_GOLD0001"] == "posted"  # the original entry stays: corrections never edit
     assert ledger[failure_bt] == "posted"  # the reversing entry, keyed by the payout_failure transaction
     # The fast path's build (same dbt code) rebuilt the tables, not the views, and the first
@@ -190,7 +216,8 @@ def test_payout_failed_event_reverses_its_bank_leg_through_the_payout_sensor(pip
     assert dg.AssetKey(["finance", "fct_journal_lines"]) in rebuilt
     assert not any(k.path[0] == "finance_staging" for k in rebuilt)
     assert "classify_categories_fallback_and_suspense" not in {
-        e.check_name for e in pipeline.transforms[1].get_asset_check_evaluations()}
+        e.check_name for e in pipeline.transforms[1].get_asset_check_evaluations()
+    }
     from stripe_sage_pipeline.transform import build as transform
 
     with psycopg.connect(pipeline.conninfo) as conn:
@@ -227,11 +254,15 @@ def test_a_webhook_event_reaches_sage_in_one_fast_path_run_and_the_hourly_chain_
     assert pipeline.fast_path(again) == []
     assert isinstance(stripe_webhook_inbox_sensor(ctx), dg.SkipReason)  # launched: handled once
     with psycopg.connect(pipeline.conninfo) as conn:
-        charge = conn.execute("select amount_refunded from stripe_staging.charges where id = 'ch_GOLD0003'").fetchone()[0]
-        r = conn.execute("select amount, balance_transaction_id from stripe_staging.refunds where id = %s",
-                         (refund.id,)).fetchone()
-        posted = conn.execute("select status, partition_date from sage_sync.posting_ledger where external_ref = %s",
-                              (r[1],)).fetchone()
+        charge = conn.execute("select amount_refunded from stripe_staging.charges where id = 'ch_GOLD0003'").fetchone()[
+            0
+        ]
+        r = conn.execute(
+            "select amount, balance_transaction_id from stripe_staging.refunds where id = %s", (refund.id,)
+        ).fetchone()
+        posted = conn.execute(
+            "select status, partition_date from sage_sync.posting_ledger where external_ref = %s", (r[1],)
+        ).fetchone()
     assert charge == 1000 and r[0] == 1000
     assert posted == ("posted", datetime.strptime(req.partition_key, "%Y-%m-%d").date())
     after = pipeline.gl()
@@ -256,17 +287,21 @@ def test_two_transforms_launched_together_never_overlap_and_build_what_one_build
     """Two transform_job runs at once: their builds take turns (marts lock), and the marts equal one full build's."""
     import concurrent.futures
 
-    pipeline.run("stripe_history_job", run_config={"ops": {"extract_history": {"config": {
-        "start": "2026-06-20-00:00", "end": "2026-07-16-23:00"}}}})
+    pipeline.run(
+        "stripe_history_job",
+        run_config={"ops": {"extract_history": {"config": {"start": "2026-06-20-00:00", "end": "2026-07-16-23:00"}}}},
+    )
 
     def transform_run(_: int) -> list[float]:
         """One transform_job run on its own instance; the times its dbt models were materialized."""
         with dg.DagsterInstance.ephemeral() as instance:  # disposed in the thread that used it
             result = pipeline.defs.resolve_job_def("transform_job").execute_in_process(instance=instance)
             assert result.success
-            return [e.timestamp for e in instance.all_logs(result.run_id,
-                                                           of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
-                    if e.dagster_event.asset_key != dg.AssetKey(["finance", "mapping"])]
+            return [
+                e.timestamp
+                for e in instance.all_logs(result.run_id, of_type=dg.DagsterEventType.ASSET_MATERIALIZATION)
+                if e.dagster_event.asset_key != dg.AssetKey(["finance", "mapping"])
+            ]
 
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         stamps = list(pool.map(transform_run, range(2)))
@@ -282,8 +317,13 @@ def test_two_transforms_launched_together_never_overlap_and_build_what_one_build
     want = {k: v for k, v in expected_tb(golden(golden_path)).items() if v}
     for mode in ("detail", "payout_summary"):
         assert {k: v for k, v in movement(pipeline.conninfo, mode).items() if v} == want, mode
-    [(lines, distinct)] = [tuple(r.values()) for r in query(
-        pipeline.conninfo, "select count(*) as n, count(distinct journal_line_id) as d from finance.fct_journal_lines")]
+    [(lines, distinct)] = [
+        tuple(r.values())
+        for r in query(
+            pipeline.conninfo,
+            "select count(*) as n, count(distinct journal_line_id) as d from finance.fct_journal_lines",
+        )
+    ]
     assert lines == distinct > 0
 
 
@@ -292,8 +332,12 @@ def test_events_poll_sensor_starts_the_update_path_only_for_new_events(pipeline)
     from stripe_sage_pipeline.defs.automation import stripe_events_poll_sensor
 
     def evaluate(cursor: str | None) -> tuple[dg.RunRequest | dg.SkipReason, str | None]:
-        ctx = dg.build_sensor_context(instance=pipeline.instance, definitions=pipeline.defs, cursor=cursor,
-                                      resources={"stripe": pipeline.defs.resources["stripe"]})
+        ctx = dg.build_sensor_context(
+            instance=pipeline.instance,
+            definitions=pipeline.defs,
+            cursor=cursor,
+            resources={"stripe": pipeline.defs.resources["stripe"]},
+        )
         return stripe_events_poll_sensor(ctx), ctx.cursor
 
     first, cursor = evaluate(None)
@@ -347,7 +391,9 @@ def test_a_failed_run_raises_an_alert_row_and_calls_the_webhook(fresh_db, monkey
         result = d.resolve_job_def("update_path_job").execute_in_process(instance=instance, raise_on_error=False)
         assert not result.success
         ctx = dg.build_run_status_sensor_context(
-            sensor_name="run_failure_alert_sensor", dagster_instance=instance, dagster_run=result.dagster_run,
+            sensor_name="run_failure_alert_sensor",
+            dagster_instance=instance,
+            dagster_run=result.dagster_run,
             dagster_event=result.get_run_failure_event(),
         ).for_run_failure()
         run_failure_alert_sensor(ctx)
@@ -369,14 +415,18 @@ def test_a_payout_that_failed_before_the_first_load_posts_its_entry_and_its_reve
     """Paid then failed before the pipeline ever saw it: the summary entry posts, then its reversal (bank nets to 0)."""
     import httpx
 
-    httpx.post(f"{pipeline.emulator.url}/_emulator/payouts/po_GOLD0001/fail",
-               headers={"Authorization": f"Bearer {KEY}"}).raise_for_status()
+    httpx.post(
+        f"{pipeline.emulator.url}/_emulator/payouts/po_GOLD0001/fail", headers={"Authorization": f"Bearer {KEY}"}
+    ).raise_for_status()
     pipeline.first_load()
     gl = pipeline.gl()
     assert gl["1010"] == "77.38"  # po_GOLD0000 only: po_GOLD0001 went out and came back
     assert gl["1150"] == "245.41"
     assert gl["4000"] == "-475.00"  # the activity it swept is still booked
     with psycopg.connect(pipeline.conninfo) as conn:
-        statuses = dict(conn.execute(
-            "select external_ref, status from sage_sync.posting_ledger where resource = 'journal-entries'").fetchall())
+        statuses = dict(
+            conn.execute(
+                "select external_ref, status from sage_sync.posting_ledger where resource = 'journal-entries'"
+            ).fetchall()
+        )
     assert statuses["po_GOLD0001"] == "posted"

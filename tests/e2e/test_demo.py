@@ -25,7 +25,10 @@ def test_demo_on_the_golden_example_prints_reconciled_payouts_and_the_golden_gl_
     try:
         out = subprocess.run(
             [sys.executable, "-m", "stripe_sage_pipeline.cli", "demo", "--load", str(golden_path), "--json"],
-            env=env, capture_output=True, text=True, timeout=600,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
         )
     finally:
         pg.stop()
@@ -45,7 +48,9 @@ def test_demo_on_the_golden_example_prints_reconciled_payouts_and_the_golden_gl_
     for account, amount in tb.items():
         assert Decimal(gl.get(account, "0.00")) == Decimal(amount), account
     assert sum(Decimal(v) for v in gl.values()) == 0
-    assert summary["tie_out"]["usd"]["sage_bank_movement"] == summary["tie_out"]["usd"]["stripe_paid_payouts"] == "322.79"
+    assert (
+        summary["tie_out"]["usd"]["sage_bank_movement"] == summary["tie_out"]["usd"]["stripe_paid_payouts"] == "322.79"
+    )
     # The month's close pack, written by the reporting asset: both payouts reconciled and tied out.
     pack = Path(summary["close_pack"]).read_text()
     assert "/2026-07/" in summary["close_pack"] and "The month closes clean" in pack and "322.79" in pack

@@ -24,14 +24,30 @@ def test_run_extracts_transforms_and_posts_a_window_once(pg_server, fresh_db, go
     dagster_db = create_database(pg_server, "dagster_run")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "SAGEPRO_", "DAGSTER_"))}
     with sage_sandbox(tmp_path / "sage") as sage:
-        env.update({
-            "STRIPE_SAGE_DATABASE_URL": fresh_db, "STRIPE_SAGE_DATA_DIR": str(tmp_path / "data"),
-            "DAGSTER_POSTGRES_URL": f"postgresql+psycopg2://postgres@127.0.0.1:{pg_server.port}/{dagster_db}",
-            "STRIPE_API_BASE": emulator.url, "STRIPE_API_KEY": "sk_test_emulator", "STRIPE_API_VERSION": EMULATOR_VERSION,
-            "STRIPE_RATE_LIMIT_PER_S": "500", "SAGEPRO_BASE_URL": sage.base_url, "SAGEPRO_RATE_PER_MINUTE": "6000",
-        })
-        cmd = [sys.executable, "-m", "stripe_sage_pipeline.cli", "run", "--from", "2026-07-01", "--to", "2026-07-15",
-               "--json"]
+        env.update(
+            {
+                "STRIPE_SAGE_DATABASE_URL": fresh_db,
+                "STRIPE_SAGE_DATA_DIR": str(tmp_path / "data"),
+                "DAGSTER_POSTGRES_URL": f"postgresql+psycopg2://postgres@127.0.0.1:{pg_server.port}/{dagster_db}",
+                "STRIPE_API_BASE": emulator.url,
+                "STRIPE_API_KEY": "sk_test_emulator",
+                "STRIPE_API_VERSION": EMULATOR_VERSION,
+                "STRIPE_RATE_LIMIT_PER_S": "500",
+                "SAGEPRO_BASE_URL": sage.base_url,
+                "SAGEPRO_RATE_PER_MINUTE": "6000",
+            }
+        )
+        cmd = [
+            sys.executable,
+            "-m",
+            "stripe_sage_pipeline.cli",
+            "run",
+            "--from",
+            "2026-07-01",
+            "--to",
+            "2026-07-15",
+            "--json",
+        ]
         try:
             out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
             assert out.returncode == 0, out.stderr[-3000:]

@@ -43,8 +43,15 @@ from stripe_sage_sandboxes.stripe_emulator import EmulatorConfig, EmulatorServer
 from tests.extract_helpers import window_of
 
 CHROMIUM = Path(os.environ.get("STRIPE_SAGE_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 END = 1783900800  # 2026-07-13 00:00 UTC: eight generated days in July
 MONTH = "2026-07"
@@ -145,9 +152,12 @@ def generated(pg_server, tmp_path, monkeypatch) -> dict:
 def _disputes(url: str) -> dict[str, int]:
     """Σ amount of the month's dispute balance transactions per currency, straight from staging."""
     with psycopg.connect(libpq_url(url)) as conn:
-        rows = conn.execute("select currency, sum(amount)::bigint from stripe_staging.balance_transactions"
-                            " where reporting_category = 'dispute' and to_char(created at time zone 'UTC',"
-                            " 'YYYY-MM') = %s group by 1", (MONTH,)).fetchall()
+        rows = conn.execute(
+            "select currency, sum(amount)::bigint from stripe_staging.balance_transactions"
+            " where reporting_category = 'dispute' and to_char(created at time zone 'UTC',"
+            " 'YYYY-MM') = %s group by 1",
+            (MONTH,),
+        ).fetchall()
     return dict(rows)
 
 
@@ -159,12 +169,20 @@ def test_map_suspense_in_the_browser_then_transform_and_load_correct_sage(genera
     disputes = _disputes(url)
     assert disputes and all(v < 0 for v in disputes.values()), disputes
 
-    with sage_sandbox(tmp_path / "sage") as sage, \
-            dagster_ui(pg_server, tmp_path / "dagster", url, sage.base_url, daemon=False) as ui:
+    with (
+        sage_sandbox(tmp_path / "sage") as sage,
+        dagster_ui(pg_server, tmp_path / "dagster", url, sage.base_url, daemon=False) as ui,
+    ):
         client, _ = client_for(sage)
         post_everything(url, client, load_mapping())
-        config = StudioConfig(database_url=url, mapping_file=mapping_file, sage_base_url=sage.base_url,
-                              sage_user="pipeline", sage_password="pipeline-secret", dagster_url=ui.url)
+        config = StudioConfig(
+            database_url=url,
+            mapping_file=mapping_file,
+            sage_base_url=sage.base_url,
+            sage_user="pipeline",
+            sage_password="pipeline-secret",
+            dagster_url=ui.url,
+        )
         step = "open"
         with _Server(create_app(config)) as studio_url:
             try:
@@ -182,15 +200,19 @@ def test_map_suspense_in_the_browser_then_transform_and_load_correct_sage(genera
                 preview = {}
                 for row in page.locator("#preview-table tbody tr").all():
                     cur, acct = row.get_attribute("data-currency"), row.get_attribute("data-account")
-                    preview[(cur, acct)] = (int(row.get_attribute("data-difference")),
-                                            row.locator("td").nth(4).inner_text())
+                    preview[(cur, acct)] = (
+                        int(row.get_attribute("data-difference")),
+                        row.locator("td").nth(4).inner_text(),
+                    )
                 for cur, amount in disputes.items():
                     # The counter leg of a dispute is −amount: it leaves suspense and lands on Chargebacks.
                     assert preview[(cur, "4060")][0] == -amount and preview[(cur, "9999")][0] == amount, cur
-                assert {k for k, v in preview.items() if v[0]} == \
-                    {(c, a) for c in disputes for a in ("4060", "9999")}
-                assert page.locator("#changes-table tbody tr[data-action=reverse_and_repost]").count() == \
-                    page.locator("#changes-table tbody tr").count() > 0
+                assert {k for k, v in preview.items() if v[0]} == {(c, a) for c in disputes for a in ("4060", "9999")}
+                assert (
+                    page.locator("#changes-table tbody tr[data-action=reverse_and_repost]").count()
+                    == page.locator("#changes-table tbody tr").count()
+                    > 0
+                )
                 _shot(page, "preview")
 
                 step = "save"
@@ -206,8 +228,9 @@ def test_map_suspense_in_the_browser_then_transform_and_load_correct_sage(genera
                 raise
 
         after = mapping_file.read_text()
-        assert after == generated["text"].replace('  charge_failure: "4000"\n',
-                                                   '  charge_failure: "4000"\n  dispute: "4060"\n')
+        assert after == generated["text"].replace(
+            '  charge_failure: "4000"\n', '  charge_failure: "4000"\n  dispute: "4060"\n'
+        )
 
         run = ui.graphql(RUN_QUERY, {"id": started.rsplit(" ", 1)[1]})["runOrError"]
         assert run["jobName"] == "transform_job"
@@ -219,11 +242,14 @@ def test_map_suspense_in_the_browser_then_transform_and_load_correct_sage(genera
             versions = conn.execute(
                 "select l.external_ref, array_agg(l.status order by l.version) from sage_sync.posting_ledger as l"
                 " join stripe_staging.balance_transactions as b on b.id = l.external_ref"
-                " where l.resource = 'journal-entries' and b.reporting_category = 'dispute' group by 1").fetchall()
+                " where l.resource = 'journal-entries' and b.reporting_category = 'dispute' group by 1"
+            ).fetchall()
         assert versions and all(v == ["reversed", "posted"] for _, v in versions), versions
         for ref, _ in versions:
             (v2,) = client.list_all("/journal-entries", {"external_ref": f"{ref}~v2"})
-            assert {ln["glacnt"] for ln in v2["lines"]} >= {"4060"} and "9999" not in {ln["glacnt"] for ln in v2["lines"]}
+            assert {ln["glacnt"] for ln in v2["lines"]} >= {"4060"} and "9999" not in {
+                ln["glacnt"] for ln in v2["lines"]
+            }
         postings = list(client.list_all("/gl-postings", {"from": "2026-07-01", "to": "2026-07-31"}))
         sage_mv = {k: v for k, v in gl_movement(postings).items() if v}
         draft_mv = {k: from_decimal_str(v[1], k[0]) for k, v in preview.items() if Decimal(v[1]) != 0}

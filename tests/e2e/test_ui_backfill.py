@@ -107,8 +107,10 @@ query RunErrors($runId: ID!) {
 
 def month_partitions_from_ui(ui: DagsterUI, job: str, month_prefix: str) -> list[str]:
     """The job's partition keys as the UI lists them, narrowed to one month (the range finance drags)."""
-    data = ui.graphql(PARTITION_KEYS_QUERY, {"repositorySelector": ui.repository_selector(),
-                                            "partitionSetName": f"{job}_partition_set"})["partitionSetOrError"]
+    data = ui.graphql(
+        PARTITION_KEYS_QUERY,
+        {"repositorySelector": ui.repository_selector(), "partitionSetName": f"{job}_partition_set"},
+    )["partitionSetOrError"]
     assert data["__typename"] == "PartitionSet", data
     assert data["partitionsOrError"]["__typename"] == "Partitions", data
     return [p["name"] for p in data["partitionsOrError"]["results"] if p["name"].startswith(month_prefix)]
@@ -135,8 +137,9 @@ def in_process_config(ui: DagsterUI, job: str) -> dict | None:
     return config if result["__typename"] == "PipelineConfigValidationValid" else None
 
 
-def launch_backfill_like_the_ui(ui: DagsterUI, job: str, asset_keys: list[list[str]], partitions: list[str],
-                                run_config: dict | None = None) -> str:
+def launch_backfill_like_the_ui(
+    ui: DagsterUI, job: str, asset_keys: list[list[str]], partitions: list[str], run_config: dict | None = None
+) -> str:
     """`launchPartitionBackfill` with the parameters the UI's launch dialog sends for an asset job."""
     params = {
         "tags": [],
@@ -180,26 +183,30 @@ def wait_for_backfill(ui: DagsterUI, backfill_id: str, timeout_s: float = BACKFI
         if status in ("COMPLETED", "COMPLETED_SUCCESS"):
             return backfill
         if status in ("COMPLETED_FAILED", "FAILED", "CANCELED"):
-            raise AssertionError(f"backfill {backfill_id} ended {status}: {backfill['error']}\n"
-                                 f"{failed_run_report(ui, backfill['runs'])}")
+            raise AssertionError(
+                f"backfill {backfill_id} ended {status}: {backfill['error']}\n{failed_run_report(ui, backfill['runs'])}"
+            )
         if time.monotonic() > deadline:
             counts: dict[str, int] = {}
             for run in backfill["runs"]:
                 counts[run["status"]] = counts.get(run["status"], 0) + 1
-            raise AssertionError(f"backfill {backfill_id} still {status} after {timeout_s:.0f}s, runs {counts}\n"
-                                 f"{failed_run_report(ui, [r for r in backfill['runs'] if r['status'] == 'FAILURE'])}")
+            raise AssertionError(
+                f"backfill {backfill_id} still {status} after {timeout_s:.0f}s, runs {counts}\n"
+                f"{failed_run_report(ui, [r for r in backfill['runs'] if r['status'] == 'FAILURE'])}"
+            )
         time.sleep(1)
 
 
 @pytest.mark.timeout(1500)
-def test_month_backfill_from_the_ui_posts_the_golden_trial_balance_once(
-        pg_server, fresh_db, golden_marts, tmp_path):
+def test_month_backfill_from_the_ui_posts_the_golden_trial_balance_once(pg_server, fresh_db, golden_marts, tmp_path):
     """July 2026 backfilled through the UI's GraphQL API: one run per day, and Sage's GL is the golden trial balance."""
     started = time.monotonic()
     golden = golden_marts.clone_into(fresh_db)
     want = expected_tb(golden)
-    with sage_sandbox(tmp_path / "sage") as srv, \
-            dagster_ui(pg_server, tmp_path / "dagster", fresh_db, srv.base_url, extra_env=UI_ENV) as ui:
+    with (
+        sage_sandbox(tmp_path / "sage") as srv,
+        dagster_ui(pg_server, tmp_path / "dagster", fresh_db, srv.base_url, extra_env=UI_ENV) as ui,
+    ):
         ready = time.monotonic()
         partitions = month_partitions_from_ui(ui, "load_job", "2026-07-")
         assert partitions == JULY_2026
@@ -212,8 +219,9 @@ def test_month_backfill_from_the_ui_posts_the_golden_trial_balance_once(
         first_done = time.monotonic()
         assert first["partitionSetName"] == "load_job_partition_set" and not first["isAssetBackfill"]
         assert sorted(first["partitionNames"]) == JULY_2026
-        run_partitions = sorted(next(t["value"] for t in r["tags"] if t["key"] == "dagster/partition")
-                                for r in first["runs"])
+        run_partitions = sorted(
+            next(t["value"] for t in r["tags"] if t["key"] == "dagster/partition") for r in first["runs"]
+        )
         assert run_partitions == JULY_2026, "one run per day of the month"
         assert {r["status"] for r in first["runs"]} == {"SUCCESS"}
 
@@ -228,5 +236,7 @@ def test_month_backfill_from_the_ui_posts_the_golden_trial_balance_once(
 
         # Backfilling the same month twice changes nothing: shown in-process by tests/test_load_golden.py,
         # not repeated here, where every launch costs a month of run start-ups.
-        print(f"\nUI ready {ready - started:.1f}s, backfill {first_done - ready:.1f}s,"
-              f" total {time.monotonic() - started:.1f}s")
+        print(
+            f"\nUI ready {ready - started:.1f}s, backfill {first_done - ready:.1f}s,"
+            f" total {time.monotonic() - started:.1f}s"
+        )

@@ -17,8 +17,16 @@ from ui_helpers import DagsterUI, dagster_ui
 from stripe_sage_pipeline.settings import PROJECT_ROOT
 
 CHROMIUM = Path(os.environ.get("STRIPE_SAGE_CHROMIUM", "/usr/bin/chromium"))
-CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 ARTIFACTS = PROJECT_ROOT / "test-artifacts"
 # The asset graph of each group names its assets by the last key component; neighbours in other
 # groups appear as links. The graph renders only the nodes inside its initial viewport (and

@@ -235,18 +235,24 @@ def test_suspense_postings_and_held_items_raise_one_alert_each_per_distinct_set(
         conn.execute(
             "create table finance.fct_journal_lines (entry_id text, external_ref text, posting_date date,"
             " is_selected_mode boolean, line_number int, account_code text, debit bigint, credit bigint,"
-            " currency text, is_unmapped boolean, accounting_category text, balance_transaction_id text)")
+            " currency text, is_unmapped boolean, accounting_category text, balance_transaction_id text)"
+        )
         conn.execute(
             "insert into finance.fct_journal_lines values"
             " ('je1', 'txn_MAPPED', '2026-07-01', true, 1, '1150', 1000, 0, 'usd', false, 'charge', 'txn_MAPPED'),"
             " ('je1', 'txn_MAPPED', '2026-07-01', true, 2, '4000', 0, 1000, 'usd', false, 'charge', 'txn_MAPPED'),"
             " ('je2', 'txn_ODD', '2026-07-01', true, 1, '1150', 250, 0, 'usd', false, 'climate', 'txn_ODD'),"
             " ('je2', 'txn_ODD', '2026-07-01', true, 2, '9999', 0, 250, 'usd', true, 'climate', 'txn_ODD'),"
-            " ('je3', 'txn_OTHERMODE', '2026-07-01', false, 1, '9999', 0, 70, 'usd', true, 'climate', 'txn_OTHERMODE')")
+            " ('je3', 'txn_OTHERMODE', '2026-07-01', false, 1, '9999', 0, 70, 'usd', true, 'climate', 'txn_OTHERMODE')"
+        )
         lines = suspense_lines(conn, day, "9999")
     assert [(ln["external_ref"], ln["account_code"], ln["credit"]) for ln in lines] == [("txn_ODD", "9999", 250)]
-    held = held_items([SimpleNamespace(resource="journal-entries", external_ref="po_1", hold_reason="PayoutNotReconciled:pending"),
-                       SimpleNamespace(resource="journal-entries", external_ref="txn_MAPPED", hold_reason=None)])
+    held = held_items(
+        [
+            SimpleNamespace(resource="journal-entries", external_ref="po_1", hold_reason="PayoutNotReconciled:pending"),
+            SimpleNamespace(resource="journal-entries", external_ref="txn_MAPPED", hold_reason=None),
+        ]
+    )
     att = Attention(day, suspense=lines, held=held)
 
     first = raise_attention_alerts(conninfo, att, run_id="run-1", job_name="load_job")
@@ -255,7 +261,9 @@ def test_suspense_postings_and_held_items_raise_one_alert_each_per_distinct_set(
     assert "txn_ODD" in rows["suspense_posting"]["message"] and "climate" in rows["suspense_posting"]["message"]
     assert "'usd': -250" in rows["suspense_posting"]["message"]
     assert rows["suspense_posting"]["severity"] == "warning" and rows["suspense_posting"]["run_id"] == "run-1"
-    assert "po_1" in rows["held_entries"]["message"] and "PayoutNotReconciled:pending" in rows["held_entries"]["message"]
+    assert (
+        "po_1" in rows["held_entries"]["message"] and "PayoutNotReconciled:pending" in rows["held_entries"]["message"]
+    )
     assert att.metadata()["suspense_lines"] == 1
 
     assert raise_attention_alerts(conninfo, att, run_id="run-2") == []  # the same items: no second alert
@@ -265,7 +273,9 @@ def test_suspense_postings_and_held_items_raise_one_alert_each_per_distinct_set(
 
 def test_new_failure_kinds_and_database_url_passwords_are_scrubbed(monkeypatch):
     assert classify_failure("run worker (pid 4242) is gone: killed or crashed")[0] == "worker_died"
-    assert classify_failure("Sage Pro is unavailable at http://127.0.0.1:9/sagepro: ConnectError")[0] == "sage_unavailable"
+    assert (
+        classify_failure("Sage Pro is unavailable at http://127.0.0.1:9/sagepro: ConnectError")[0] == "sage_unavailable"
+    )
     assert classify_failure("2 staging check(s) failed (nothing downstream ...)")[0] == "quality_check"
     monkeypatch.setenv("STRIPE_SAGE_DATABASE_URL", "postgresql://etl:Pa%24%24word-42@db.internal:5432/finance")
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", "postgresql+psycopg2://dagster:other-secret-7@db.internal/dagster")

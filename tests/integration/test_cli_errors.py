@@ -19,8 +19,18 @@ from stripe_sage_sandboxes.stripe_emulator.objects import API_VERSION as EMULATO
 
 @pytest.fixture
 def env(monkeypatch, tmp_path):
-    for name in ("STRIPE_API_KEY", "STRIPE_API_BASE", "STRIPE_API_VERSION", "SAGEPRO_BASE_URL", "SAGEPRO_USER",
-                 "SAGEPRO_PASSWORD", "STRIPE_SAGE_MAPPING", "DAGSTER_POSTGRES_URL", "STRIPE_SAGE_START_DATE", "SAGE_TARGET"):
+    for name in (
+        "STRIPE_API_KEY",
+        "STRIPE_API_BASE",
+        "STRIPE_API_VERSION",
+        "SAGEPRO_BASE_URL",
+        "SAGEPRO_USER",
+        "SAGEPRO_PASSWORD",
+        "STRIPE_SAGE_MAPPING",
+        "DAGSTER_POSTGRES_URL",
+        "STRIPE_SAGE_START_DATE",
+        "SAGE_TARGET",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     monkeypatch.setenv("STRIPE_SAGE_DATA_DIR", str(tmp_path / "data"))
@@ -86,8 +96,9 @@ def test_redrive_with_sage_unreachable_or_refusing(env, fresh_db, tmp_path, caps
     assert "rejected SAGEPRO_USER/SAGEPRO_PASSWORD" in err and "wrong-password" not in err
 
 
-def test_webhooks_with_the_database_unreachable_or_the_port_taken_announce_nothing(dead_db, fresh_db, taken_port,
-                                                                                  env, capsys):
+def test_webhooks_with_the_database_unreachable_or_the_port_taken_announce_nothing(
+    dead_db, fresh_db, taken_port, env, capsys
+):
     env.setenv("STRIPE_SAGE_DATABASE_URL", dead_db)
     assert main(["webhooks", "--port", str(free_port())]) == 1
     out, err = _one_line(capsys, "webhooks")

@@ -41,7 +41,9 @@ def test_sage_email_change_reaches_stripe_once_and_never_bounces(fresh_db, golde
     emu = EmulatorServer(state, port=0).start()
     sdk = stripe_client(KEY, emu.url)
     try:
-        _extract(fresh_db, emu, state, ("customers", "charges", "balance_transactions", "payouts", "refunds", "disputes"))
+        _extract(
+            fresh_db, emu, state, ("customers", "charges", "balance_transactions", "payouts", "refunds", "disputes")
+        )
         transform.dbt_build(url=fresh_db)
         with sage_sandbox(tmp_path / "sage") as srv:
             client, _ = client_for(srv)
@@ -93,10 +95,15 @@ def test_sage_email_change_reaches_stripe_once_and_never_bounces(fresh_db, golde
             pulled = pull_sage_changes(fresh_db, client, sdk, mapping)
             assert pulled.updated == 0 and pulled.skipped_own_writes >= 1
             assert len(_updated_events(sdk, "cus_GOLD0001")) == 2  # the user's rename, and our one email copy
-            versions = ledger(fresh_db, "select version, posting_mode, status from sage_sync.posting_ledger"
-                                        " where external_ref = 'cus_GOLD0001' order by version")
+            versions = ledger(
+                fresh_db,
+                "select version, posting_mode, status from sage_sync.posting_ledger"
+                " where external_ref = 'cus_GOLD0001' order by version",
+            )
             assert [(v["version"], v["posting_mode"], v["status"]) for v in versions] == [
-                (1, "create", "posted"), (2, "update", "posted")]
+                (1, "create", "posted"),
+                (2, "update", "posted"),
+            ]
 
         # A Sage company that lost the customer: the update gets a 404 and the customer is created.
         with sage_sandbox(tmp_path / "sage-empty") as srv2:

@@ -25,7 +25,9 @@ def test_days_to_load_covers_invoices_receipts_and_customers(fresh_db, golden_pa
     assert built_mapping(fresh_db).revenue_mode == "invoice_driven"  # what the marts were built with
     every_day = automation.days_to_load(conninfo, today=TODAY)
     assert every_day == posting_dates(fresh_db)
-    invoice_days = {datetime.fromtimestamp(c["created"], UTC).date() for c in g["stripe"]["charges"] if c.get("customer")}
+    invoice_days = {
+        datetime.fromtimestamp(c["created"], UTC).date() for c in g["stripe"]["charges"] if c.get("customer")
+    }
     with sage_sandbox(tmp_path / "sage") as srv:
         client, counter = client_for(srv)
         poster = Poster(fresh_db, client, transport=counter)
@@ -53,8 +55,7 @@ def test_days_to_load_covers_invoices_receipts_and_customers(fresh_db, golden_pa
         assert automation.days_to_load(conninfo, today=TODAY) == []
 
 
-def test_days_to_load_skips_held_entries_and_reads_the_built_posting_mode(fresh_db, golden_path, tmp_path,
-                                                                          monkeypatch):
+def test_days_to_load_skips_held_entries_and_reads_the_built_posting_mode(fresh_db, golden_path, tmp_path, monkeypatch):
     """A held summary entry adds no day; a mapping.yaml edited after the build does not change the mode used."""
     mapping = write_mapping(tmp_path, monkeypatch, posting_mode="payout_summary")
     build_golden(fresh_db, golden_path)
@@ -66,16 +67,20 @@ def test_days_to_load_skips_held_entries_and_reads_the_built_posting_mode(fresh_
         # The payout loses a member: its summary entry no longer reconciles and is held, not re-listed forever.
         from transform_helpers import execute, query
 
-        execute(fresh_db, "delete from stripe_staging.payout_balance_transactions where payout_id = 'po_GOLD0001'"
-                " and balance_transaction_id = (select min(balance_transaction_id) from"
-                " stripe_staging.payout_balance_transactions where payout_id = 'po_GOLD0001')")
+        execute(
+            fresh_db,
+            "delete from stripe_staging.payout_balance_transactions where payout_id = 'po_GOLD0001'"
+            " and balance_transaction_id = (select min(balance_transaction_id) from"
+            " stripe_staging.payout_balance_transactions where payout_id = 'po_GOLD0001')",
+        )
         execute(fresh_db, "update stripe_staging.payouts set _extracted_at = now() where id = 'po_GOLD0001'")
         transform.dbt_build(url=fresh_db)
-        status = query(fresh_db, "select reconciliation_status from finance.fct_payout_reconciliation"
-                                 " where payout_id = 'po_GOLD0001'")
+        status = query(
+            fresh_db,
+            "select reconciliation_status from finance.fct_payout_reconciliation where payout_id = 'po_GOLD0001'",
+        )
         assert status and status[0]["reconciliation_status"] != "reconciled"
         # The edited file says detail; the marts were built in payout_summary mode and stay the truth.
         write_mapping(tmp_path, monkeypatch, posting_mode="detail")
         assert built_mapping(fresh_db).posting_mode == "payout_summary"
         assert automation.days_to_load(conninfo, today=TODAY) == []
-

@@ -11,8 +11,9 @@ TIE_OUT = "test.stripe_sage.assert_net_ties_out_across_layers"
 
 def _test(url: str, select: str, **vars: str) -> transform.DbtResult:
     """`dbt test` of one test (or selection) on the database as it is."""
-    return transform.dbt_build(url=url, command="test", select=select, vars=vars or None, prepare=False,
-                               raise_on_failure=False)
+    return transform.dbt_build(
+        url=url, command="test", select=select, vars=vars or None, prepare=False, raise_on_failure=False
+    )
 
 
 def _tie_out(url: str, **vars: str) -> str:
@@ -23,8 +24,10 @@ def _tie_out(url: str, **vars: str) -> str:
 def test_net_ties_out_from_staging_to_the_clearing_account_and_a_cent_off_fails(fresh_db, golden_marts) -> None:
     golden_marts.clone_into(fresh_db)
     # An hourly run checks the transactions it classified last (here: txn_GOLDc1 alone) ...
-    for table, kept in (("finance_intermediate.int_balance_transactions__classified", "balance_transaction_id <> 'txn_GOLDc1'"),
-                        ("finance.fct_journal_lines", "entry_id <> 'detail:txn_GOLDc1'")):
+    for table, kept in (
+        ("finance_intermediate.int_balance_transactions__classified", "balance_transaction_id <> 'txn_GOLDc1'"),
+        ("finance.fct_journal_lines", "entry_id <> 'detail:txn_GOLDc1'"),
+    ):
         execute(fresh_db, f"update {table} set _classified_at = _classified_at - interval '1 hour' where {kept}")
     assert _tie_out(fresh_db) == "pass"
     # ... so a cent off on the clearing line of another transaction is not in its scope,
@@ -43,16 +46,20 @@ def test_net_ties_out_from_staging_to_the_clearing_account_and_a_cent_off_fails(
     assert _tie_out(fresh_db, test_scope="all") == "pass"
 
     # A staged transaction the classification lost: the counts and the nets differ.
-    execute(fresh_db, "delete from finance_intermediate.int_balance_transactions__classified"
-                      " where balance_transaction_id = 'txn_GOLDr1'")
+    execute(
+        fresh_db,
+        "delete from finance_intermediate.int_balance_transactions__classified"
+        " where balance_transaction_id = 'txn_GOLDr1'",
+    )
     assert _tie_out(fresh_db, test_scope="all") == "fail"
 
 
 def test_staging_views_are_tested_for_grain_required_columns_and_currency(fresh_db, golden_marts) -> None:
     golden_marts.clone_into(fresh_db)
     views = "path:models/staging"
-    clean = {uid.split(".")[2]: status for uid, status in _test(fresh_db, views).statuses.items()
-             if uid.startswith("test.")}
+    clean = {
+        uid.split(".")[2]: status for uid, status in _test(fresh_db, views).statuses.items() if uid.startswith("test.")
+    }
     assert clean and set(clean.values()) == {"pass"}
     # Every staging model has tests.
     _, names = transform.staging_views()
@@ -67,6 +74,9 @@ def test_staging_views_are_tested_for_grain_required_columns_and_currency(fresh_
     execute(fresh_db, "update stripe_staging.disputes set charge_id = null")
     broken = _test(fresh_db, views)
     failed = {uid.split(".")[2] for uid, status in broken.statuses.items() if status == "fail"}
-    assert failed == {"unique_key_stg_stripe__refunds_stripe_account__refund_id",
-                      "currency_code_stg_stripe__payouts_currency", "not_null_stg_stripe__disputes_charge_id"}, broken.statuses
+    assert failed == {
+        "unique_key_stg_stripe__refunds_stripe_account__refund_id",
+        "currency_code_stg_stripe__payouts_currency",
+        "not_null_stg_stripe__disputes_charge_id",
+    }, broken.statuses
     assert query(fresh_db, "select count(*) as n from finance_staging.stg_stripe__refunds")[0]["n"] == 2

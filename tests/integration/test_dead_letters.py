@@ -32,14 +32,18 @@ def test_dead_letters_then_fix_then_redrive_posts_each_once(fresh_db, golden_mar
     # Three faults at once: July 2026 is closed in Sage; dispute fees map to 6120, which Sage lacks;
     # a custno rule gone wrong gives Acme a 17-character custno.
     broken = write_mapping(
-        tmp_path, monkeypatch, posting_mode="detail",
+        tmp_path,
+        monkeypatch,
+        posting_mode="detail",
         chart_of_accounts={"6120": "Dispute Fees (new)"},
         fees={"by_category": {"dispute": "6120", "dispute_reversal": "6120"}},
     )
     g = golden_marts.clone_into(fresh_db)
-    _sql(fresh_db,
-         "alter table sage_sync.customer_xref drop constraint customer_xref_custno_check",
-         "update sage_sync.customer_xref set custno = 'ACMECORPORATION-1' where customer_id = 'cus_GOLD0001'")
+    _sql(
+        fresh_db,
+        "alter table sage_sync.customer_xref drop constraint customer_xref_custno_check",
+        "update sage_sync.customer_xref set custno = 'ACMECORPORATION-1' where customer_id = 'cus_GOLD0001'",
+    )
     transform.dbt_build(url=fresh_db)
 
     with sage_sandbox(tmp_path / "sage", closed_periods=["2026-07"]) as srv:
@@ -52,7 +56,9 @@ def test_dead_letters_then_fix_then_redrive_posts_each_once(fresh_db, golden_mar
         assert by_ref[("journal-entries", "txn_GOLDd1")]["reason"] == "AccountNotFound"
         assert "6120" in by_ref[("journal-entries", "txn_GOLDd1")]["message"]
         closed = [d for d in dead if d["reason"] == "PeriodClosed"]
-        assert {d["external_ref"] for d in closed} == {b["id"] for b in g["stripe"]["balance_transactions"]} - {"txn_GOLDd1"}
+        assert {d["external_ref"] for d in closed} == {b["id"] for b in g["stripe"]["balance_transactions"]} - {
+            "txn_GOLDd1"
+        }
         assert all(d["field"] == "posting_date" and d["record"]["posting_date"] for d in closed)
         assert first["journal-entries"].dead_lettered == 8 and first["customers"].dead_lettered == 1
         # Re-running before the fix leaves them waiting: no request, no new dead letter.
@@ -63,10 +69,12 @@ def test_dead_letters_then_fix_then_redrive_posts_each_once(fresh_db, golden_mar
         with httpx.Client(auth=("admin", "admin-secret")) as admin:
             admin.patch(f"{srv.base_url}/periods/2026-07", json={"status": "open"}).raise_for_status()
         write_mapping(tmp_path, monkeypatch, posting_mode="detail")
-        _sql(fresh_db,
-             "update sage_sync.customer_xref set custno = 'ACMEC-0001' where customer_id = 'cus_GOLD0001'",
-             "alter table sage_sync.customer_xref add constraint customer_xref_custno_check"
-             " check (custno ~ '^[A-Z0-9][A-Z0-9-]{0,9}$')")
+        _sql(
+            fresh_db,
+            "update sage_sync.customer_xref set custno = 'ACMEC-0001' where customer_id = 'cus_GOLD0001'",
+            "alter table sage_sync.customer_xref add constraint customer_xref_custno_check"
+            " check (custno ~ '^[A-Z0-9][A-Z0-9-]{0,9}$')",
+        )
         transform.dbt_build(url=fresh_db)
 
         monkeypatch.setenv("SAGEPRO_BASE_URL", srv.base_url)

@@ -27,10 +27,22 @@ def test_every_stage_contributes_its_assets(defs: dg.Definitions) -> None:
     # transform: the mapping, the dbt staging views, the classification and the marts
     schema, views = staging_views()
     assert {f"{schema}/{v}" for v in views} <= keys
-    assert {"finance/mapping", "finance_intermediate/int_balance_transactions__classified", "finance/fct_journal_lines",
-            "finance/fct_invoice_lines", "finance/fct_payout_reconciliation", "finance/dim_customers"} <= keys
+    assert {
+        "finance/mapping",
+        "finance_intermediate/int_balance_transactions__classified",
+        "finance/fct_journal_lines",
+        "finance/fct_invoice_lines",
+        "finance/fct_payout_reconciliation",
+        "finance/dim_customers",
+    } <= keys
     # load: the Sage resources and the dead-letter re-drive
-    assert {"sage/customers", "sage/invoices", "sage/cash_receipts", "sage/journal_entries", "sage/dead_letters"} <= keys
+    assert {
+        "sage/customers",
+        "sage/invoices",
+        "sage/cash_receipts",
+        "sage/journal_entries",
+        "sage/dead_letters",
+    } <= keys
     # report: the month-end close pack
     assert "reporting/close_pack" in keys
     # check: dbt data tests, dbt unit tests and the Great Expectations suites, all on assets of the graph
@@ -40,20 +52,36 @@ def test_every_stage_contributes_its_assets(defs: dg.Definitions) -> None:
     assert {"journal_lines_balance", "classify_categories_fallback_and_suspense"} <= names
     assert any(n.startswith("unique_fct_journal_lines_journal_line_id") for n in names)
     # every asset says what it is (docstrings reach the UI as descriptions)
-    undocumented = sorted(k.to_user_string() for k in graph.get_all_asset_keys()
-                          if graph.get(k).is_materializable and not graph.get(k).description)
+    undocumented = sorted(
+        k.to_user_string()
+        for k in graph.get_all_asset_keys()
+        if graph.get(k).is_materializable and not graph.get(k).description
+    )
     assert undocumented == []
 
 
 def test_every_job_schedule_and_sensor_resolves(defs: dg.Definitions) -> None:
     jobs = {j.name for j in defs.resolve_all_job_defs()}
-    assert {"extract_job", "stripe_history_job", "update_path_job", "transform_job", "load_job",
-            "redrive_dead_letters_job", "customer_sync_job"} <= jobs
+    assert {
+        "extract_job",
+        "stripe_history_job",
+        "update_path_job",
+        "transform_job",
+        "load_job",
+        "redrive_dead_letters_job",
+        "customer_sync_job",
+    } <= jobs
     for schedule in defs.schedules:
         assert schedule.job_name in jobs, schedule.name
     sensors = {s.name: s for s in defs.sensors}
-    assert {"transform_after_extract_sensor", "load_after_transform_sensor", "stripe_webhook_inbox_sensor",
-            "payout_paid_sensor", "stripe_events_poll_sensor", "run_failure_alert_sensor"} <= set(sensors)
+    assert {
+        "transform_after_extract_sensor",
+        "load_after_transform_sensor",
+        "stripe_webhook_inbox_sensor",
+        "payout_paid_sensor",
+        "stripe_events_poll_sensor",
+        "run_failure_alert_sensor",
+    } <= set(sensors)
     for sensor in sensors.values():
         for target in sensor.targets:
             assert target.job_name in jobs, (sensor.name, target.job_name)

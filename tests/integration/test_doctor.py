@@ -36,9 +36,19 @@ def sage(tmp_path_factory):
 @pytest.fixture
 def env(monkeypatch, tmp_path):
     """A clean slate: no Stripe/Sage settings, a Dagster home of the test's own."""
-    for name in ("STRIPE_API_KEY", "STRIPE_API_BASE", "STRIPE_API_VERSION", "STRIPE_ACCOUNT", "SAGEPRO_BASE_URL",
-                 "SAGEPRO_USER", "SAGEPRO_PASSWORD", "STRIPE_SAGE_MAPPING", "DAGSTER_POSTGRES_URL", "SAGE_TARGET",
-                 "STRIPE_SAGE_START_DATE"):
+    for name in (
+        "STRIPE_API_KEY",
+        "STRIPE_API_BASE",
+        "STRIPE_API_VERSION",
+        "STRIPE_ACCOUNT",
+        "SAGEPRO_BASE_URL",
+        "SAGEPRO_USER",
+        "SAGEPRO_PASSWORD",
+        "STRIPE_SAGE_MAPPING",
+        "DAGSTER_POSTGRES_URL",
+        "SAGE_TARGET",
+        "STRIPE_SAGE_START_DATE",
+    ):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
     return monkeypatch

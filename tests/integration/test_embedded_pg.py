@@ -79,8 +79,15 @@ def test_binaries_the_server_user_cannot_reach_are_copied_to_a_world_readable_ca
     assert copy.parent == embedded_pg.bin_cache_root() and (copy / ".complete").exists()
     assert can_reach(bindir / "initdb", user) and can_reach(bindir / "postgres", user)
     # The copy runs as the server user (its libraries load from the copy too).
-    out = subprocess.run([str(bindir / "initdb"), "--version"], capture_output=True, text=True, cwd="/",
-                         user=user.pw_uid, group=user.pw_gid, extra_groups=[])
+    out = subprocess.run(
+        [str(bindir / "initdb"), "--version"],
+        capture_output=True,
+        text=True,
+        cwd="/",
+        user=user.pw_uid,
+        group=user.pw_gid,
+        extra_groups=[],
+    )
     assert out.returncode == 0 and "PostgreSQL" in out.stdout, out.stderr
     monkeypatch.setattr(embedded_pg, "wheel_install_dir", lambda: wheel)
     if can_reach(wheel / "bin" / "initdb", user):  # a reachable wheel is used in place

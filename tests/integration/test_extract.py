@@ -59,12 +59,18 @@ def test_staging_equals_emulator_per_object_per_hour_and_in_sums(emulator, fresh
 
     d = defs()
     result = d.resolve_job_def("extract_job").execute_in_process(
-        tags={"dagster/asset_partition_range_start": partition_key(start),
-              "dagster/asset_partition_range_end": partition_key(end - 3600)},
+        tags={
+            "dagster/asset_partition_range_start": partition_key(start),
+            "dagster/asset_partition_range_end": partition_key(end - 3600),
+        },
     )
     assert result.success
     in_window = {
-        t: {h: n for h, n in summary["counts_by_hour"][t].items() if partition_key(start)[:10] + "T" + partition_key(start)[11:13] <= h}
+        t: {
+            h: n
+            for h, n in summary["counts_by_hour"][t].items()
+            if partition_key(start)[:10] + "T" + partition_key(start)[11:13] <= h
+        }
         for t in TABLES
     }
     got = counts(fresh_db)
@@ -75,15 +81,21 @@ def test_staging_equals_emulator_per_object_per_hour_and_in_sums(emulator, fresh
     conninfo = libpq_url(fresh_db)
     with psycopg.connect(conninfo) as conn:
         for table in TABLES:
-            per_hour = dict(conn.execute(
-                f"select to_char(created at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24'), count(*) from {SCHEMA}.{table} group by 1"
-            ).fetchall())
+            per_hour = dict(
+                conn.execute(
+                    f"select to_char(created at time zone 'UTC', 'YYYY-MM-DD\"T\"HH24'), count(*) from {SCHEMA}.{table} group by 1"
+                ).fetchall()
+            )
             assert per_hour == in_window[table], table
-        sums = {c: {"amount": a, "fee": f, "net": n} for c, a, f, n in conn.execute(
-            f"select currency, sum(amount)::bigint, sum(fee)::bigint, sum(net)::bigint from {SCHEMA}.balance_transactions group by 1"
-        )}
-        members = dict(conn.execute(
-            f"select payout_id, count(*) from {SCHEMA}.payout_balance_transactions group by 1").fetchall())
+        sums = {
+            c: {"amount": a, "fee": f, "net": n}
+            for c, a, f, n in conn.execute(
+                f"select currency, sum(amount)::bigint, sum(fee)::bigint, sum(net)::bigint from {SCHEMA}.balance_transactions group by 1"
+            )
+        }
+        members = dict(
+            conn.execute(f"select payout_id, count(*) from {SCHEMA}.payout_balance_transactions group by 1").fetchall()
+        )
         currencies = {r[0] for r in conn.execute(f"select distinct currency from {SCHEMA}.charges")}
         automatic = [r[0] for r in conn.execute(f"select id from {SCHEMA}.payouts where automatic")]
     assert sums == summary["balance_transactions"]
@@ -91,7 +103,9 @@ def test_staging_equals_emulator_per_object_per_hour_and_in_sums(emulator, fresh
     # Every automatic payout's membership was fetched through ?payout= (all pages), as Stripe lists it.
     client = stripe.StripeClient(KEY, base_addresses={"api": srv.url})
     for po in automatic:
-        listed = sum(1 for _ in client.v1.balance_transactions.list(params={"payout": po, "limit": 100}).auto_paging_iter())
+        listed = sum(
+            1 for _ in client.v1.balance_transactions.list(params={"payout": po, "limit": 100}).auto_paging_iter()
+        )
         assert members.get(po, 0) == listed, po
 
 
@@ -127,12 +141,18 @@ def test_refund_three_days_after_its_charge_reaches_the_charge_row_through_the_u
     res = extract.sync_events(reader, conninfo)
     assert res.events_new >= 1 and not res.fallback_relist
     with psycopg.connect(conninfo) as conn:
-        refunded = conn.execute(f"select amount_refunded from {SCHEMA}.charges where id = %s", (charge_id,)).fetchone()[0]
-        r_row = conn.execute(f"select amount, charge_id, balance_transaction_id from {SCHEMA}.refunds where id = %s",
-                             (refund.id,)).fetchone()
-        bt = conn.execute(f"select amount, reporting_category from {SCHEMA}.balance_transactions where id = %s",
-                          (r_row[2],)).fetchone()
-        ev = conn.execute(f"select count(*) from {SCHEMA}.events where object_id in (%s, %s)", (charge_id, refund.id)).fetchone()[0]
+        refunded = conn.execute(f"select amount_refunded from {SCHEMA}.charges where id = %s", (charge_id,)).fetchone()[
+            0
+        ]
+        r_row = conn.execute(
+            f"select amount, charge_id, balance_transaction_id from {SCHEMA}.refunds where id = %s", (refund.id,)
+        ).fetchone()
+        bt = conn.execute(
+            f"select amount, reporting_category from {SCHEMA}.balance_transactions where id = %s", (r_row[2],)
+        ).fetchone()
+        ev = conn.execute(
+            f"select count(*) from {SCHEMA}.events where object_id in (%s, %s)", (charge_id, refund.id)
+        ).fetchone()[0]
     assert refunded == amount // 2
     assert r_row[:2] == (amount // 2, charge_id)
     assert bt == (-(amount // 2), "refund")
@@ -148,8 +168,10 @@ def test_events_cursor_older_than_retention_falls_back_to_relisting(emulator, fr
     conninfo = _prepare(fresh_db)
     reader = StripeReader(KEY, srv.url, rate_limit_per_s=None)
     with psycopg.connect(conninfo) as conn:
-        conn.execute(f"insert into {SCHEMA}._sync_state (stream, stripe_account, cursor_created) values ('events', '', %s)",
-                     (int(time.time()) - 40 * 86400,))
+        conn.execute(
+            f"insert into {SCHEMA}._sync_state (stream, stripe_account, cursor_created) values ('events', '', %s)",
+            (int(time.time()) - 40 * 86400,),
+        )
     res = extract.sync_events(reader, conninfo, relist_horizon_s=10 * 86400)
     assert res.fallback_relist
     got = counts(fresh_db)
@@ -243,16 +265,31 @@ def test_server_errors_are_retried(emulator, fresh_db):
     assert reader.stats.server_errors > 0
 
 
-def test_a_malformed_object_fails_the_run_naming_object_and_field_and_commits_nothing_for_its_hour(emulator, fresh_db, monkeypatch):
+def test_a_malformed_object_fails_the_run_naming_object_and_field_and_commits_nothing_for_its_hour(
+    emulator, fresh_db, monkeypatch
+):
     """A balance transaction without `amount` fails the partition with its id and the field; it is kept, not dropped."""
     state, srv = emulator
     conninfo = _prepare(fresh_db)
     _, end = window_of(state.summary())
     hour = end - 2 * 86400 - 3600 * 7  # inside the generated days, whatever the customers' age
-    good = {"id": "txn_GOODNEIGHBOUR", "object": "balance_transaction", "amount": 500, "available_on": hour + 90,
-            "created": hour + 60, "currency": "usd", "description": None, "exchange_rate": None, "fee": 0,
-            "fee_details": [], "net": 500, "reporting_category": "charge", "source": None, "status": "available",
-            "type": "charge"}
+    good = {
+        "id": "txn_GOODNEIGHBOUR",
+        "object": "balance_transaction",
+        "amount": 500,
+        "available_on": hour + 90,
+        "created": hour + 60,
+        "currency": "usd",
+        "description": None,
+        "exchange_rate": None,
+        "fee": 0,
+        "fee_details": [],
+        "net": 500,
+        "reporting_category": "charge",
+        "source": None,
+        "status": "available",
+        "type": "charge",
+    }
     bad = {**good, "id": "txn_MISSINGAMOUNT", "created": hour + 120}
     del bad["amount"]
     state.add("balance_transactions", good, raw=True)
@@ -262,9 +299,14 @@ def test_a_malformed_object_fails_the_run_naming_object_and_field_and_commits_no
     monkeypatch.setenv("STRIPE_RATE_LIMIT_PER_S", "1000")
     from stripe_sage_pipeline.definitions import defs
 
-    result = defs().resolve_job_def("extract_job").execute_in_process(
-        partition_key=partition_key(hour), raise_on_error=False,
-        asset_selection=[dg.AssetKey(["stripe_staging", "balance_transactions"])],
+    result = (
+        defs()
+        .resolve_job_def("extract_job")
+        .execute_in_process(
+            partition_key=partition_key(hour),
+            raise_on_error=False,
+            asset_selection=[dg.AssetKey(["stripe_staging", "balance_transactions"])],
+        )
     )
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
@@ -273,7 +315,8 @@ def test_a_malformed_object_fails_the_run_naming_object_and_field_and_commits_no
     with psycopg.connect(conninfo) as conn:
         in_hour = conn.execute(
             f"select count(*) from {SCHEMA}.balance_transactions where created >= to_timestamp(%s) and created < to_timestamp(%s)",
-            (hour, hour + 3600)).fetchone()[0]
+            (hour, hour + 3600),
+        ).fetchone()[0]
         rejected = conn.execute(f"select object_id, field from {SCHEMA}._rejected_objects").fetchall()
     assert in_hour == 0  # not even the well-formed neighbour of the same hour
     assert rejected == [("txn_MISSINGAMOUNT", "amount")]
@@ -285,15 +328,22 @@ def test_connect_account_is_part_of_every_key(emulator, fresh_db):
     conninfo = _prepare(fresh_db)
     start, end = window_of(state.summary())
     extract.extract_window(StripeReader(KEY, srv.url, rate_limit_per_s=None), conninfo, "charges", start, end)
-    extract.extract_window(StripeReader(KEY, srv.url, stripe_account="acct_CONNECTED1", rate_limit_per_s=None),
-                           conninfo, "charges", start, end)
+    extract.extract_window(
+        StripeReader(KEY, srv.url, stripe_account="acct_CONNECTED1", rate_limit_per_s=None),
+        conninfo,
+        "charges",
+        start,
+        end,
+    )
     with psycopg.connect(conninfo) as conn:
         per_account = dict(conn.execute(f"select stripe_account, count(*) from {SCHEMA}.charges group by 1").fetchall())
     n = state.summary()["counts"]["charges"]
     assert per_account == {"": n, "acct_CONNECTED1": n}
 
 
-def test_history_job_a_malformed_object_fails_only_its_table_hour_and_the_staging_checks_run(emulator, fresh_db, monkeypatch):
+def test_history_job_a_malformed_object_fails_only_its_table_hour_and_the_staging_checks_run(
+    emulator, fresh_db, monkeypatch
+):
     """stripe_history_job with one balance transaction without `amount` and one with an unknown currency: every
     other hour and table is extracted, the staging checks run on the history path and catch the currency, and
     the run fails at the end naming the bad object with the hour it was created in."""
@@ -301,15 +351,32 @@ def test_history_job_a_malformed_object_fails_only_its_table_hour_and_the_stagin
     conninfo = _prepare(fresh_db)
     start, end = window_of(state.summary())
     hour = end - 2 * 86400 - 3600 * 7
-    base = {"object": "balance_transaction", "amount": 500, "available_on": hour + 90, "created": hour + 60,
-            "currency": "usd", "description": None, "exchange_rate": None, "fee": 0, "fee_details": [], "net": 500,
-            "reporting_category": "charge", "source": None, "status": "available", "type": "charge"}
+    base = {
+        "object": "balance_transaction",
+        "amount": 500,
+        "available_on": hour + 90,
+        "created": hour + 60,
+        "currency": "usd",
+        "description": None,
+        "exchange_rate": None,
+        "fee": 0,
+        "fee_details": [],
+        "net": 500,
+        "reporting_category": "charge",
+        "source": None,
+        "status": "available",
+        "type": "charge",
+    }
     bad = {**base, "id": "txn_MISSINGAMOUNT", "created": hour + 120}
     del bad["amount"]
     odd_currency = {**base, "id": "txn_ODDCURRENCY", "currency": "xyz", "created": hour - 3 * 3600}
     state.finalize()
-    bts_in_bad_hour = state.summary()["counts_by_hour"]["balance_transactions"].get(
-        time.strftime("%Y-%m-%dT%H", time.gmtime(hour)), 0) + 1  # + the malformed one's good neighbour below
+    bts_in_bad_hour = (
+        state.summary()["counts_by_hour"]["balance_transactions"].get(
+            time.strftime("%Y-%m-%dT%H", time.gmtime(hour)), 0
+        )
+        + 1
+    )  # + the malformed one's good neighbour below
     state.add("balance_transactions", {**base, "id": "txn_GOODNEIGHBOUR"}, raw=True)
     state.add("balance_transactions", odd_currency, raw=True)
     state.finalize()
@@ -320,10 +387,17 @@ def test_history_job_a_malformed_object_fails_only_its_table_hour_and_the_stagin
     monkeypatch.setenv("STRIPE_RATE_LIMIT_PER_S", "1000")
     from stripe_sage_pipeline.definitions import defs
 
-    result = defs().resolve_job_def("stripe_history_job").execute_in_process(
-        raise_on_error=False,
-        run_config={"ops": {"extract_history": {"config": {"start": partition_key(start),
-                                                           "end": partition_key(end - 3600)}}}},
+    result = (
+        defs()
+        .resolve_job_def("stripe_history_job")
+        .execute_in_process(
+            raise_on_error=False,
+            run_config={
+                "ops": {
+                    "extract_history": {"config": {"start": partition_key(start), "end": partition_key(end - 3600)}}
+                }
+            },
+        )
     )
     assert not result.success
     failure = next(e for e in result.all_events if e.event_type_value == "STEP_FAILURE")
@@ -332,8 +406,11 @@ def test_history_job_a_malformed_object_fails_only_its_table_hour_and_the_stagin
     bad_hour = time.strftime("%Y-%m-%dT%H:00Z", time.gmtime(hour))
     assert f"balance_transactions {bad_hour}: balance_transaction txn_MISSINGAMOUNT: field 'amount'" in message
     assert "staging_balance_transaction_currency_iso" in message
-    evaluations = {e.event_specific_data.check_name: e.event_specific_data.passed for e in result.all_events
-                   if e.event_type_value == "ASSET_CHECK_EVALUATION"}
+    evaluations = {
+        e.event_specific_data.check_name: e.event_specific_data.passed
+        for e in result.all_events
+        if e.event_type_value == "ASSET_CHECK_EVALUATION"
+    }
     assert evaluations["staging_balance_transaction_currency_iso"] is False
     assert evaluations["staging_charge_currency_iso"] is True
 
@@ -343,8 +420,11 @@ def test_history_job_a_malformed_object_fails_only_its_table_hour_and_the_stagin
             assert got[table] == expected[table], table
     with psycopg.connect(conninfo) as conn:
         assert got["balance_transactions"] == expected["balance_transactions"] - bts_in_bad_hour
-        in_hour = conn.execute(f"select count(*) from {SCHEMA}.balance_transactions where created >= to_timestamp(%s)"
-                               " and created < to_timestamp(%s)", (hour, hour + 3600)).fetchone()[0]
+        in_hour = conn.execute(
+            f"select count(*) from {SCHEMA}.balance_transactions where created >= to_timestamp(%s)"
+            " and created < to_timestamp(%s)",
+            (hour, hour + 3600),
+        ).fetchone()[0]
         rejected = conn.execute(f"select object_id, field, partition_key from {SCHEMA}._rejected_objects").fetchall()
     assert in_hour == 0
     assert rejected == [("txn_MISSINGAMOUNT", "amount", bad_hour)]

@@ -32,8 +32,10 @@ TESTS = Path(__file__).resolve().parents[1]
 def _reset_ledger(url: str) -> None:
     """Forget what was posted (a new Sage company), keeping the custno cross-reference."""
     with psycopg.connect(libpq_url(url)) as conn:
-        conn.execute("truncate sage_sync.posting_ledger, sage_sync.dead_letter_history,"
-                     " sage_sync.customer_sync_state, sage_sync.sync_cursors")
+        conn.execute(
+            "truncate sage_sync.posting_ledger, sage_sync.dead_letter_history,"
+            " sage_sync.customer_sync_state, sage_sync.sync_cursors"
+        )
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +53,14 @@ def faulty_data(pg_server, tmp_path_factory):
         generate(state, seed=5, days=4, volume=0.4)
         srv = EmulatorServer(state, port=0).start()
         try:
-            reader = StripeReader("sk_test_emulator", srv.url, rate_limit_per_s=None, backoff_base_s=0.01,
-                                  backoff_cap_s=0.1, max_retries=10)
+            reader = StripeReader(
+                "sk_test_emulator",
+                srv.url,
+                rate_limit_per_s=None,
+                backoff_base_s=0.01,
+                backoff_cap_s=0.1,
+                max_retries=10,
+            )
             conninfo = libpq_url(url)
             with psycopg.connect(conninfo) as conn:
                 ensure_schema(conn)
@@ -63,8 +71,13 @@ def faulty_data(pg_server, tmp_path_factory):
         finally:
             srv.stop()
         transform.dbt_build(url=url, mapping=mapping)
-        yield {"url": url, "mapping": mapping, "mapping_file": os.environ["STRIPE_SAGE_MAPPING"], "tmp": tmp,
-               "stripe_5xx": reader.stats.server_errors}
+        yield {
+            "url": url,
+            "mapping": mapping,
+            "mapping_file": os.environ["STRIPE_SAGE_MAPPING"],
+            "tmp": tmp,
+            "stripe_5xx": reader.stats.server_errors,
+        }
 
 
 @pytest.fixture(scope="module")
@@ -97,8 +110,13 @@ def _assert_same(state: dict, ref: dict) -> None:
 def test_fault_run_ends_in_the_fault_free_state(faulty_data, reference):
     url = faulty_data["url"]
     _reset_ledger(url)
-    with sage_sandbox(faulty_data["tmp"] / "sage-faults", fault_429_rate=0.10, fault_5xx_rate=0.10,
-                      fault_commit_504_rate=0.05, seed=11) as srv:
+    with sage_sandbox(
+        faulty_data["tmp"] / "sage-faults",
+        fault_429_rate=0.10,
+        fault_5xx_rate=0.10,
+        fault_commit_504_rate=0.05,
+        seed=11,
+    ) as srv:
         client, counter = client_for(srv)
         stats = post_everything(url, client, faulty_data["mapping"], counter)
         faults = [e.fault for e in srv.request_log if e.fault]
@@ -135,8 +153,11 @@ def test_sigkill_mid_partition_then_rerun_ends_the_same(faulty_data, reference):
         try:
             while time.monotonic() < deadline and proc.poll() is None:
                 if _has_ledger(url):
-                    rows = ledger(url, "select status, count(*) as n from sage_sync.posting_ledger"
-                                       " where resource = 'journal-entries' group by status")
+                    rows = ledger(
+                        url,
+                        "select status, count(*) as n from sage_sync.posting_ledger"
+                        " where resource = 'journal-entries' group by status",
+                    )
                     counts = {r["status"]: r["n"] for r in rows}
                     if counts.get("posted", 0) >= 40 and counts.get("computed", 0) > 0:
                         at_kill = counts

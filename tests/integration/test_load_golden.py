@@ -65,7 +65,8 @@ def test_golden_gl_equals_trial_balance_through_dagster(mode, fresh_db, golden_m
             exp = g["expected"]["payout_summary_journal_po_GOLD0001"]
             assert entry["posting_date"] == exp["posting_date"]
             assert {(ln["glacnt"], ln["debit"], ln["credit"]) for ln in entry["lines"]} == {
-                (e["glacnt"], e.get("debit", "0.00"), e.get("credit", "0.00")) for e in exp["lines"]}
+                (e["glacnt"], e.get("debit", "0.00"), e.get("credit", "0.00")) for e in exp["lines"]
+            }
             assert entry["total_debit"] == exp["total_debit"]
         else:
             assert {r["external_ref"] for r in je} == {b["id"] for b in g["stripe"]["balance_transactions"]}
@@ -109,8 +110,12 @@ def test_changed_mapping_reverses_and_reposts(fresh_db, golden_marts, tmp_path, 
     with sage_sandbox(tmp_path / "sage") as srv:
         client, counter = client_for(srv)
         post_everything(fresh_db, client, mapping, counter)
-        changed = write_mapping(tmp_path, monkeypatch, posting_mode="detail",
-                                fees={"default": "6100", "by_category": {}, "by_fee_type": {"stripe_fee": "6100"}})
+        changed = write_mapping(
+            tmp_path,
+            monkeypatch,
+            posting_mode="detail",
+            fees={"default": "6100", "by_category": {}, "by_fee_type": {"stripe_fee": "6100"}},
+        )
         transform.dbt_build(url=fresh_db)
         stats = post_everything(fresh_db, client, changed, counter)["journal-entries"]
         assert (stats.reversed, stats.corrected, stats.created) == (1, 1, 1)
@@ -122,10 +127,15 @@ def test_changed_mapping_reverses_and_reposts(fresh_db, golden_marts, tmp_path, 
         assert entries["txn_GOLDd1~r1"]["reverses"] == entries["txn_GOLDd1"]["batch_no"]
         assert entries["txn_GOLDd1~r1"]["posting_date"] == entries["txn_GOLDd1"]["posting_date"]
         assert {ln["glacnt"] for ln in entries["txn_GOLDd1~v2"]["lines"]} == {"1150", "4060", "6100"}
-        versions = ledger(fresh_db, "select version, status, sage_ref from sage_sync.posting_ledger"
-                                    " where external_ref = 'txn_GOLDd1' order by version")
+        versions = ledger(
+            fresh_db,
+            "select version, status, sage_ref from sage_sync.posting_ledger"
+            " where external_ref = 'txn_GOLDd1' order by version",
+        )
         assert [(v["version"], v["status"], v["sage_ref"]) for v in versions] == [
-            (1, "reversed", "txn_GOLDd1"), (2, "posted", "txn_GOLDd1~v2")]
+            (1, "reversed", "txn_GOLDd1"),
+            (2, "posted", "txn_GOLDd1~v2"),
+        ]
         # And once more: nothing left to do.
         again = post_everything(fresh_db, client, changed, counter)["journal-entries"]
         assert (again.reversed, again.created, again.requests) == (0, 0, 0)
@@ -136,10 +146,13 @@ def test_partition_with_broken_invariant_is_refused(fresh_db, golden_marts, tmp_
     write_mapping(tmp_path, monkeypatch, posting_mode="detail")
     golden_marts.clone_into(fresh_db)
     with psycopg.connect(libpq_url(fresh_db)) as conn:
-        conn.execute("update finance.fct_journal_lines set debit = debit + 1"
-                     " where entry_id = 'detail:txn_GOLDc1' and debit > 0 and account_code = '1150'")
-        bad_day = conn.execute("select posting_date from finance.fct_journal_lines"
-                               " where entry_id = 'detail:txn_GOLDc1' limit 1").fetchone()[0]
+        conn.execute(
+            "update finance.fct_journal_lines set debit = debit + 1"
+            " where entry_id = 'detail:txn_GOLDc1' and debit > 0 and account_code = '1150'"
+        )
+        bad_day = conn.execute(
+            "select posting_date from finance.fct_journal_lines where entry_id = 'detail:txn_GOLDc1' limit 1"
+        ).fetchone()[0]
     with sage_sandbox(tmp_path / "sage") as srv:
         monkeypatch.setenv("SAGEPRO_BASE_URL", srv.base_url)
         result = _run_load_job(bad_day.isoformat())
@@ -161,17 +174,28 @@ def test_golden_invoice_driven_revenue(fresh_db, golden_marts, tmp_path, monkeyp
     with sage_sandbox(tmp_path / "sage") as srv:
         client, counter = client_for(srv)
         stats = post_everything(fresh_db, client, mapping, counter)
-        assert (stats["invoices"].created, stats["cash-receipts"].created, stats["journal-entries"].created) == (4, 4, 4)
+        assert (stats["invoices"].created, stats["cash-receipts"].created, stats["journal-entries"].created) == (
+            4,
+            4,
+            4,
+        )
         assert sum(s.dead_lettered + s.held for s in stats.values()) == 0
         got = movement(client, ALL_ACCOUNTS)
         want = expected_tb(g)
         assert {k: v for k, v in got.items() if v} == {k: v for k, v in want.items() if v}
         invoice = client.find_by_external_ref("invoices", "ch_GOLD0001")
         assert (invoice["custno"], invoice["subtotal"], invoice["tax"], invoice["balance"]) == (
-            "ACMEC-0001", "100.00", "8.00", "0.00")
+            "ACMEC-0001",
+            "100.00",
+            "8.00",
+            "0.00",
+        )
         receipt = client.find_by_external_ref("cash-receipts", "txn_GOLDc1")
         assert (receipt["amount"], receipt["fee_amount"], receipt["applications"][0]["invno"]) == (
-            "108.00", "3.43", invoice["invno"])
+            "108.00",
+            "3.43",
+            invoice["invno"],
+        )
         assert client.find_by_external_ref("journal-entries", "txn_GOLDc1") is None
         again = post_everything(fresh_db, client, mapping, counter)
         assert sum(s.posted for s in again.values()) == 0
@@ -187,19 +211,34 @@ def test_paid_payout_that_fails_later_gets_a_reversing_entry(fresh_db, golden_ma
         client, counter = client_for(srv)
         post_everything(fresh_db, client, mapping, counter)
         failed_at = 1784160000 + 2 * 86400
-        load_stripe_objects(fresh_db, {
-            "balance_transactions": [bt("txn_GOLDpf1", 24541, 0, "payout_reversal", "po_GOLD0001",
-                                        created=failed_at, type_="payout_failure")],
-            "payouts": [payout("po_GOLD0001", 24541, "txn_GOLDp1", 1784160000, status="failed",
-                               failure_bt="txn_GOLDpf1")],
-        })
+        load_stripe_objects(
+            fresh_db,
+            {
+                "balance_transactions": [
+                    bt(
+                        "txn_GOLDpf1",
+                        24541,
+                        0,
+                        "payout_reversal",
+                        "po_GOLD0001",
+                        created=failed_at,
+                        type_="payout_failure",
+                    )
+                ],
+                "payouts": [
+                    payout("po_GOLD0001", 24541, "txn_GOLDp1", 1784160000, status="failed", failure_bt="txn_GOLDpf1")
+                ],
+            },
+        )
         transform.dbt_build(url=fresh_db)
         stats = post_everything(fresh_db, client, mapping, counter)
         assert stats["journal-entries"].created == 1 and stats["journal-entries"].reversed == 0
         reversal = client.find_by_external_ref("journal-entries", "txn_GOLDpf1")
         assert reversal["posting_date"] == "2026-07-18"
         assert {(ln["glacnt"], ln["debit"], ln["credit"]) for ln in reversal["lines"]} == {
-            ("1150", "245.41", "0.00"), ("1010", "0.00", "245.41")}
+            ("1150", "245.41", "0.00"),
+            ("1010", "0.00", "245.41"),
+        }
         assert client.find_by_external_ref("journal-entries", "po_GOLD0001")["status"] == "posted"
         got = movement(client, list(expected_tb(g)))
         assert got == expected_tb(g) | {"1010": Decimal("77.38"), "1150": Decimal("245.41")}

@@ -17,8 +17,11 @@ def test_suites_pass_on_golden_and_a_cent_off_names_the_entry(fresh_db: str, gol
         assert result.passed, (suite, result.stats)
 
     # One cent off on one line of the po_GOLD0001 summary entry.
-    execute(fresh_db, "update finance.fct_journal_lines set debit = debit + 1 "
-                      "where entry_id = 'summary:po_GOLD0001' and account_code = '1010'")
+    execute(
+        fresh_db,
+        "update finance.fct_journal_lines set debit = debit + 1 "
+        "where entry_id = 'summary:po_GOLD0001' and account_code = '1010'",
+    )
     result = run_suite("journal_lines", fresh_db)
     assert not result.passed
     assert result.failed_checks() == ["journal_lines_balance"]
@@ -35,8 +38,13 @@ def test_suites_pass_on_golden_and_a_cent_off_names_the_entry(fresh_db: str, gol
     spec_by_name = {s.name: s for s in journal_lines_expectations.check_specs}
     assert not spec_by_name["journal_lines_balance"].blocking
     assert spec_by_name["journal_lines_posting_date_present"].blocking  # nothing downstream could hold that
-    results = list(journal_lines_expectations(dg.build_asset_check_context(), config=SuiteScope(scope="all"),
-                                              postgres=PostgresResource(database_url=fresh_db)))
+    results = list(
+        journal_lines_expectations(
+            dg.build_asset_check_context(),
+            config=SuiteScope(scope="all"),
+            postgres=PostgresResource(database_url=fresh_db),
+        )
+    )
     balance = next(r for r in results if r.check_name == "journal_lines_balance")
     assert not balance.passed and balance.severity == dg.AssetCheckSeverity.WARN
     assert "posting day" in balance.metadata["holds"].value
@@ -51,8 +59,11 @@ def test_changed_scope_reads_what_was_written_since_the_last_pass(fresh_db: str,
     lines = query(fresh_db, "select count(*) as n from finance.fct_journal_lines")[0]["n"]
 
     # Nothing written since: the window is empty, and an edit outside the pipeline is not in it.
-    execute(fresh_db, "update finance.fct_journal_lines set debit = debit + 1 "
-                      "where entry_id = 'summary:po_GOLD0001' and account_code = '1010'")
+    execute(
+        fresh_db,
+        "update finance.fct_journal_lines set debit = debit + 1 "
+        "where entry_id = 'summary:po_GOLD0001' and account_code = '1010'",
+    )
     quiet = run_suite("journal_lines", fresh_db, scope="changed")
     assert quiet.passed and all(w.startswith("> ") for w in quiet.stats["windows"].values())
     assert not run_suite("journal_lines", fresh_db, scope="all").passed  # every row: found
@@ -64,11 +75,16 @@ def test_changed_scope_reads_what_was_written_since_the_last_pass(fresh_db: str,
         res = run_suite("journal_lines", fresh_db, scope="changed")
         assert res.failed_checks() == ["journal_lines_balance"]
         assert [r["entry_id"] for r in res.failing_rows_first_n] == ["summary:po_GOLD0001"]
-    execute(fresh_db, "update finance.fct_journal_lines set debit = debit - 1, _loaded_at = now() "
-                      "where entry_id = 'summary:po_GOLD0001' and account_code = '1010'")
+    execute(
+        fresh_db,
+        "update finance.fct_journal_lines set debit = debit - 1, _loaded_at = now() "
+        "where entry_id = 'summary:po_GOLD0001' and account_code = '1010'",
+    )
     fixed = run_suite("journal_lines", fresh_db, scope="changed")
     assert fixed.passed
-    marks = {r["check_name"]: r["validated_through"] for r in query(fresh_db, "select * from finance_config.quality_state")}
+    marks = {
+        r["check_name"]: r["validated_through"] for r in query(fresh_db, "select * from finance_config.quality_state")
+    }
     newest = query(fresh_db, "select max(_loaded_at) as t from finance.fct_journal_lines")[0]["t"]
     assert marks["journal_lines_balance"] == newest and marks["journal_lines_one_sided"] == newest
     assert lines == query(fresh_db, "select count(*) as n from finance.fct_journal_lines")[0]["n"]

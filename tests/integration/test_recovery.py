@@ -45,8 +45,9 @@ def dagster_home(tmp_path, monkeypatch) -> Path:
 
 def _start(home: Path, marker: Path, hold_s: float) -> subprocess.Popen:
     env = {**os.environ, "DAGSTER_HOME": str(home), "MARKER": str(marker), "HOLD_S": str(hold_s)}
-    return subprocess.Popen([sys.executable, "-c", JOB], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", JOB], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def test_a_killed_run_is_failed_its_slot_freed_and_the_next_run_proceeds(dagster_home, tmp_path):
@@ -78,4 +79,3 @@ def test_a_killed_run_is_failed_its_slot_freed_and_the_next_run_proceeds(dagster
     nxt = _start(dagster_home, tmp_path / "second", hold_s=0)
     out, err = nxt.communicate(timeout=120)  # without the recovery this waits for the slot forever
     assert out.strip().endswith("success"), err[-2000:]
-

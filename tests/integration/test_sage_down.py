@@ -18,18 +18,47 @@ CUSTOMERS = 40
 
 
 def _dim_customers(url: str, n: int) -> None:
-    cols = ("customer_id", "custno", "customer_name", "email", "phone", "address_line1", "address_line2",
-            "address_city", "address_state", "address_postal_code", "address_country", "currency")
+    cols = (
+        "customer_id",
+        "custno",
+        "customer_name",
+        "email",
+        "phone",
+        "address_line1",
+        "address_line2",
+        "address_city",
+        "address_state",
+        "address_postal_code",
+        "address_country",
+        "currency",
+    )
     with psycopg.connect(libpq_url(url)) as conn:
         conn.execute("create schema finance")
-        conn.execute(f"create table finance.dim_customers ({', '.join(c + ' text' for c in cols)},"
-                     " created_at timestamptz not null)")
+        conn.execute(
+            f"create table finance.dim_customers ({', '.join(c + ' text' for c in cols)},"
+            " created_at timestamptz not null)"
+        )
         with conn.cursor() as cur:
             cur.executemany(
                 f"insert into finance.dim_customers ({', '.join(cols)}, created_at)"
                 f" values ({', '.join(['%s'] * len(cols))}, '2026-07-01T10:00:00Z')",
-                [(f"cus_{i:04d}", f"C{i:04d}", f"Customer {i}", None, None, None, None, None, None, None, "us", "usd")
-                 for i in range(n)],
+                [
+                    (
+                        f"cus_{i:04d}",
+                        f"C{i:04d}",
+                        f"Customer {i}",
+                        None,
+                        None,
+                        None,
+                        None,
+                        None,
+                        None,
+                        None,
+                        "us",
+                        "usd",
+                    )
+                    for i in range(n)
+                ],
             )
 
 
@@ -40,8 +69,14 @@ def test_sage_down_fails_the_day_after_a_few_attempts_naming_url_and_cause(fresh
     base_url = f"http://127.0.0.1:{free_port()}/sagepro/v1/PRO01"  # nothing listens there
     slept: list[float] = []
     transport = CountingTransport()
-    client = SageClient(base_url, "pipeline", "pipeline-secret", transport=transport, sleep=slept.append,
-                        breaker=CircuitBreaker(base_url))
+    client = SageClient(
+        base_url,
+        "pipeline",
+        "pipeline-secret",
+        transport=transport,
+        sleep=slept.append,
+        breaker=CircuitBreaker(base_url),
+    )
     stats = push_customers(fresh_db, client, transport=transport)
 
     assert stats.transient_failures == CUSTOMERS and stats.created == 0
@@ -58,4 +93,3 @@ def test_sage_down_fails_the_day_after_a_few_attempts_naming_url_and_cause(fresh
     assert base_url in message and "ConnectError" in message and "refused" in message.lower()
     assert "pipeline-secret" not in message
     assert failure.value.allow_retries is False  # the pool slot is released now, not after step retries
-

@@ -356,8 +356,9 @@ def test_payout_fail_admin(live) -> None:
 
 def test_dispute_close_admin(live) -> None:
     st, srv, client, h = live
-    charge = next(c for c in _raw(st, "charges")
-                  if not c["disputed"] and not c["amount_refunded"] and c["currency"] == "usd")
+    charge = next(
+        c for c in _raw(st, "charges") if not c["disputed"] and not c["amount_refunded"] and c["currency"] == "usd"
+    )
     dp = h.post(f"/_emulator/charges/{charge['id']}/dispute").json()
     assert dp["status"] == "needs_response" and dp["balance_transactions"][0]["reporting_category"] == "dispute"
     r = h.post(f"/_emulator/disputes/{dp['id']}/close", json={"status": "won"})
@@ -501,9 +502,15 @@ def test_generator_invariants(state: EmulatorState) -> None:
             assert d["balance_transactions"][1]["fee"] in (-withdrawal["fee"], 0)
     # A real account's other movements are all there.
     kinds = {(b["type"], b["reporting_category"]) for b in bts}
-    assert {("stripe_fee", "fee"), ("tax_fee", "tax"), ("adjustment", "refund_failure"), ("topup", "topup"),
-            ("payout_minimum_balance_hold", "payout_minimum_balance_hold"),
-            ("reserve_transaction", "risk_reserved_funds"), ("adjustment", "other_adjustment")} <= kinds
+    assert {
+        ("stripe_fee", "fee"),
+        ("tax_fee", "tax"),
+        ("adjustment", "refund_failure"),
+        ("topup", "topup"),
+        ("payout_minimum_balance_hold", "payout_minimum_balance_hold"),
+        ("reserve_transaction", "risk_reserved_funds"),
+        ("adjustment", "other_adjustment"),
+    } <= kinds
     assert any(b["currency"] == "usd" and b["exchange_rate"] for b in bts), "EUR charges settled in USD"
     invoices_all = _raw(state, "invoices")
     assert any(i["total_discount_amounts"] for i in invoices_all)
@@ -592,7 +599,9 @@ def test_command_line_serves_in_its_own_process(tmp_path: Path) -> None:
 def test_objects_render_at_the_requested_api_version(server: EmulatorServer, http: httpx.Client) -> None:
     from stripe_sage_sandboxes.stripe_emulator.versions import sdk_fields
 
-    fixtures = json.loads((GOLDEN.parents[1] / "reference" / "stripe-openapi" / "fixtures3.json").read_text())["resources"]
+    fixtures = json.loads((GOLDEN.parents[1] / "reference" / "stripe-openapi" / "fixtures3.json").read_text())[
+        "resources"
+    ]
     current = {"Stripe-Version": stripe.api_version}
     old = http.get("/v1/invoices", params={"limit": 100})
     assert old.headers["Stripe-Version"] == "2023-08-16"  # the account default without a header
@@ -610,12 +619,15 @@ def test_objects_render_at_the_requested_api_version(server: EmulatorServer, htt
         before = by_id[inv["id"]]
         assert [t["amount"] for t in inv["total_taxes"]] == [t["amount"] for t in before["total_tax_amounts"]]
         assert [t["tax_behavior"] == "inclusive" for t in inv["total_taxes"]] == [
-            t["inclusive"] for t in before["total_tax_amounts"]]
+            t["inclusive"] for t in before["total_tax_amounts"]
+        ]
         [payment] = inv["payments"]["data"]
         assert set(payment) <= sdk_fields("invoice_payment")
         assert payment["payment"] == (
-            {"type": "payment_intent", "payment_intent": before["payment_intent"]} if before["payment_intent"]
-            else {"type": "charge", "charge": before["charge"]})
+            {"type": "payment_intent", "payment_intent": before["payment_intent"]}
+            if before["payment_intent"]
+            else {"type": "charge", "charge": before["charge"]}
+        )
         for line in inv["lines"]["data"]:
             assert set(line) <= sdk_fields("line_item") and "tax_amounts" not in line and "taxes" in line
     # Includable: only when expanded. Fields that no longer exist cannot be expanded.

@@ -81,8 +81,9 @@ def test_the_preview_rules_reproduce_what_dbt_built(golden_marts):
     for mode in ("payout_summary", "detail"):
         built = rules.mart_entries(month, mode)
         replayed = rules.entries(m, month, mode)
-        assert {e.external_ref: e.booked() for e in replayed.values()} == \
-            {e.external_ref: e.booked() for e in built.values()}, mode
+        assert {e.external_ref: e.booked() for e in replayed.values()} == {
+            e.external_ref: e.booked() for e in built.values()
+        }, mode
     p = rules.preview(m, m, month)
     assert p.model_gap == {} and p.changes == [] and not p.changed_rows
 
@@ -96,8 +97,9 @@ def _assert_rules_reproduce_dbt(m, url: str) -> dict[str, dict]:
     for mode in ("payout_summary", "detail"):
         built = rules.mart_entries(month, mode)
         replayed = rules.entries(m, month, mode)
-        assert {e.external_ref: e.booked() for e in replayed.values()} == \
-            {e.external_ref: e.booked() for e in built.values()}, mode
+        assert {e.external_ref: e.booked() for e in replayed.values()} == {
+            e.external_ref: e.booked() for e in built.values()
+        }, mode
     assert rules.preview(m, m, month).model_gap == {}
     return {t["balance_transaction_id"]: t for t in month.transactions}
 
@@ -162,9 +164,14 @@ def studio(golden_marts, tmp_path):
     mapping_file = tmp_path / "mapping.yaml"
     mapping_file.write_text(golden_marts["mapping_file"].read_text())
     with sage_sandbox(tmp_path / "sage") as srv:
-        config = StudioConfig(database_url=golden_marts["url"], mapping_file=mapping_file, sage_base_url=srv.base_url,
-                              sage_user="pipeline", sage_password="pipeline-secret",
-                              dagster_url="http://127.0.0.1:9/")
+        config = StudioConfig(
+            database_url=golden_marts["url"],
+            mapping_file=mapping_file,
+            sage_base_url=srv.base_url,
+            sage_user="pipeline",
+            sage_password="pipeline-secret",
+            dagster_url="http://127.0.0.1:9/",
+        )
         with TestClient(create_app(config), base_url="http://127.0.0.1:3100", client=("127.0.0.1", 40000)) as c:
             page = c.get("/")
             assert page.status_code == 200
@@ -183,8 +190,13 @@ def test_studio_inventory_preview_and_save(golden_marts, studio):
     state = _state(page)
     assert state["month"] == MONTH and state["sage_ok"] and state["problems"] == []
     first = state["inventory"][0]
-    assert (first["kind"], first["value"], first["suspense"], first["account"], first["amount"]) == \
-        ("reporting_category", "dispute", True, "9999", -DISPUTE)
+    assert (first["kind"], first["value"], first["suspense"], first["account"], first["amount"]) == (
+        "reporting_category",
+        "dispute",
+        True,
+        "9999",
+        -DISPUTE,
+    )
     assert {a["glacnt"] for a in state["sage_accounts"] if not a["active"]} == {"1160"}
 
     draft = state["mapping"]
@@ -196,30 +208,39 @@ def test_studio_inventory_preview_and_save(golden_marts, studio):
     assert [(ch["external_ref"], ch["action"]) for ch in res["preview"]["changes"]] == [("po_GOLD0001", "post_changed")]
 
     # A header account is refused by the studio even though mapping.py would accept it.
-    bad = {**draft, "categories": {**draft["categories"], "dispute": "1000"},
-           "chart_of_accounts": {**draft["chart_of_accounts"], "1000": "Current Assets"}}
+    bad = {
+        **draft,
+        "categories": {**draft["categories"], "dispute": "1000"},
+        "chart_of_accounts": {**draft["chart_of_accounts"], "1000": "Current Assets"},
+    }
     problems = c.post("/api/validate", json={"draft": bad}).json()["problems"]
-    assert problems == [{"key": "categories.dispute", "value": "1000",
-                         "message": "account is a header account in Sage (not postable)"}]
+    assert problems == [
+        {"key": "categories.dispute", "value": "1000", "message": "account is a header account in Sage (not postable)"}
+    ]
     before = mapping_file.read_text()
     assert c.post("/api/save", json={"draft": bad, "saved_by": "ana"}).status_code == 422
     assert mapping_file.read_text() == before
 
-    saved = c.post("/api/save", json={"draft": draft, "saved_by": "ana (controller)", "file_hash": state["file_hash"],
-                                      "start_transform": True}).json()
+    saved = c.post(
+        "/api/save",
+        json={"draft": draft, "saved_by": "ana (controller)", "file_hash": state["file_hash"], "start_transform": True},
+    ).json()
     assert saved["ok"], saved
     after = mapping_file.read_text()
     # One line added at the end of `categories`, before the blank line and the next section's comment.
     last = '  unreconciled_customer_funds: "2500"\n'  # the last entry of `categories`
     assert after == before.replace(last, last + '  dispute: "4060"\n')
-    assert [ln for ln in after.splitlines() if ln.lstrip().startswith("#")] == \
-        [ln for ln in before.splitlines() if ln.lstrip().startswith("#")]
+    assert [ln for ln in after.splitlines() if ln.lstrip().startswith("#")] == [
+        ln for ln in before.splitlines() if ln.lstrip().startswith("#")
+    ]
     assert yaml.safe_load(after)["categories"]["dispute"] == "4060"
     assert not saved["transform"]["started"] and "no Dagster webserver answers" in saved["transform"]["message"]
 
     with psycopg.connect(libpq_url(golden_marts["url"])) as conn:
-        row = conn.execute("select saved_by, client, changes, diff, transform from studio.mapping_audit"
-                           " where id = %s", (saved["audit_id"],)).fetchone()
+        row = conn.execute(
+            "select saved_by, client, changes, diff, transform from studio.mapping_audit where id = %s",
+            (saved["audit_id"],),
+        ).fetchone()
     assert row[0] == "ana (controller)" and row[1] == "127.0.0.1"
     assert row[2] == [{"key": "categories.dispute", "old": None, "new": "4060"}]
     assert '+  dispute: "4060"' in row[3] and "no Dagster webserver answers" in row[4]
@@ -243,27 +264,43 @@ def test_studio_reads_the_chart_of_intacct_when_that_is_the_target(golden_marts,
     inactive = "4050"  # refunds: in the emulator's chart, used by the mapping
     assert inactive in {code for _, code in used_accounts(m)}
     with intacct_emulator(inactive_accounts=(inactive,)) as srv:
-        for key, value in {"STRIPE_SAGE_DATABASE_URL": golden_marts["url"], "STRIPE_SAGE_MAPPING": str(mapping_file),
-                           "SAGE_TARGET": "intacct", "INTACCT_BASE_URL": srv.base_url, "INTACCT_CLIENT_ID": CLIENT_ID,
-                           "INTACCT_CLIENT_SECRET": CLIENT_SECRET, "INTACCT_USERNAME": DEFAULT_USERNAME,
-                           "SAGEPRO_BASE_URL": "http://127.0.0.1:9/sagepro/v1/PRO01"}.items():
+        for key, value in {
+            "STRIPE_SAGE_DATABASE_URL": golden_marts["url"],
+            "STRIPE_SAGE_MAPPING": str(mapping_file),
+            "SAGE_TARGET": "intacct",
+            "INTACCT_BASE_URL": srv.base_url,
+            "INTACCT_CLIENT_ID": CLIENT_ID,
+            "INTACCT_CLIENT_SECRET": CLIENT_SECRET,
+            "INTACCT_USERNAME": DEFAULT_USERNAME,
+            "SAGEPRO_BASE_URL": "http://127.0.0.1:9/sagepro/v1/PRO01",
+        }.items():
             monkeypatch.setenv(key, value)
         config = config_from_env(dagster_url="http://127.0.0.1:9/")
         assert config.sage_target == "intacct" and CLIENT_SECRET not in repr(config)
         with TestClient(create_app(config), base_url="http://127.0.0.1:3100", client=("127.0.0.1", 40000)) as c:
             state = _state(c.get("/").text)
             c.headers["x-csrf-token"] = c.cookies[CSRF_COOKIE]
-            header = c.post("/api/validate", json={"draft": {
-                **state["mapping"], "categories": {**state["mapping"]["categories"], "refund": "1000"},
-                "chart_of_accounts": {**state["mapping"]["chart_of_accounts"], "1000": "Assets"}}}).json()
+            header = c.post(
+                "/api/validate",
+                json={
+                    "draft": {
+                        **state["mapping"],
+                        "categories": {**state["mapping"]["categories"], "refund": "1000"},
+                        "chart_of_accounts": {**state["mapping"]["chart_of_accounts"], "1000": "Assets"},
+                    }
+                },
+            ).json()
         emulator = {a["id"]: a for a in srv.app.store.books.accounts.values()}
         assert any(e.path.endswith("/services/core/query") for e in srv.request_log)
     assert state["sage_ok"]
     chart = {a["glacnt"]: a for a in state["sage_accounts"]}
     assert set(chart) == set(emulator)
     assert {a for a, r in chart.items() if not r["active"]} == {inactive}
-    assert {a for a, r in chart.items() if not r["postable"]} == \
-        {a for a, r in emulator.items() if r["disallowDirectPosting"]} == {"1000"}
+    assert (
+        {a for a, r in chart.items() if not r["postable"]}
+        == {a for a, r in emulator.items() if r["disallowDirectPosting"]}
+        == {"1000"}
+    )
     problems = {(p["key"], p["value"]): p["message"] for p in state["problems"]}
     for key, code in used_accounts(m):
         if code not in emulator:
@@ -271,8 +308,11 @@ def test_studio_reads_the_chart_of_intacct_when_that_is_the_target(golden_marts,
         elif code == inactive:
             assert problems.pop((key, code)) == "account is inactive in Sage", (key, code)
     assert problems == {}
-    assert {"key": "categories.refund", "value": "1000", "message": "account is a header account in Sage (not postable)"} \
-        in header["problems"]
+    assert {
+        "key": "categories.refund",
+        "value": "1000",
+        "message": "account is a header account in Sage (not postable)",
+    } in header["problems"]
 
 
 def test_close_pack_agrees_with_sages_gl_and_stripes_payouts(golden_marts, tmp_path):
@@ -292,19 +332,24 @@ def test_close_pack_agrees_with_sages_gl_and_stripes_payouts(golden_marts, tmp_p
     assert (t.currency, t.sage_bank, t.stripe_paid_out, t.trial_balance, t.ok) == ("usd", paid, paid, 0, True)
     assert {r.account: r.sage for r in pack.gl} == sage_balance
     assert all(r.sage == r.booked for r in pack.gl)
-    expected = {k: from_decimal_str(v, "usd") for k, v in g["expected"]["trial_balance_change_after_both_payouts"].items()
-                if k != "note"}
+    expected = {
+        k: from_decimal_str(v, "usd")
+        for k, v in g["expected"]["trial_balance_change_after_both_payouts"].items()
+        if k != "note"
+    }
     expected["9999"], expected["4060"] = expected["4060"], 0  # the dispute sits in suspense
     assert {a: v for a, v in sage_balance.items() if v} == {a: v for a, v in expected.items() if v}
-    assert [(p["payout_id"], p["reconciliation_status"], p["sage_status"]) for p in pack.payouts] == \
-        [("po_GOLD0000", "reconciled", "posted"), ("po_GOLD0001", "reconciled", "posted")]
+    assert [(p["payout_id"], p["reconciliation_status"], p["sage_status"]) for p in pack.payouts] == [
+        ("po_GOLD0000", "reconciled", "posted"),
+        ("po_GOLD0001", "reconciled", "posted"),
+    ]
     assert {d.day: d.stripe for d in pack.days if d.stripe} == {date(2026, 7, 4): 7738, date(2026, 7, 16): 24541}
     assert all(d.difference == 0 for d in pack.days)
-    assert [(s["balance_transaction_id"], s["amount"], s["external_ref"]) for s in pack.suspense] == \
-        [("txn_GOLDd1", DISPUTE, "po_GOLD0001")]
+    assert [(s["balance_transaction_id"], s["amount"], s["external_ref"]) for s in pack.suspense] == [
+        ("txn_GOLDd1", DISPUTE, "po_GOLD0001")
+    ]
     assert pack.dead_letters == [] and pack.held == [] and not pack.ok  # suspense keeps it from closing clean
     html = written.html.read_text()
     assert "322.79" in html and "txn_GOLDd1" in html and "data:image/png;base64," in html
     assert [p.name for p in written.charts] == ["payouts_vs_bank.png"]
     assert written.charts[0].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-

@@ -32,7 +32,9 @@ def test_golden_example_reproduced_in_both_modes(fresh_db: str, golden_marts) ->
         assert row["reconciliation_status"] == "reconciled"
 
     entry = expected["payout_summary_journal_po_GOLD0001"]
-    lines = query(fresh_db, "select * from finance.fct_journal_lines where entry_id = 'summary:po_GOLD0001' order by line_number")
+    lines = query(
+        fresh_db, "select * from finance.fct_journal_lines where entry_id = 'summary:po_GOLD0001' order by line_number"
+    )
     assert {str(line["posting_date"]) for line in lines} == {entry["posting_date"]}
     assert {line["external_ref"] for line in lines} == {entry["external_ref"]}
     got = {line["account_code"]: (str(line["debit_amount"]), str(line["credit_amount"])) for line in lines}
@@ -48,7 +50,9 @@ def test_golden_example_reproduced_in_both_modes(fresh_db: str, golden_marts) ->
             assert got_tb.get(account, Decimal("0.00")) == amount, (mode, account)
         assert set(got_tb) <= set(tb), mode
     # Detail mode: one entry per balance transaction (the payout's own one is its bank entry).
-    detail_entries = query(fresh_db, "select distinct external_ref from finance.fct_journal_lines where posting_mode = 'detail'")
+    detail_entries = query(
+        fresh_db, "select distinct external_ref from finance.fct_journal_lines where posting_mode = 'detail'"
+    )
     assert {r["external_ref"] for r in detail_entries} == {b["id"] for b in g["stripe"]["balance_transactions"]}
 
 
@@ -64,7 +68,10 @@ def test_incremental_touches_only_new_window_and_equals_full_refresh(fresh_db: s
     }
     load_stripe_objects(fresh_db, first)
     transform.dbt_build(url=fresh_db, vars=NO_LOOKBACK)
-    before = {r["journal_line_id"]: r["_loaded_at"] for r in query(fresh_db, "select journal_line_id, _loaded_at from finance.fct_journal_lines")}
+    before = {
+        r["journal_line_id"]: r["_loaded_at"]
+        for r in query(fresh_db, "select journal_line_id, _loaded_at from finance.fct_journal_lines")
+    }
 
     # Only what is new is extracted again (an upsert refreshes _extracted_at, i.e. marks a row changed).
     second = {
@@ -82,11 +89,17 @@ def test_incremental_touches_only_new_window_and_equals_full_refresh(fresh_db: s
     # Only the new payout's entries and transactions were rebuilt; po_GOLD0000's stayed as they were.
     assert touched and all("GOLD0000" not in e and "GOLDc0" not in e and "GOLDp0" not in e for e in touched)
     assert {e for e in touched if e.startswith("summary:")} == {"summary:po_GOLD0001"}
-    incremental = query(fresh_db, "select journal_line_id, debit, credit, account_code, posting_date from finance.fct_journal_lines order by 1")
+    incremental = query(
+        fresh_db,
+        "select journal_line_id, debit, credit, account_code, posting_date from finance.fct_journal_lines order by 1",
+    )
     incremental_tb = movement(fresh_db, "payout_summary")
 
     transform.dbt_build(url=fresh_db, full_refresh=True)
-    full = query(fresh_db, "select journal_line_id, debit, credit, account_code, posting_date from finance.fct_journal_lines order by 1")
+    full = query(
+        fresh_db,
+        "select journal_line_id, debit, credit, account_code, posting_date from finance.fct_journal_lines order by 1",
+    )
     assert incremental == full
     assert incremental_tb == movement(fresh_db, "payout_summary")
 
@@ -102,8 +115,22 @@ def _edge_case_objects() -> dict:
         bt("txn_jpy_p", -4820, 0, "payout", "po_jpy", currency="jpy", created=T0 + DAY),
         bt("txn_kwd_c", 12500, 400, "charge", "ch_kwd", currency="kwd"),
         bt("txn_usd_c", 10000, 320, "charge", "ch_usd"),
-        bt("txn_usd_r", -5000, -150, "refund", "re_usd",
-           fee_details=[{"amount": -150, "currency": "usd", "type": "stripe_fee", "description": "fee returned", "application": None}]),
+        bt(
+            "txn_usd_r",
+            -5000,
+            -150,
+            "refund",
+            "re_usd",
+            fee_details=[
+                {
+                    "amount": -150,
+                    "currency": "usd",
+                    "type": "stripe_fee",
+                    "description": "fee returned",
+                    "application": None,
+                }
+            ],
+        ),
         bt("txn_dp", -8000, 1500, "dispute", "dp_won", type_="adjustment"),
         bt("txn_dpr", 8000, 0, "dispute_reversal", "dp_won", type_="adjustment", created=T0 + DAY),
         bt("txn_odd", 700, 0, "stripe_category_added_later", None, type_="type_added_later"),
@@ -119,13 +146,37 @@ def _edge_case_objects() -> dict:
             charge("ch_usd", 10000, "txn_usd_c"),
             charge("ch_inv", 10825, "txn_inv_c", invoice="in_1", metadata={"tax_amount": "999"}),
         ],
-        "invoices": [{
-            "id": "in_1", "object": "invoice", "customer": None, "charge": "ch_inv", "currency": "usd",
-            "created": T0, "status": "paid", "number": "INV-1", "subtotal": 10000, "tax": 825, "total": 10825,
-            "amount_paid": 10825, "total_tax_amounts": [{"amount": 825}], "metadata": {},
-            "lines": {"object": "list", "data": [{"id": "il_1", "amount": 10000, "quantity": 2, "description": "Widget",
-                                                   "price": {"unit_amount": 5000}, "tax_amounts": [{"amount": 825}]}]},
-        }],
+        "invoices": [
+            {
+                "id": "in_1",
+                "object": "invoice",
+                "customer": None,
+                "charge": "ch_inv",
+                "currency": "usd",
+                "created": T0,
+                "status": "paid",
+                "number": "INV-1",
+                "subtotal": 10000,
+                "tax": 825,
+                "total": 10825,
+                "amount_paid": 10825,
+                "total_tax_amounts": [{"amount": 825}],
+                "metadata": {},
+                "lines": {
+                    "object": "list",
+                    "data": [
+                        {
+                            "id": "il_1",
+                            "amount": 10000,
+                            "quantity": 2,
+                            "description": "Widget",
+                            "price": {"unit_amount": 5000},
+                            "tax_amounts": [{"amount": 825}],
+                        }
+                    ],
+                },
+            }
+        ],
         "balance_transactions": bts,
         "payouts": [
             payout("po_jpy", 4820, "txn_jpy_p", T0 + 2 * DAY, currency="jpy"),
@@ -145,7 +196,11 @@ def edge_mapping(tmp_path: Path):
 
 
 def _lines(url: str, entry_id: str) -> dict[str, tuple[str, str]]:
-    rows = query(url, "select account_code, debit_amount, credit_amount from finance.fct_journal_lines where entry_id = %s", (entry_id,))
+    rows = query(
+        url,
+        "select account_code, debit_amount, credit_amount from finance.fct_journal_lines where entry_id = %s",
+        (entry_id,),
+    )
     return {r["account_code"]: (str(r["debit_amount"]), str(r["credit_amount"])) for r in rows}
 
 
@@ -157,29 +212,67 @@ def test_edge_cases(fresh_db: str, edge_mapping) -> None:
     assert _lines(fresh_db, "detail:txn_jpy_c") == {"1151": ("4820", "0"), "6100": ("180", "0"), "4000": ("0", "5000")}
     assert _lines(fresh_db, "summary:po_jpy") == {"1011": ("4820", "0"), "6100": ("180", "0"), "4000": ("0", "5000")}
     # KWD: three decimals.
-    assert _lines(fresh_db, "detail:txn_kwd_c") == {"1150": ("12.100", "0.000"), "6100": ("0.400", "0.000"), "4000": ("0.000", "12.500")}
+    assert _lines(fresh_db, "detail:txn_kwd_c") == {
+        "1150": ("12.100", "0.000"),
+        "6100": ("0.400", "0.000"),
+        "4000": ("0.000", "12.500"),
+    }
     # A refund whose fee is returned: the fee becomes a credit.
-    assert _lines(fresh_db, "detail:txn_usd_r") == {"4050": ("50.00", "0.00"), "1150": ("0.00", "48.50"), "6100": ("0.00", "1.50")}
+    assert _lines(fresh_db, "detail:txn_usd_r") == {
+        "4050": ("50.00", "0.00"),
+        "1150": ("0.00", "48.50"),
+        "6100": ("0.00", "1.50"),
+    }
     # A won dispute: the reversal credits chargebacks back; the dispute fee stays on 6110.
-    assert _lines(fresh_db, "detail:txn_dp") == {"4060": ("80.00", "0.00"), "6110": ("15.00", "0.00"), "1150": ("0.00", "95.00")}
+    assert _lines(fresh_db, "detail:txn_dp") == {
+        "4060": ("80.00", "0.00"),
+        "6110": ("15.00", "0.00"),
+        "1150": ("0.00", "95.00"),
+    }
     assert _lines(fresh_db, "detail:txn_dpr") == {"1150": ("80.00", "0.00"), "4060": ("0.00", "80.00")}
     # Every category of Stripe's current list has an account: an adjustment is not suspense.
     assert _lines(fresh_db, "detail:txn_adj") == {"1150": ("7.00", "0.00"), "6900": ("0.00", "7.00")}
     # A category Stripe adds later (no mapping, no type fallback): suspense, flagged, not dropped.
-    odd = query(fresh_db, "select account_code, credit_amount, is_unmapped from finance.fct_journal_lines where entry_id = 'detail:txn_odd' and credit > 0")
+    odd = query(
+        fresh_db,
+        "select account_code, credit_amount, is_unmapped from finance.fct_journal_lines where entry_id = 'detail:txn_odd' and credit > 0",
+    )
     assert odd == [{"account_code": "9999", "credit_amount": Decimal("7.00"), "is_unmapped": True}]
     # Tax from the invoice wins over metadata; invoice lines come from the invoice.
-    assert _lines(fresh_db, "detail:txn_inv_c") == {"1150": ("104.81", "0.00"), "6100": ("3.44", "0.00"), "4000": ("0.00", "100.00"), "2200": ("0.00", "8.25")}
-    inv = query(fresh_db, "select document_type, description, quantity, unit_price, line_amount, tax_amount, document_total from finance.fct_invoice_lines where charge_id = 'ch_inv'")
-    assert inv == [{"document_type": "invoice", "description": "Widget", "quantity": 2, "unit_price": 5000, "line_amount": 10000, "tax_amount": 825, "document_total": 10825}]
+    assert _lines(fresh_db, "detail:txn_inv_c") == {
+        "1150": ("104.81", "0.00"),
+        "6100": ("3.44", "0.00"),
+        "4000": ("0.00", "100.00"),
+        "2200": ("0.00", "8.25"),
+    }
+    inv = query(
+        fresh_db,
+        "select document_type, description, quantity, unit_price, line_amount, tax_amount, document_total from finance.fct_invoice_lines where charge_id = 'ch_inv'",
+    )
+    assert inv == [
+        {
+            "document_type": "invoice",
+            "description": "Widget",
+            "quantity": 2,
+            "unit_price": 5000,
+            "line_amount": 10000,
+            "tax_amount": 825,
+            "document_total": 10825,
+        }
+    ]
     # A payout that failed after it was paid: its entry stays and a reversing entry follows.
     assert _lines(fresh_db, "detail:po_fail") == {"1010": ("30.00", "0.00"), "1150": ("0.00", "30.00")}
     assert _lines(fresh_db, "detail:po_fail:reversal") == {"1150": ("30.00", "0.00"), "1010": ("0.00", "30.00")}
     assert _lines(fresh_db, "summary:po_fail:reversal") == {"1150": ("30.00", "0.00"), "1010": ("0.00", "30.00")}
-    recon = {r["payout_id"]: r["reconciliation_status"] for r in query(fresh_db, "select payout_id, reconciliation_status from finance.fct_payout_reconciliation")}
+    recon = {
+        r["payout_id"]: r["reconciliation_status"]
+        for r in query(fresh_db, "select payout_id, reconciliation_status from finance.fct_payout_reconciliation")
+    }
     assert recon == {"po_jpy": "reconciled", "po_fail": "failed"}
     # Every entry balances to the minor unit, in both modes.
-    unbalanced = query(fresh_db, "select entry_id from finance.fct_journal_lines group by entry_id having sum(debit) <> sum(credit)")
+    unbalanced = query(
+        fresh_db, "select entry_id from finance.fct_journal_lines group by entry_id having sum(debit) <> sum(credit)"
+    )
     assert unbalanced == []
 
 
@@ -187,20 +280,27 @@ def test_custno_is_short_stable_and_unique(fresh_db: str, golden_path: Path) -> 
     g = golden(golden_path)["stripe"]
     load_stripe_objects(fresh_db, {"customers": g["customers"]})
     transform.dbt_build(url=fresh_db, select="+dim_customers")
-    first = {r["customer_id"]: r["custno"] for r in query(fresh_db, "select customer_id, custno from finance.dim_customers")}
+    first = {
+        r["customer_id"]: r["custno"] for r in query(fresh_db, "select customer_id, custno from finance.dim_customers")
+    }
     assert first == {"cus_GOLD0001": "ACMEC-0001", "cus_GOLD0002": "GLOBE-0001"}
     # A second Acme arrives, and the first one is renamed: nothing assigned changes.
     renamed = dict(g["customers"][0], name="Zeta Renamed")
     twin = dict(g["customers"][0], id="cus_GOLD0003", created=g["customers"][0]["created"] + 10)
     load_stripe_objects(fresh_db, {"customers": [renamed, twin]})
     transform.dbt_build(url=fresh_db, select="+dim_customers")
-    second = {r["customer_id"]: r["custno"] for r in query(fresh_db, "select customer_id, custno from finance.dim_customers")}
+    second = {
+        r["customer_id"]: r["custno"] for r in query(fresh_db, "select customer_id, custno from finance.dim_customers")
+    }
     assert second == {**first, "cus_GOLD0003": "ACMEC-0002"}
     import re
+
     assert all(re.fullmatch(r"[A-Z0-9][A-Z0-9-]{0,9}", c) for c in second.values())
 
 
-def test_views_and_unit_tests_run_only_when_the_code_or_the_views_changed(fresh_db: str, golden_path: Path, monkeypatch) -> None:
+def test_views_and_unit_tests_run_only_when_the_code_or_the_views_changed(
+    fresh_db: str, golden_path: Path, monkeypatch
+) -> None:
     load_stripe_objects(fresh_db, golden(golden_path)["stripe"])
     views = {f"model.stripe_sage.{v}" for v in transform.staging_views()[1]}
 
@@ -215,7 +315,9 @@ def test_views_and_unit_tests_run_only_when_the_code_or_the_views_changed(fresh_
     second = transform.dbt_build(url=fresh_db)
     assert second.plan == transform.BuildPlan(full_refresh=False, code_steps=False)
     assert not views & ran(second, "model.") and not ran(second, "unit_test.")
-    assert {"model.stripe_sage.int_balance_transactions__classified", "model.stripe_sage.fct_journal_lines"} <= ran(second, "model.")
+    assert {"model.stripe_sage.int_balance_transactions__classified", "model.stripe_sage.fct_journal_lines"} <= ran(
+        second, "model."
+    )
     assert any("fct_journal_lines" in t for t in ran(second, "test."))
     assert query(fresh_db, "select count(*) as n from finance.fct_journal_lines")[0]["n"] > 0
 
@@ -244,11 +346,17 @@ def test_a_failing_dbt_unit_test_is_reported_as_a_failed_blocking_check() -> Non
     spec = next(s for s in UNIT_TEST_CHECK_SPECS if s.name == "classify_categories_fallback_and_suspense")
     assert spec.blocking and spec.asset_key.path == ["finance_intermediate", "int_balance_transactions__classified"]
     uid = "unit_test.stripe_sage.int_balance_transactions__classified.classify_categories_fallback_and_suspense"
-    run_results = {"results": [
-        {"unique_id": uid, "status": "fail", "message": "actual differs from expected: counter_account 9999 != 4000",
-         "execution_time": 0.61},
-        {"unique_id": "model.stripe_sage.fct_journal_lines", "status": "skipped", "message": None},
-    ]}
+    run_results = {
+        "results": [
+            {
+                "unique_id": uid,
+                "status": "fail",
+                "message": "actual differs from expected: counter_account 9999 != 4000",
+                "execution_time": 0.61,
+            },
+            {"unique_id": "model.stripe_sage.fct_journal_lines", "status": "skipped", "message": None},
+        ]
+    }
     [result] = unit_test_results(run_results, UNIT_TEST_CHECK_SPECS)
     assert (result.check_name, result.passed) == ("classify_categories_fallback_and_suspense", False)
     assert "9999 != 4000" in result.metadata["message"].value
@@ -257,7 +365,9 @@ def test_a_failing_dbt_unit_test_is_reported_as_a_failed_blocking_check() -> Non
 
 def test_a_reread_transaction_that_did_not_change_is_not_rebuilt_downstream(fresh_db: str, golden_marts) -> None:
     golden_marts.clone_into(fresh_db)
-    classified = "select balance_transaction_id, _classified_at from finance_intermediate.int_balance_transactions__classified"
+    classified = (
+        "select balance_transaction_id, _classified_at from finance_intermediate.int_balance_transactions__classified"
+    )
     lines = "select journal_line_id, entry_id, _loaded_at from finance.fct_journal_lines"
     before_c = {r["balance_transaction_id"]: r["_classified_at"] for r in query(fresh_db, classified)}
     before_l = {r["journal_line_id"]: r["_loaded_at"] for r in query(fresh_db, lines)}
@@ -270,19 +380,30 @@ def test_a_reread_transaction_that_did_not_change_is_not_rebuilt_downstream(fres
     assert {r["journal_line_id"]: r["_loaded_at"] for r in query(fresh_db, lines)} == before_l
 
     # One charge gets tax metadata and is extracted again: only its transaction and the entries it is in.
-    execute(fresh_db, "update stripe_staging.charges set metadata = '{\"tax_amount\": \"100\"}'::jsonb, "
-                      "_extracted_at = now() where id = 'ch_GOLD0002'")
+    execute(
+        fresh_db,
+        'update stripe_staging.charges set metadata = \'{"tax_amount": "100"}\'::jsonb, '
+        "_extracted_at = now() where id = 'ch_GOLD0002'",
+    )
     transform.dbt_build(url=fresh_db, vars=created_lookback_only)
     after_c = {r["balance_transaction_id"]: r["_classified_at"] for r in query(fresh_db, classified)}
     changed_bt = {k for k, v in after_c.items() if before_c[k] != v}
-    bt_of_charge = query(fresh_db, "select balance_transaction_id from stripe_staging.charges where id = 'ch_GOLD0002'")[0]
+    bt_of_charge = query(
+        fresh_db, "select balance_transaction_id from stripe_staging.charges where id = 'ch_GOLD0002'"
+    )[0]
     # The charge's transaction, and its partial refund, which now takes back its share of the new tax.
-    refund_bt = query(fresh_db, "select balance_transaction_id from stripe_staging.refunds where charge_id = 'ch_GOLD0002'")
+    refund_bt = query(
+        fresh_db, "select balance_transaction_id from stripe_staging.refunds where charge_id = 'ch_GOLD0002'"
+    )
     assert changed_bt == {bt_of_charge["balance_transaction_id"], *(r["balance_transaction_id"] for r in refund_bt)}
     rebuilt = {r["entry_id"] for r in query(fresh_db, lines) if before_l.get(r["journal_line_id"]) != r["_loaded_at"]}
     bt_id = bt_of_charge["balance_transaction_id"]
-    payout_id = query(fresh_db, "select payout_id from finance_intermediate.int_balance_transactions__classified "
-                                "where balance_transaction_id = %s", (bt_id,))[0]["payout_id"]
+    payout_id = query(
+        fresh_db,
+        "select payout_id from finance_intermediate.int_balance_transactions__classified "
+        "where balance_transaction_id = %s",
+        (bt_id,),
+    )[0]["payout_id"]
     # its entries, its payout's
     assert rebuilt == {f"detail:{b}" for b in changed_bt} | {f"summary:{payout_id}", f"detail:{payout_id}"}
     # ... and the result equals a full refresh.

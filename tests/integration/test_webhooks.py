@@ -194,7 +194,8 @@ def rejections(conninfo: str) -> list[tuple]:
     with psycopg.connect(conninfo) as conn:
         return conn.execute(
             "select http_status, reason, event_id, signature_valid, body is not null from"
-            " stripe_staging.webhook_rejections order by id").fetchall()
+            " stripe_staging.webhook_rejections order by id"
+        ).fetchall()
 
 
 def test_rejected_deliveries_are_kept_with_their_reason_and_alerted_once(client, conninfo):

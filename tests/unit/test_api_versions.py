@@ -12,12 +12,33 @@ from stripe_sage_sandboxes.stripe_emulator.versions import current_rendering, is
 
 AT = datetime(2026, 7, 13, tzinfo=UTC)
 INVOICE_2023 = {
-    "id": "in_1", "object": "invoice", "created": 1783934100, "currency": "usd", "customer": "cus_1",
-    "charge": "ch_1", "payment_intent": "pi_1", "tax": 825, "subtotal": 10000, "total": 10825, "amount_paid": 10825,
-    "amount_due": 10825, "status": "paid", "status_transitions": {"paid_at": 1783934100},
+    "id": "in_1",
+    "object": "invoice",
+    "created": 1783934100,
+    "currency": "usd",
+    "customer": "cus_1",
+    "charge": "ch_1",
+    "payment_intent": "pi_1",
+    "tax": 825,
+    "subtotal": 10000,
+    "total": 10825,
+    "amount_paid": 10825,
+    "amount_due": 10825,
+    "status": "paid",
+    "status_transitions": {"paid_at": 1783934100},
     "total_tax_amounts": [{"amount": 825, "inclusive": False, "tax_rate": "txr_1", "taxable_amount": 10000}],
-    "lines": {"object": "list", "data": [{"id": "il_1", "object": "line_item", "amount": 10000, "quantity": 1,
-                                         "tax_amounts": [{"amount": 825, "inclusive": False, "tax_rate": "txr_1"}]}]},
+    "lines": {
+        "object": "list",
+        "data": [
+            {
+                "id": "il_1",
+                "object": "line_item",
+                "amount": 10000,
+                "quantity": 1,
+                "tax_amounts": [{"amount": 825, "inclusive": False, "tax_rate": "txr_1"}],
+            }
+        ],
+    },
 }
 
 
@@ -42,19 +63,35 @@ def test_an_invoice_is_staged_with_its_links_and_version_in_either_shape() -> No
     old = dict(zip(cols, to_row(table, INVOICE_2023, "", AT, "2023-08-16"), strict=True))
     new_shape = current_rendering("invoices", dict(INVOICE_2023), include=frozenset({"payments"}))
     new = dict(zip(cols, to_row(table, new_shape, "", AT, stripe.api_version), strict=True))
-    assert (old["charge_id"], old["payment_intent_id"], old["tax"], old["_api_version"]) == ("ch_1", "pi_1", 825, "2023-08-16")
+    assert (old["charge_id"], old["payment_intent_id"], old["tax"], old["_api_version"]) == (
+        "ch_1",
+        "pi_1",
+        825,
+        "2023-08-16",
+    )
     # Current shape: no invoice.charge / payment_intent / tax; the link comes from the InvoicePayment.
     assert (new["charge_id"], new["payment_intent_id"], new["tax"], new["_api_version"]) == (
-        None, "pi_1", None, stripe.api_version)
+        None,
+        "pi_1",
+        None,
+        stripe.api_version,
+    )
 
 
 def test_current_rendering_follows_the_sdk_classes() -> None:
     out = current_rendering("invoices", dict(INVOICE_2023))
     assert set(out) <= sdk_fields("invoice") and "payments" not in out
     assert not {"charge", "payment_intent", "tax", "total_tax_amounts"} & set(out)
-    assert out["total_taxes"] == [{"amount": 825, "tax_behavior": "exclusive", "tax_rate_details": {"tax_rate": "txr_1"},
-                                   "taxability_reason": "standard_rated", "taxable_amount": 10000,
-                                   "type": "tax_rate_details"}]
+    assert out["total_taxes"] == [
+        {
+            "amount": 825,
+            "tax_behavior": "exclusive",
+            "tax_rate_details": {"tax_rate": "txr_1"},
+            "taxability_reason": "standard_rated",
+            "taxable_amount": 10000,
+            "type": "tax_rate_details",
+        }
+    ]
     [line] = out["lines"]["data"]
     assert line["taxes"][0]["amount"] == 825 and "tax_amounts" not in line and line["subtotal"] == 10000
     charge = {"id": "ch_1", "object": "charge", "invoice": "in_1", "presentment_details": None}

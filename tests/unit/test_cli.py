@@ -39,8 +39,12 @@ def _sandbox_parsers() -> dict[str, argparse.ArgumentParser]:
 def test_every_flag_of_every_command_and_sandbox_has_help():
     parsers = {f"stripe-sage {n}": p for n, p in _subparsers(build_parser()).items()}
     parsers.update({f"stripe-sage sandbox {n}": p for n, p in _sandbox_parsers().items()})
-    missing = [f"{name} {a.option_strings or a.dest}" for name, p in parsers.items() for a in p._actions
-               if not isinstance(a, argparse._HelpAction) and not a.help]
+    missing = [
+        f"{name} {a.option_strings or a.dest}"
+        for name, p in parsers.items()
+        for a in p._actions
+        if not isinstance(a, argparse._HelpAction) and not a.help
+    ]
     assert missing == []
     assert {"demo", "run", "doctor", "db", "ui", "webhooks", "redrive", "sandbox"} <= set(_subparsers(build_parser()))
 
@@ -73,11 +77,14 @@ def test_a_bad_flag_is_one_line_naming_the_flag_and_the_help(capsys):
     assert err.count("\n") == 1 and "--days" in err and "'many'" in err and "stripe-sage demo --help" in err
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["run", "--from", "2026-02-30", "--to", "2026-03-01"], ["--from", "'2026-02-30'", "YYYY-MM-DD"]),
-    (["run", "--from", "2026-03-02", "--to", "2026-03-01"], ["--to 2026-03-01 is before --from 2026-03-02"]),
-    (["run", "--from", "2999-01-01", "--to", "2999-01-02"], ["in the future"]),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["run", "--from", "2026-02-30", "--to", "2026-03-01"], ["--from", "'2026-02-30'", "YYYY-MM-DD"]),
+        (["run", "--from", "2026-03-02", "--to", "2026-03-01"], ["--to 2026-03-01 is before --from 2026-03-02"]),
+        (["run", "--from", "2999-01-01", "--to", "2999-01-02"], ["in the future"]),
+    ],
+)
 def test_run_rejects_a_bad_window_in_one_line_before_any_check(argv, words, capsys):
     assert main(argv) == 1
     out = capsys.readouterr()
@@ -102,10 +109,15 @@ def test_progress_writes_one_line_per_step_when_not_a_terminal():
 
 
 def test_run_summary_names_the_window_the_postings_and_what_to_do_about_dead_letters():
-    res = RunSummary(window={"from": "2026-07-01", "to": "2026-07-15"}, extracted={"charges": 4},
-                     days_loaded=["2026-07-04", "2026-07-16"], postings={"journal-entries": {"posted": 2,
-                     "dead_lettered": 1}}, dead_letters_in_window=1, runs=[{"job": "load_job"}] * 2,
-                     seconds={"total": 12.5})
+    res = RunSummary(
+        window={"from": "2026-07-01", "to": "2026-07-15"},
+        extracted={"charges": 4},
+        days_loaded=["2026-07-04", "2026-07-16"],
+        postings={"journal-entries": {"posted": 2, "dead_lettered": 1}},
+        dead_letters_in_window=1,
+        runs=[{"job": "load_job"}] * 2,
+        seconds={"total": 12.5},
+    )
     text = format_run_summary(res)
     assert "RUN 2026-07-01 .. 2026-07-15 (UTC)  took 12.5 s" in text
     assert "posting days loaded: 2 (2026-07-04 .. 2026-07-16)" in text
@@ -132,27 +144,46 @@ def _wrapped(exc: BaseException) -> RuntimeError:
         return outer
 
 
-@pytest.mark.parametrize("exc, words", [
-    (psycopg.OperationalError('connection to server at "db.internal" failed: Connection refused'),
-     ["cannot reach the database at postgresql://finance:***@db.internal:5432/stripe_sage", "Connection refused",
-      "STRIPE_SAGE_DATABASE_URL"]),
-    (stripe.AuthenticationError("Invalid API Key provided: sk_test_****"),
-     ["rejected STRIPE_API_KEY", "valid secret or restricted key"]),
-    (stripe.APIConnectionError("Network error: [Errno 111] Connection refused"),
-     ["cannot reach Stripe at http://127.0.0.1:9", "[Errno 111] Connection refused"]),
-    (stripe.PermissionError("The provided key does not have the required permissions"),
-     ["may not read", "restricted key"]),
-    (CredentialsError("Sage Pro rejected the credentials", status=401),
-     ["rejected SAGEPRO_USER/SAGEPRO_PASSWORD"]),
-    (TransientError("Sage GET /accounts still failing after 7 attempts: ConnectError"),
-     ["Sage Pro at http://127.0.0.1:9/sagepro/v1/PRO01 did not answer", "SAGEPRO_BASE_URL"]),
-    (NotFound("not found", status=404), ["404", "/sagepro/v1/<company>"]),
-    (MappingError("mapping.yaml", [("accounts.revenue", "40x0", "unknown account")]),
-     ["invalid mapping mapping.yaml: accounts.revenue: unknown account (got '40x0')", "fix the file"]),
-    (EmbeddedPostgresError("port 54329 on 127.0.0.1 is taken by another program: set STRIPE_SAGE_PG_PORT"),
-     ["STRIPE_SAGE_PG_PORT"]),
-    (OSError(errno.EADDRINUSE, "Address already in use"), ["already in use", "--port"]),
-])
+@pytest.mark.parametrize(
+    "exc, words",
+    [
+        (
+            psycopg.OperationalError('connection to server at "db.internal" failed: Connection refused'),
+            [
+                "cannot reach the database at postgresql://finance:***@db.internal:5432/stripe_sage",
+                "Connection refused",
+                "STRIPE_SAGE_DATABASE_URL",
+            ],
+        ),
+        (
+            stripe.AuthenticationError("Invalid API Key provided: sk_test_****"),
+            ["rejected STRIPE_API_KEY", "valid secret or restricted key"],
+        ),
+        (
+            stripe.APIConnectionError("Network error: [Errno 111] Connection refused"),
+            ["cannot reach Stripe at http://127.0.0.1:9", "[Errno 111] Connection refused"],
+        ),
+        (
+            stripe.PermissionError("The provided key does not have the required permissions"),
+            ["may not read", "restricted key"],
+        ),
+        (CredentialsError("Sage Pro rejected the credentials", status=401), ["rejected SAGEPRO_USER/SAGEPRO_PASSWORD"]),
+        (
+            TransientError("Sage GET /accounts still failing after 7 attempts: ConnectError"),
+            ["Sage Pro at http://127.0.0.1:9/sagepro/v1/PRO01 did not answer", "SAGEPRO_BASE_URL"],
+        ),
+        (NotFound("not found", status=404), ["404", "/sagepro/v1/<company>"]),
+        (
+            MappingError("mapping.yaml", [("accounts.revenue", "40x0", "unknown account")]),
+            ["invalid mapping mapping.yaml: accounts.revenue: unknown account (got '40x0')", "fix the file"],
+        ),
+        (
+            EmbeddedPostgresError("port 54329 on 127.0.0.1 is taken by another program: set STRIPE_SAGE_PG_PORT"),
+            ["STRIPE_SAGE_PG_PORT"],
+        ),
+        (OSError(errno.EADDRINUSE, "Address already in use"), ["already in use", "--port"]),
+    ],
+)
 def test_explain_names_the_cause_and_the_fix_in_one_line_even_when_wrapped(settings_env, exc, words):
     for e in (exc, _wrapped(exc)):
         line = explain(e)

@@ -39,8 +39,20 @@ def _broken(path: list[str], value) -> dict:
         (["categories", "Refund Fee"], "4050", "categories.Refund Fee", "Refund Fee", "lower-case letters"),
         (["posting_date", "timezone"], "Mars/Olympus", "posting_date.timezone", "Mars/Olympus", "unknown time zone"),
         (["posting_mode"], "weekly", "posting_mode", "weekly", "'detail' or 'payout_summary'"),
-        (["fees", "by_fee_type", "stripe_fee"], "61OO", "fees.by_fee_type.stripe_fee", "61OO", "not in chart_of_accounts"),
-        (["currencies", "eur"], {"clearing": "1150", "bank": "1019"}, "currencies.eur.bank", "1019", "not in chart_of_accounts"),
+        (
+            ["fees", "by_fee_type", "stripe_fee"],
+            "61OO",
+            "fees.by_fee_type.stripe_fee",
+            "61OO",
+            "not in chart_of_accounts",
+        ),
+        (
+            ["currencies", "eur"],
+            {"clearing": "1150", "bank": "1019"},
+            "currencies.eur.bank",
+            "1019",
+            "not in chart_of_accounts",
+        ),
         (["type_fallback", "payment"], "chrge", "type_fallback.payment", "chrge", "no mapping"),
         (["colour"], "blue", "colour", "blue", "unknown key"),
     ],
@@ -84,8 +96,13 @@ def test_no_account_code_in_sql() -> None:
 
 def test_dbt_env_and_args() -> None:
     env = dbt_env("postgresql+psycopg://u%40x:p%3Aw@db.example:6543/fin")
-    assert env == {"STRIPE_SAGE_DBT_HOST": "db.example", "STRIPE_SAGE_DBT_PORT": "6543", "STRIPE_SAGE_DBT_USER": "u@x",
-                   "STRIPE_SAGE_DBT_PASSWORD": "p:w", "STRIPE_SAGE_DBT_DBNAME": "fin"}
+    assert env == {
+        "STRIPE_SAGE_DBT_HOST": "db.example",
+        "STRIPE_SAGE_DBT_PORT": "6543",
+        "STRIPE_SAGE_DBT_USER": "u@x",
+        "STRIPE_SAGE_DBT_PASSWORD": "p:w",
+        "STRIPE_SAGE_DBT_DBNAME": "fin",
+    }
     args = dbt_args("build", select=["a", "b"], full_refresh=True, vars={"lookback_hours": 0})
     assert args[0] == "build" and args[args.index("--select") + 1 : args.index("--select") + 3] == ["a", "b"]
     assert "--full-refresh" in args and '{"lookback_hours": 0}' in args
@@ -106,7 +123,9 @@ def test_every_current_reporting_category_has_an_account_and_new_strings_are_war
     warned = parse_mapping(data)
     assert warned.categories["payout_minimum_balance_hold_v2"] == "1170"
     assert {w[0] for w in mapping_warnings(warned)} == {
-        "categories.payout_minimum_balance_hold_v2", "type_fallback.brand_new_type"}
+        "categories.payout_minimum_balance_hold_v2",
+        "type_fallback.brand_new_type",
+    }
 
 
 def test_default_chart_of_the_sage_sandbox_has_every_mapped_account() -> None:

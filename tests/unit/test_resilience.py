@@ -84,8 +84,9 @@ def test_sage_sandbox_releases_its_lock_when_begin_fails(tmp_path):
     other.close()
 
     done: list[dict] = []
-    worker = threading.Thread(target=lambda: done.append(store.create_customer({"custno": "C0002", "company": "Next"},
-                                                                                 "pipeline")))
+    worker = threading.Thread(
+        target=lambda: done.append(store.create_customer({"custno": "C0002", "company": "Next"}, "pipeline"))
+    )
     worker.start()
     worker.join(timeout=30)
     assert not worker.is_alive() and done and done[0]["custno"] == "C0002"

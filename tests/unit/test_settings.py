@@ -26,20 +26,41 @@ def test_defaults_are_the_embedded_server_and_the_sandboxes() -> None:
 
 def test_every_variable_is_read_and_empty_means_unset(tmp_path: Path) -> None:
     env = {
-        "STRIPE_SAGE_DATA_DIR": str(tmp_path), "STRIPE_SAGE_DATABASE_URL": "postgresql://u:p@db:5432/fin",
-        "STRIPE_SAGE_PG_PORT": "55000", "STRIPE_API_KEY": "sk_live_abc", "STRIPE_API_BASE": "http://127.0.0.1:1",
-        "STRIPE_ACCOUNT": "acct_1", "STRIPE_WEBHOOK_SECRET": "whsec_x", "SAGEPRO_BASE_URL": "http://127.0.0.1:2",
-        "SAGEPRO_USER": "u", "SAGEPRO_PASSWORD": "pw", "STRIPE_SAGE_MAPPING": str(tmp_path / "m.yaml"),
-        "STRIPE_SAGE_START_DATE": "2026-07-01-00:00", "SAGEPRO_RATE_PER_MINUTE": "60",
-        "STRIPE_SAGE_EVENTS_SOURCE": "events_api", "STRIPE_SAGE_SENSOR_INTERVAL_S": "5",
-        "STRIPE_SAGE_ALERT_WEBHOOK_URL": "http://127.0.0.1:3/hook", "DAGSTER_HOME": str(tmp_path / "home"),
-        "STRIPE_SAGE_MAX_CONCURRENT_RUNS": "2", "STRIPE_SAGE_POOL_LIMIT": "3", "STRIPE_RATE_LIMIT_PER_S": "",
+        "STRIPE_SAGE_DATA_DIR": str(tmp_path),
+        "STRIPE_SAGE_DATABASE_URL": "postgresql://u:p@db:5432/fin",
+        "STRIPE_SAGE_PG_PORT": "55000",
+        "STRIPE_API_KEY": "sk_live_abc",
+        "STRIPE_API_BASE": "http://127.0.0.1:1",
+        "STRIPE_ACCOUNT": "acct_1",
+        "STRIPE_WEBHOOK_SECRET": "whsec_x",
+        "SAGEPRO_BASE_URL": "http://127.0.0.1:2",
+        "SAGEPRO_USER": "u",
+        "SAGEPRO_PASSWORD": "pw",
+        "STRIPE_SAGE_MAPPING": str(tmp_path / "m.yaml"),
+        "STRIPE_SAGE_START_DATE": "2026-07-01-00:00",
+        "SAGEPRO_RATE_PER_MINUTE": "60",
+        "STRIPE_SAGE_EVENTS_SOURCE": "events_api",
+        "STRIPE_SAGE_SENSOR_INTERVAL_S": "5",
+        "STRIPE_SAGE_ALERT_WEBHOOK_URL": "http://127.0.0.1:3/hook",
+        "DAGSTER_HOME": str(tmp_path / "home"),
+        "STRIPE_SAGE_MAX_CONCURRENT_RUNS": "2",
+        "STRIPE_SAGE_POOL_LIMIT": "3",
+        "STRIPE_RATE_LIMIT_PER_S": "",
     }
     s = load_settings(env)
     assert not s.embedded and s.embedded_pg_port == 55000 and s.data_dir == tmp_path
     assert s.stripe_rate_limit_per_s == 90.0  # empty = unset: the live-key default
-    assert (s.stripe_account, s.sagepro_rate_per_minute, s.events_source, s.sensor_interval_s) == ("acct_1", 60, "events_api", 5)
-    assert (s.start_date, s.alert_webhook_url, s.dagster_home) == ("2026-07-01-00:00", "http://127.0.0.1:3/hook", tmp_path / "home")
+    assert (s.stripe_account, s.sagepro_rate_per_minute, s.events_source, s.sensor_interval_s) == (
+        "acct_1",
+        60,
+        "events_api",
+        5,
+    )
+    assert (s.start_date, s.alert_webhook_url, s.dagster_home) == (
+        "2026-07-01-00:00",
+        "http://127.0.0.1:3/hook",
+        tmp_path / "home",
+    )
     assert (s.max_concurrent_runs, s.pool_limit, s.mapping_file) == (2, 3, tmp_path / "m.yaml")
     # Secrets never reach a log line through the object's repr.
     text = repr(s)
@@ -56,7 +77,9 @@ def test_secret_values_are_the_long_enough_secrets_longest_first(monkeypatch: py
 
 def test_instance_config_takes_the_queue_and_pool_limits() -> None:
     default = yaml.safe_load(render_instance_config({}))
-    tuned = yaml.safe_load(render_instance_config({"STRIPE_SAGE_MAX_CONCURRENT_RUNS": "7", "STRIPE_SAGE_POOL_LIMIT": "2"}))
+    tuned = yaml.safe_load(
+        render_instance_config({"STRIPE_SAGE_MAX_CONCURRENT_RUNS": "7", "STRIPE_SAGE_POOL_LIMIT": "2"})
+    )
     assert tuned["concurrency"]["runs"]["max_concurrent_runs"] == 7
     assert tuned["concurrency"]["pools"]["default_limit"] == 2
     assert default["concurrency"] == yaml.safe_load((PROJECT_ROOT / "dagster.yaml").read_text())["concurrency"]

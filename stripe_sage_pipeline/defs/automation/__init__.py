@@ -51,7 +51,8 @@ def _waiting_runs(instance: dg.DagsterInstance, job_name: str) -> list[dg.Dagste
 
 fast_path_job = dg.define_asset_job(
     "fast_path_job",
-    selection=dg.AssetSelection.assets(stripe_events) | dg.AssetSelection.groups("finance")
+    selection=dg.AssetSelection.assets(stripe_events)
+    | dg.AssetSelection.groups("finance")
     | dg.AssetSelection.assets(*LOAD_ASSETS),
     partitions_def=daily_partitions,
     tags=MARTS_RUN_TAG,
@@ -111,8 +112,9 @@ def load_after_transform_sensor(context: dg.RunStatusSensorContext):
     waiting = {r.tags.get("dagster/partition") for r in _waiting_runs(context.instance, load_job.name)}
     # Loads go ahead of other queued runs: they are what finance waits for.
     return [
-        dg.RunRequest(run_key=f"load-{d:%Y-%m-%d}-after-{run_id}", partition_key=f"{d:%Y-%m-%d}",
-                      tags={"dagster/priority": "10"})
+        dg.RunRequest(
+            run_key=f"load-{d:%Y-%m-%d}-after-{run_id}", partition_key=f"{d:%Y-%m-%d}", tags={"dagster/priority": "10"}
+        )
         for d in days
         if f"{d:%Y-%m-%d}" not in waiting
     ]
@@ -131,8 +133,9 @@ def _launched(instance: dg.DagsterInstance, keys: list[str]) -> set[str]:
     return {r.tags.get(RUN_KEY_TAG) for r in runs}
 
 
-def _fast_path_requests(context: dg.SensorEvaluationContext, conninfo: str, events: list[dict], prefix: str,
-                        tags: dict[str, str]) -> list[dg.RunRequest]:
+def _fast_path_requests(
+    context: dg.SensorEvaluationContext, conninfo: str, events: list[dict], prefix: str, tags: dict[str, str]
+) -> list[dg.RunRequest]:
     """Run requests of the fast path for new inbox events, and again for claims whose run was never created.
 
     New events are claimed (marked with the run key) before the request is returned. A run key whose
@@ -142,8 +145,11 @@ def _fast_path_requests(context: dg.SensorEvaluationContext, conninfo: str, even
     claims = automation.inbox_claims(conninfo, prefix, datetime.now(UTC) - automation.CLAIM_RECHECK)
     launched = _launched(context.instance, list(claims))
     requests = [
-        dg.RunRequest(run_key=key, partition_key=_fast_path_day(conninfo, evs),
-                      tags={**tags, **tags_for(evs), "stripe_sage/relaunch": "true"})
+        dg.RunRequest(
+            run_key=key,
+            partition_key=_fast_path_day(conninfo, evs),
+            tags={**tags, **tags_for(evs), "stripe_sage/relaunch": "true"},
+        )
         for key, evs in automation.unlaunched_claims(claims, lambda k: k in launched).items()
     ]
     if events:
@@ -156,8 +162,11 @@ def _fast_path_requests(context: dg.SensorEvaluationContext, conninfo: str, even
         else:
             key = f"{prefix}{events[-1]['event_id']}"
             webhooks.mark_processed(conninfo, [e["event_id"] for e in events], key)
-            requests.append(dg.RunRequest(run_key=key, partition_key=_fast_path_day(conninfo, events),
-                                          tags={**tags, **tags_for(events)}))
+            requests.append(
+                dg.RunRequest(
+                    run_key=key, partition_key=_fast_path_day(conninfo, events), tags={**tags, **tags_for(events)}
+                )
+            )
     return requests
 
 
@@ -209,8 +218,11 @@ def stripe_events_poll_sensor(context: dg.SensorEvaluationContext, stripe: Strip
         return dg.SkipReason("no new Stripe events")
     context.update_cursor(newest[0]["id"])
     event = {"event_created": datetime.fromtimestamp(newest[0]["created"], UTC)}
-    return dg.RunRequest(run_key=f"events-{newest[0]['id']}", partition_key=_fast_path_day(_conninfo(), [event]),
-                         tags={"stripe_sage/trigger": "events_api"})
+    return dg.RunRequest(
+        run_key=f"events-{newest[0]['id']}",
+        partition_key=_fast_path_day(_conninfo(), [event]),
+        tags={"stripe_sage/trigger": "events_api"},
+    )
 
 
 @dg.run_failure_sensor(default_status=dg.DefaultSensorStatus.RUNNING, minimum_interval_seconds=SENSOR_INTERVAL_S)

@@ -1,6 +1,5 @@
 """Extraction assets: Stripe objects into `stripe_staging`, by hourly `created` partitions and by events."""
 
-
 import time
 from datetime import UTC
 
@@ -85,7 +84,9 @@ def _staging_asset(table: str) -> dg.AssetsDefinition:
         description=f"Stripe {spec.object_type}s created in the partition's hour(s), upserted by id into "
         f"{SCHEMA}.{table} (typed columns + raw JSON).",
     )
-    def _asset(context: dg.AssetExecutionContext, postgres: PostgresResource, stripe: StripeResource) -> dg.MaterializeResult:
+    def _asset(
+        context: dg.AssetExecutionContext, postgres: PostgresResource, stripe: StripeResource
+    ) -> dg.MaterializeResult:
         return dg.MaterializeResult(metadata=_extract(context, postgres, stripe, table))
 
     return _asset
@@ -93,10 +94,18 @@ def _staging_asset(table: str) -> dg.AssetsDefinition:
 
 @dg.multi_asset(
     specs=[
-        dg.AssetSpec(staging_key("payouts"), group_name="ingestion", kinds={"stripe", "postgres"},
-                     description="Stripe payouts created in the partition's hour(s), upserted by id."),
-        dg.AssetSpec(staging_key("payout_balance_transactions"), group_name="ingestion", kinds={"stripe", "postgres"},
-                     description="Which balance transactions each automatic payout swept (GET ?payout=po_…)."),
+        dg.AssetSpec(
+            staging_key("payouts"),
+            group_name="ingestion",
+            kinds={"stripe", "postgres"},
+            description="Stripe payouts created in the partition's hour(s), upserted by id.",
+        ),
+        dg.AssetSpec(
+            staging_key("payout_balance_transactions"),
+            group_name="ingestion",
+            kinds={"stripe", "postgres"},
+            description="Which balance transactions each automatic payout swept (GET ?payout=po_…).",
+        ),
     ],
     partitions_def=hourly_partitions,
     backfill_policy=dg.BackfillPolicy.single_run(),
@@ -108,8 +117,10 @@ def payouts(context: dg.AssetExecutionContext, postgres: PostgresResource, strip
     yield dg.MaterializeResult(asset_key=staging_key("payouts"), metadata=meta)
     yield dg.MaterializeResult(
         asset_key=staging_key("payout_balance_transactions"),
-        metadata={"members_in_window": meta["payout_members"],
-                  "table_rows": _count_table(postgres.conninfo(), "payout_balance_transactions")},
+        metadata={
+            "members_in_window": meta["payout_members"],
+            "table_rows": _count_table(postgres.conninfo(), "payout_balance_transactions"),
+        },
     )
 
 
@@ -131,13 +142,15 @@ def stripe_events(context: dg.AssetExecutionContext, postgres: PostgresResource,
     yield from evaluations
     if failed:
         raise dg.Failure(description=staging_failure_text(failed, []))
-    yield dg.MaterializeResult(metadata={
-        "events_listed": res.events_listed,
-        "events_new": res.events_new,
-        "objects_refetched": dg.MetadataValue.json(res.objects_refetched),
-        "fallback_relist": res.fallback_relist,
-        "cursor_to": res.cursor_to or 0,
-    })
+    yield dg.MaterializeResult(
+        metadata={
+            "events_listed": res.events_listed,
+            "events_new": res.events_new,
+            "objects_refetched": dg.MetadataValue.json(res.objects_refetched),
+            "fallback_relist": res.fallback_relist,
+            "cursor_to": res.cursor_to or 0,
+        }
+    )
 
 
 PARTITIONED_TABLES = ["customers", "charges", "refunds", "disputes", "balance_transactions", "invoices"]
@@ -157,6 +170,7 @@ update_path_job = dg.define_asset_job(
     description="Re-fetch Stripe objects that changed after creation (Events API).",
 )
 
+
 class HistoryConfig(dg.Config):
     """The window of a history load: UTC hour keys like the partitions' (`2026-07-01-00:00`), end inclusive."""
 
@@ -165,8 +179,9 @@ class HistoryConfig(dg.Config):
     tables: list[str] = []
 
 
-def run_staging_checks(postgres: PostgresResource, tables: set[str] | None = None
-                       ) -> tuple[list[dg.AssetCheckEvaluation], list[str]]:
+def run_staging_checks(
+    postgres: PostgresResource, tables: set[str] | None = None
+) -> tuple[list[dg.AssetCheckEvaluation], list[str]]:
     """Run the staging Great Expectations checks (rows changed since each last passed) of `tables` (all when
     None): each check's evaluation on its staging asset (for the step to yield), and the failures as text."""
     from stripe_sage_pipeline.quality import run_suite, suite_checks
@@ -179,15 +194,26 @@ def run_staging_checks(postgres: PostgresResource, tables: set[str] | None = Non
     evaluations, failed = [], []
     for r in result.checks:
         c = by_name[r.name]
-        evaluations.append(dg.AssetCheckEvaluation(
-            asset_key=dg.AssetKey([c.schema, c.table]), check_name=r.name, passed=r.passed,
-            severity=dg.AssetCheckSeverity.ERROR, blocking=False,  # the step blocks itself, with every reason
-            metadata={"unexpected_count": r.unexpected_count, "rows_read": result.stats["windows"][r.name],
-                      "failing_rows": dg.MetadataValue.json(r.failing_rows), **({"error": r.error} if r.error else {})},
-        ))
+        evaluations.append(
+            dg.AssetCheckEvaluation(
+                asset_key=dg.AssetKey([c.schema, c.table]),
+                check_name=r.name,
+                passed=r.passed,
+                severity=dg.AssetCheckSeverity.ERROR,
+                blocking=False,  # the step blocks itself, with every reason
+                metadata={
+                    "unexpected_count": r.unexpected_count,
+                    "rows_read": result.stats["windows"][r.name],
+                    "failing_rows": dg.MetadataValue.json(r.failing_rows),
+                    **({"error": r.error} if r.error else {}),
+                },
+            )
+        )
         if not r.passed:
-            failed.append(f"{r.name} on {c.schema}.{c.table}: {r.error or f'{r.unexpected_count} row(s)'}"
-                          + (f", e.g. {r.failing_rows[:3]}" if r.failing_rows else ""))
+            failed.append(
+                f"{r.name} on {c.schema}.{c.table}: {r.error or f'{r.unexpected_count} row(s)'}"
+                + (f", e.g. {r.failing_rows[:3]}" if r.failing_rows else "")
+            )
     return evaluations, failed
 
 
@@ -195,19 +221,23 @@ def staging_failure_text(failed_checks: list[str], rejected: list[str]) -> str:
     """Why a run that wrote staging fails: every failed staging check and every malformed object."""
     parts = []
     if rejected:
-        parts.append(f"{len(rejected)} extraction problem(s); each malformed object is kept in"
-                     f" {SCHEMA}._rejected_objects (its hour committed nothing, every other hour and table was"
-                     " extracted):\n  "
-                     + "\n  ".join(rejected[:50]))
+        parts.append(
+            f"{len(rejected)} extraction problem(s); each malformed object is kept in"
+            f" {SCHEMA}._rejected_objects (its hour committed nothing, every other hour and table was"
+            " extracted):\n  " + "\n  ".join(rejected[:50])
+        )
     if failed_checks:
-        parts.append(f"{len(failed_checks)} staging check(s) failed (nothing downstream should read these rows):\n  "
-                     + "\n  ".join(failed_checks))
+        parts.append(
+            f"{len(failed_checks)} staging check(s) failed (nothing downstream should read these rows):\n  "
+            + "\n  ".join(failed_checks)
+        )
     return "\n".join(parts)
 
 
 @dg.op(pool=STRIPE_POOL, out=dg.Out(list))
-def extract_history(context: dg.OpExecutionContext, config: HistoryConfig, postgres: PostgresResource,
-                    stripe: StripeResource) -> list:
+def extract_history(
+    context: dg.OpExecutionContext, config: HistoryConfig, postgres: PostgresResource, stripe: StripeResource
+) -> list:
     """Extract every Stripe object created in a long window in one step, committed hour by hour.
 
     A malformed object fails only its table's hour: every other hour and table goes on, and the objects
@@ -227,8 +257,9 @@ def extract_history(context: dg.OpExecutionContext, config: HistoryConfig, postg
     done = extract_windows(reader, url, tables, start, end, workers=stripe.extract_workers)
     context.log.info(f"{reader.stats.requests} requests, {done.in_flight} in flight, chunks {done.chunks}")
     # A table that failed outright (not a malformed object: those fail only their hour) is named at the end too.
-    rejected: list[str] = [f"{table}: the whole table failed: {type(err).__name__}: {err}"
-                           for table, err in done.errors.items()]
+    rejected: list[str] = [
+        f"{table}: the whole table failed: {type(err).__name__}: {err}" for table, err in done.errors.items()
+    ]
     for table in tables:
         if table not in done.results:
             continue
@@ -239,12 +270,19 @@ def extract_history(context: dg.OpExecutionContext, config: HistoryConfig, postg
         rejected += res.rejected
         keys = [staging_key(table)] + ([staging_key("payout_balance_transactions")] if table == "payouts" else [])
         for key in keys:
-            context.log_event(dg.AssetObservation(asset_key=key, metadata={
-                "history_window": f"{config.start} .. {config.end}",
-                "rows_in_window": res.payout_members if key.path[-1] == "payout_balance_transactions" else res.rows,
-                "table_rows": _count_table(url, key.path[-1]),
-                "malformed_objects": dg.MetadataValue.json(res.rejected[:50]),
-            }))
+            context.log_event(
+                dg.AssetObservation(
+                    asset_key=key,
+                    metadata={
+                        "history_window": f"{config.start} .. {config.end}",
+                        "rows_in_window": res.payout_members
+                        if key.path[-1] == "payout_balance_transactions"
+                        else res.rows,
+                        "table_rows": _count_table(url, key.path[-1]),
+                        "malformed_objects": dg.MetadataValue.json(res.rejected[:50]),
+                    },
+                )
+            )
     return rejected
 
 
@@ -255,9 +293,13 @@ def check_staging_history(context: dg.OpExecutionContext, rejected: list, postgr
     evaluations, failed = run_staging_checks(postgres)
     yield from evaluations
     if failed or rejected:
-        raise dg.Failure(description=staging_failure_text(failed, rejected),
-                         metadata={"malformed_objects": dg.MetadataValue.json(rejected[:200]),
-                                   "failed_checks": dg.MetadataValue.json(failed)})
+        raise dg.Failure(
+            description=staging_failure_text(failed, rejected),
+            metadata={
+                "malformed_objects": dg.MetadataValue.json(rejected[:200]),
+                "failed_checks": dg.MetadataValue.json(failed),
+            },
+        )
 
 
 @dg.job(description="First load or catch-up of a long window in one run (the hourly partitions cover what follows).")

@@ -7,7 +7,6 @@ dead-letter re-drive, and the Sage → Stripe customer sync with its schedule. E
 the `sage_api` pool, so concurrent runs stay under Sage's rate limit together.
 """
 
-
 import contextlib
 from collections.abc import Iterator
 from datetime import date
@@ -40,8 +39,10 @@ START_DATE = load_settings().start_date[:10]
 # end_offset=1: today's partition exists, so a payout arriving today can post today.
 daily_partitions = dg.DailyPartitionsDefinition(start_date=START_DATE, timezone="UTC", end_offset=1)
 
-FINANCE = {name: dg.AssetKey(["finance", name]) for name in
-           ("fct_journal_lines", "fct_invoice_lines", "fct_payout_reconciliation", "dim_customers")}
+FINANCE = {
+    name: dg.AssetKey(["finance", name])
+    for name in ("fct_journal_lines", "fct_invoice_lines", "fct_payout_reconciliation", "dim_customers")
+}
 CUSTOMERS_KEY = dg.AssetKey(["sage", "customers"])
 INVOICES_KEY = dg.AssetKey(["sage", "invoices"])
 RECEIPTS_KEY = dg.AssetKey(["sage", "cash_receipts"])
@@ -72,8 +73,10 @@ def _result(context: dg.AssetExecutionContext, stats: LoadStats, **extra: object
         **extra,
     }
     if stats.dead_lettered:
-        context.log.warning(f"{stats.dead_lettered} item(s) dead-lettered: see {SCHEMA}.dead_letters, fix, then run"
-                            " redrive_dead_letters_job (or `stripe-sage redrive`)")
+        context.log.warning(
+            f"{stats.dead_lettered} item(s) dead-lettered: see {SCHEMA}.dead_letters, fix, then run"
+            " redrive_dead_letters_job (or `stripe-sage redrive`)"
+        )
     if stats.transient_failures:
         raise dg.Failure(
             description=f"{stats.transient_failures} item(s) could not reach Sage after retries; they stay computed"
@@ -99,8 +102,13 @@ def _credentials_stop_the_run(client: SageClient | Any = None) -> Iterator[None]
         raise dg.Failure(description=str(breaker.error()), allow_retries=False)
 
 
-def _attention(context: dg.AssetExecutionContext, postgres: PostgresResource, day: date, items: list,
-               suspense_account: str | None = None) -> dict:
+def _attention(
+    context: dg.AssetExecutionContext,
+    postgres: PostgresResource,
+    day: date,
+    items: list,
+    suspense_account: str | None = None,
+) -> dict:
     """Suspense postings and held items of the day: an alert each (once per distinct set), and metadata."""
     import psycopg
 
@@ -112,8 +120,10 @@ def _attention(context: dg.AssetExecutionContext, postgres: PostgresResource, da
     if att.suspense:
         context.log.warning(f"{len(att.suspense)} line(s) of {day} booked to suspense account {suspense_account}")
     if att.held:
-        context.log.warning(f"{len(att.held)} item(s) of {day} held back: " + ", ".join(
-            f"{h['external_ref']} ({h['reason']})" for h in att.held[:10]))
+        context.log.warning(
+            f"{len(att.held)} item(s) of {day} held back: "
+            + ", ".join(f"{h['external_ref']} ({h['reason']})" for h in att.held[:10])
+        )
     meta = att.metadata()
     return {k: dg.MetadataValue.json(v) if isinstance(v, list) else v for k, v in meta.items()}
 
@@ -129,8 +139,10 @@ def marts_mapping(url: str) -> Mapping:
     """The mapping the marts were built with: the one source of truth for the posting and revenue modes."""
     mapping = built_mapping(url)
     if mapping is None:
-        raise dg.Failure(description="the finance marts have no complete build recorded: run transform_job first",
-                         allow_retries=False)
+        raise dg.Failure(
+            description="the finance marts have no complete build recorded: run transform_job first",
+            allow_retries=False,
+        )
     return mapping
 
 
@@ -155,8 +167,9 @@ def _poster(postgres: PostgresResource, sage: SageResource) -> Poster:
     pool=SAGE_POOL,
     retry_policy=RETRY,
 )
-def sage_customers(context: dg.AssetExecutionContext, postgres: PostgresResource, sage: SageResource
-                   ) -> dg.MaterializeResult:
+def sage_customers(
+    context: dg.AssetExecutionContext, postgres: PostgresResource, sage: SageResource
+) -> dg.MaterializeResult:
     """Sage customers for every Stripe customer created up to the partition's day: created, or updated (Stripe-owned fields)."""
     client, counter = sage.client()
     try:
@@ -177,8 +190,9 @@ def sage_customers(context: dg.AssetExecutionContext, postgres: PostgresResource
     pool=SAGE_POOL,
     retry_policy=RETRY,
 )
-def sage_invoices(context: dg.AssetExecutionContext, postgres: PostgresResource, sage: SageResource
-                  ) -> dg.MaterializeResult:
+def sage_invoices(
+    context: dg.AssetExecutionContext, postgres: PostgresResource, sage: SageResource
+) -> dg.MaterializeResult:
     """Sage invoices, one per charge of the day (invoice-driven revenue only; nothing in direct mode)."""
     poster = _poster(postgres, sage)
     try:
@@ -200,8 +214,9 @@ def sage_invoices(context: dg.AssetExecutionContext, postgres: PostgresResource,
     pool=SAGE_POOL,
     retry_policy=RETRY,
 )
-def sage_cash_receipts(context: dg.AssetExecutionContext, postgres: PostgresResource, sage: SageResource
-                       ) -> dg.MaterializeResult:
+def sage_cash_receipts(
+    context: dg.AssetExecutionContext, postgres: PostgresResource, sage: SageResource
+) -> dg.MaterializeResult:
     """Sage cash receipts settling the day's charge invoices (invoice-driven revenue only)."""
     poster = _poster(postgres, sage)
     try:
@@ -211,8 +226,13 @@ def sage_cash_receipts(context: dg.AssetExecutionContext, postgres: PostgresReso
         raise dg.Failure(description=str(err), allow_retries=False) from err
     finally:
         poster.close()
-    attention = _attention(context, postgres, _day(context),
-                           _planned(postgres, plan_partition_receipts, _day(context), mapping)) if stats.held else {}
+    attention = (
+        _attention(
+            context, postgres, _day(context), _planned(postgres, plan_partition_receipts, _day(context), mapping)
+        )
+        if stats.held
+        else {}
+    )
     return _result(context, stats, revenue_mode=mapping.revenue_mode, **attention)
 
 
@@ -225,8 +245,9 @@ def sage_cash_receipts(context: dg.AssetExecutionContext, postgres: PostgresReso
     pool=SAGE_POOL,
     retry_policy=RETRY,
 )
-def sage_journal_entries(context: dg.AssetExecutionContext, postgres: PostgresResource, sage: SageResource
-                         ) -> dg.MaterializeResult:
+def sage_journal_entries(
+    context: dg.AssetExecutionContext, postgres: PostgresResource, sage: SageResource
+) -> dg.MaterializeResult:
     """Journal entries of the day in the mapping's posting mode; changed entries reversed and re-posted."""
     poster = _poster(postgres, sage)
     try:
@@ -278,41 +299,61 @@ class RedriveConfig(dg.Config):
 
 
 @dg.op(pool=SAGE_POOL)
-def redrive_dead_letters(context: dg.OpExecutionContext, config: RedriveConfig, postgres: PostgresResource,
-                         sage: SageResource) -> None:
+def redrive_dead_letters(
+    context: dg.OpExecutionContext, config: RedriveConfig, postgres: PostgresResource, sage: SageResource
+) -> None:
     """Re-plan every dead letter from the current marts and post it once (after the fix)."""
     client, counter = sage.client()
     poster = Poster(postgres.url(), client, workers=sage.max_concurrency, transport=counter)
     try:
         with reading_marts(context, postgres.url()) as mapping:
-            res = redrive(postgres.url(), client, mapping=mapping, resources=config.resources or None,
-                          refs=config.refs or None, poster=poster)
+            res = redrive(
+                postgres.url(),
+                client,
+                mapping=mapping,
+                resources=config.resources or None,
+                refs=config.refs or None,
+                poster=poster,
+            )
     finally:
         poster.close()
         client.close()
     for item in res.items:
-        context.log.info(f"{item['resource']} {item['external_ref']}: was {item['reason_was']}, now {item['status_now']}"
-                         + (f" ({item['reason_now']})" if item["reason_now"] else ""))
-    context.log.info(f"re-drove {len(res.items)}: {res.posted} posted, {res.still_dead} still dead-lettered,"
-                     f" {counter.count} requests")
-    context.log_event(dg.AssetMaterialization(
-        asset_key=DEAD_LETTERS_KEY,
-        description="Dead letters after a re-drive",
-        metadata={"redriven": len(res.items), "posted": res.posted, "still_dead": res.still_dead,
-                  "requests_used": counter.count, "items": dg.MetadataValue.json(res.items)},
-    ))
+        context.log.info(
+            f"{item['resource']} {item['external_ref']}: was {item['reason_was']}, now {item['status_now']}"
+            + (f" ({item['reason_now']})" if item["reason_now"] else "")
+        )
+    context.log.info(
+        f"re-drove {len(res.items)}: {res.posted} posted, {res.still_dead} still dead-lettered,"
+        f" {counter.count} requests"
+    )
+    context.log_event(
+        dg.AssetMaterialization(
+            asset_key=DEAD_LETTERS_KEY,
+            description="Dead letters after a re-drive",
+            metadata={
+                "redriven": len(res.items),
+                "posted": res.posted,
+                "still_dead": res.still_dead,
+                "requests_used": counter.count,
+                "items": dg.MetadataValue.json(res.items),
+            },
+        )
+    )
 
 
-@dg.job(description="Re-drive the dead letters in sage_sync.dead_letters after a fix (each posts once).",
-        tags=MARTS_RUN_TAG)
+@dg.job(
+    description="Re-drive the dead letters in sage_sync.dead_letters after a fix (each posts once).", tags=MARTS_RUN_TAG
+)
 def redrive_dead_letters_job() -> None:
     """Re-drive the dead letters in sage_sync.dead_letters after a fix (each posts once)."""
     redrive_dead_letters()
 
 
 @dg.op(pool=SAGE_POOL)
-def sync_sage_customers_to_stripe(context: dg.OpExecutionContext, postgres: PostgresResource, sage: SageResource,
-                                  stripe: StripeResource) -> None:
+def sync_sage_customers_to_stripe(
+    context: dg.OpExecutionContext, postgres: PostgresResource, sage: SageResource, stripe: StripeResource
+) -> None:
     """Copy Sage-side edits of the fields Sage owns (mapping: customer_sync) to the Stripe customers."""
     client, counter = sage.client()
     try:
@@ -320,9 +361,11 @@ def sync_sage_customers_to_stripe(context: dg.OpExecutionContext, postgres: Post
         res = customer_sync.pull_sage_changes(postgres.url(), client, sdk)
     finally:
         client.close()
-    context.log.info(f"Sage customers read {res.read}, Stripe customers updated {res.updated}"
-                     f" ({', '.join(res.updated_customers) or '-'}), own writes skipped {res.skipped_own_writes},"
-                     f" cursor {res.cursor}, Sage requests {counter.count}")
+    context.log.info(
+        f"Sage customers read {res.read}, Stripe customers updated {res.updated}"
+        f" ({', '.join(res.updated_customers) or '-'}), own writes skipped {res.skipped_own_writes},"
+        f" cursor {res.cursor}, Sage requests {counter.count}"
+    )
 
 
 @dg.job(description="Sage → Stripe: copy Sage-owned customer fields (e.g. email, address) to Stripe.")

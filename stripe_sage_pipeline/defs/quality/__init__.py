@@ -13,7 +13,6 @@ validates its window, a full refresh everything it rebuilt. `scope: all` (run co
 launchpad) validates every row.
 """
 
-
 from collections.abc import Iterator
 from typing import Literal
 
@@ -40,8 +39,12 @@ def _suite_check(suite: str, description: str) -> dg.AssetChecksDefinition:
         name=f"{suite}_expectations",
         description=description,
         specs=[
-            dg.AssetCheckSpec(name=c.name, asset=_asset_key(c), blocking=c.blocking,
-                              description=(c.description or c.name) + (f" Not blocking: holds {c.holds}." if c.holds else ""))
+            dg.AssetCheckSpec(
+                name=c.name,
+                asset=_asset_key(c),
+                blocking=c.blocking,
+                description=(c.description or c.name) + (f" Not blocking: holds {c.holds}." if c.holds else ""),
+            )
             for c in checks
         ],
         can_subset=True,  # a job that selects one staging table runs only that table's checks
@@ -75,8 +78,12 @@ def _suite_check(suite: str, description: str) -> dg.AssetChecksDefinition:
 
 
 staging_expectations = _suite_check("staging", "Great Expectations on the Stripe staging tables.")
-journal_lines_expectations = _suite_check("journal_lines", "Every journal entry balances; lines one-sided; accounts in the chart.")
-payout_reconciliation_expectations = _suite_check("payout_reconciliation", "Every complete automatic payout reconciles to zero.")
+journal_lines_expectations = _suite_check(
+    "journal_lines", "Every journal entry balances; lines one-sided; accounts in the chart."
+)
+payout_reconciliation_expectations = _suite_check(
+    "payout_reconciliation", "Every complete automatic payout reconciles to zero."
+)
 invoice_lines_expectations = _suite_check("invoice_lines", "Invoice totals equal lines plus tax.")
 
 defs = dg.Definitions(

@@ -6,7 +6,6 @@ Dagster: `reporting/close_pack` reads the month from the marts, the posting ledg
 both paths and the tie-out to the materialization. `close_pack_job` materializes one month.
 """
 
-
 import dagster as dg
 
 from stripe_sage_pipeline.defs.resources import PostgresResource, SageResource
@@ -26,9 +25,11 @@ UPSTREAM = [dg.AssetKey(["sage", "journal_entries"]), dg.AssetKey(["finance", "f
 def _markdown(pack) -> str:
     out = ["| currency | bank in Sage | Stripe paid out | bank ties | trial balance |", "|---|---:|---:|---|---:|"]
     for t in pack.tie_out:
-        out.append(f"| {t.currency.upper()} | {to_decimal_str(t.sage_bank, t.currency)} | "
-                   f"{to_decimal_str(t.stripe_paid_out, t.currency)} | {'✓' if t.bank_ties else '✗'} | "
-                   f"{to_decimal_str(t.trial_balance, t.currency)} |")
+        out.append(
+            f"| {t.currency.upper()} | {to_decimal_str(t.sage_bank, t.currency)} | "
+            f"{to_decimal_str(t.stripe_paid_out, t.currency)} | {'✓' if t.bank_ties else '✗'} | "
+            f"{to_decimal_str(t.trial_balance, t.currency)} |"
+        )
     return "\n".join(out)
 
 
@@ -40,8 +41,9 @@ def _markdown(pack) -> str:
     kinds={"html", "sage", "postgres"},
     pool="sage_api",
 )
-def close_pack(context: dg.AssetExecutionContext, postgres: PostgresResource, sage: SageResource
-               ) -> dg.MaterializeResult:
+def close_pack(
+    context: dg.AssetExecutionContext, postgres: PostgresResource, sage: SageResource
+) -> dg.MaterializeResult:
     """The month's close pack: payouts vs bank deposits per day (chart), reconciliation per payout, GL movement
     per account and currency read back from Sage, suspense items, dead letters, held entries and the tie-out."""
     month = context.partition_key[:7]
@@ -53,13 +55,15 @@ def close_pack(context: dg.AssetExecutionContext, postgres: PostgresResource, sa
     summary = pack.summary()
     if not summary["ties_out"]:
         context.log.warning(f"close pack {month} does not tie out: see {written.html}")
-    return dg.MaterializeResult(metadata={
-        "report": dg.MetadataValue.path(str(written.html)),
-        "chart": dg.MetadataValue.path(str(written.charts[0])),
-        "tie_out": dg.MetadataValue.md(_markdown(pack)),
-        "closes_clean": pack.ok,
-        **{k: v for k, v in summary.items() if k != "month"},
-    })
+    return dg.MaterializeResult(
+        metadata={
+            "report": dg.MetadataValue.path(str(written.html)),
+            "chart": dg.MetadataValue.path(str(written.charts[0])),
+            "tie_out": dg.MetadataValue.md(_markdown(pack)),
+            "closes_clean": pack.ok,
+            **{k: v for k, v in summary.items() if k != "month"},
+        }
+    )
 
 
 close_pack_job = dg.define_asset_job(

@@ -8,7 +8,6 @@ leaves out, become blocking asset checks on the model they test here, reported f
 run results.
 """
 
-
 import functools
 import json
 import os
@@ -95,10 +94,14 @@ def unit_test_check_specs(manifest: Mapping[str, Any]) -> list[dg.AssetCheckSpec
     specs = []
     for ut in manifest.get("unit_tests", {}).values():
         model = manifest["nodes"][f"model.{ut['package_name']}.{ut['model']}"]
-        specs.append(dg.AssetCheckSpec(
-            name=ut["name"], asset=dg.AssetKey([model["schema"], model["name"]]), blocking=True,
-            description=f"dbt unit test of {ut['model']}: {(ut.get('description') or '').strip()}"[:1000],
-        ))
+        specs.append(
+            dg.AssetCheckSpec(
+                name=ut["name"],
+                asset=dg.AssetKey([model["schema"], model["name"]]),
+                blocking=True,
+                description=f"dbt unit test of {ut['model']}: {(ut.get('description') or '').strip()}"[:1000],
+            )
+        )
     return specs
 
 
@@ -111,10 +114,15 @@ def unit_test_results(run_results: Mapping[str, Any], specs: list[dg.AssetCheckS
         if not uid.startswith("unit_test.") or name not in by_name:
             continue
         yield dg.AssetCheckResult(
-            asset_key=by_name[name].asset_key, check_name=name, passed=r.get("status") == "pass",
+            asset_key=by_name[name].asset_key,
+            check_name=name,
+            passed=r.get("status") == "pass",
             severity=dg.AssetCheckSeverity.ERROR,
-            metadata={"status": str(r.get("status")), "message": (r.get("message") or "")[:2000],
-                      "execution_time_s": round(r.get("execution_time") or 0, 3)},
+            metadata={
+                "status": str(r.get("status")),
+                "message": (r.get("message") or "")[:2000],
+                "execution_time_s": round(r.get("execution_time") or 0, 3),
+            },
         )
 
 
@@ -136,8 +144,13 @@ def keep_partial_parse(invocation_target: Path) -> None:
 
 _MANIFEST = json.loads(dbt_project().manifest_path.read_text())
 _SPECS, _TEST_CHECK_SPECS = build_dbt_specs(
-    translator=TRANSLATOR, manifest=_MANIFEST, select=DBT_DEFAULT_SELECT, exclude="", selector="",
-    io_manager_key=None, project=dbt_project(),
+    translator=TRANSLATOR,
+    manifest=_MANIFEST,
+    select=DBT_DEFAULT_SELECT,
+    exclude="",
+    selector="",
+    io_manager_key=None,
+    project=dbt_project(),
 )
 UNIT_TEST_CHECK_SPECS = unit_test_check_specs(_MANIFEST)
 
@@ -179,8 +192,11 @@ def finance_dbt_models(
         yield from invocation.stream()
         selected = context.selected_asset_check_keys
         run_results = invocation.get_artifact("run_results.json")
-        yield from (r for r in unit_test_results(run_results, UNIT_TEST_CHECK_SPECS)
-                    if dg.AssetCheckKey(r.asset_key, r.check_name) in selected)
+        yield from (
+            r
+            for r in unit_test_results(run_results, UNIT_TEST_CHECK_SPECS)
+            if dg.AssetCheckKey(r.asset_key, r.check_name) in selected
+        )
         if not invocation.is_successful():
             raise invocation.get_error() or RuntimeError("dbt build failed")
         keep_partial_parse(invocation.target_path)
