@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime
 
-from load_helpers import build_golden, client_for, post_everything, posting_dates, sage_sandbox, write_mapping
+from load_helpers import client_for, post_everything, posting_dates, sage_sandbox, write_mapping
 from transform_helpers import load_stripe_objects
 
 from stripe_sage_pipeline.automation import rules as automation
@@ -17,10 +17,10 @@ from stripe_sage_pipeline.transform.marts import built_mapping
 TODAY = date(2026, 12, 31)
 
 
-def test_days_to_load_covers_invoices_receipts_and_customers(fresh_db, golden_path, tmp_path, monkeypatch):
+def test_days_to_load_covers_invoices_receipts_and_customers(fresh_db, golden_marts, tmp_path, monkeypatch):
     """Invoice-driven: journal entries posted alone leave exactly the invoice/receipt days; a changed customer a day."""
     mapping = write_mapping(tmp_path, monkeypatch, posting_mode="detail", revenue_mode="invoice_driven")
-    g = build_golden(fresh_db, golden_path)
+    g = golden_marts.clone_into(fresh_db)
     conninfo = libpq_url(fresh_db)
     assert built_mapping(fresh_db).revenue_mode == "invoice_driven"  # what the marts were built with
     every_day = automation.days_to_load(conninfo, today=TODAY)
@@ -55,10 +55,12 @@ def test_days_to_load_covers_invoices_receipts_and_customers(fresh_db, golden_pa
         assert automation.days_to_load(conninfo, today=TODAY) == []
 
 
-def test_days_to_load_skips_held_entries_and_reads_the_built_posting_mode(fresh_db, golden_path, tmp_path, monkeypatch):
+def test_days_to_load_skips_held_entries_and_reads_the_built_posting_mode(
+    fresh_db, golden_marts, tmp_path, monkeypatch
+):
     """A held summary entry adds no day; a mapping.yaml edited after the build does not change the mode used."""
     mapping = write_mapping(tmp_path, monkeypatch, posting_mode="payout_summary")
-    build_golden(fresh_db, golden_path)
+    golden_marts.clone_into(fresh_db)
     conninfo = libpq_url(fresh_db)
     with sage_sandbox(tmp_path / "sage") as srv:
         client, counter = client_for(srv)
