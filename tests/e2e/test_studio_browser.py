@@ -13,6 +13,7 @@ the month's close pack. Screenshots land in test-artifacts/.
 
 from __future__ import annotations
 
+import difflib
 import os
 import threading
 import time
@@ -127,7 +128,13 @@ def generated(pg_server, tmp_path, monkeypatch) -> dict:
     url = pg_server.url(name)
     monkeypatch.setenv("STRIPE_SAGE_DATABASE_URL", url)
     text = (PROJECT_ROOT / "mapping.yaml").read_text()
-    text = text.replace('  dispute: "4060"\n', "").replace("posting_mode: payout_summary", "posting_mode: detail")
+    # Disputes to suspense: their category unmapped, and no type fallback to catch them (a dispute's
+    # balance transaction has type `adjustment`, which the default mapping sends to other_adjustment).
+    text = (
+        text.replace('  dispute: "4060"\n', "")
+        .replace("  adjustment: other_adjustment\n", "")
+        .replace("posting_mode: payout_summary", "posting_mode: detail")
+    )
     mapping_file = tmp_path / "mapping.yaml"
     mapping_file.write_text(text)
     monkeypatch.setenv("STRIPE_SAGE_MAPPING", str(mapping_file))
@@ -228,9 +235,11 @@ def test_map_suspense_in_the_browser_then_transform_and_load_correct_sage(genera
                 raise
 
         after = mapping_file.read_text()
-        assert after == generated["text"].replace(
-            '  charge_failure: "4000"\n', '  charge_failure: "4000"\n  dispute: "4060"\n'
-        )
+        # The save changed exactly one line, in `categories`: every comment and every other key kept.
+        diff = list(difflib.ndiff(generated["text"].splitlines(), after.splitlines()))
+        assert [d for d in diff if d[:2] in ("+ ", "- ")] == ['+   dispute: "4060"']
+        before_lines = after.splitlines()[: after.splitlines().index('  dispute: "4060"')]
+        assert [ln for ln in before_lines if not ln.startswith((" ", "#")) and ln][-1] == "categories:"
 
         run = ui.graphql(RUN_QUERY, {"id": started.rsplit(" ", 1)[1]})["runOrError"]
         assert run["jobName"] == "transform_job"
