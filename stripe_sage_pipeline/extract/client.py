@@ -175,15 +175,11 @@ class StripeReader:
     ) -> Iterator[tuple[list[dict], str | None]]:
         """Yield (objects, last_id) page by page, newest first; `start_after` resumes after an id."""
         params = dict(params or {})
-        included = include_params(path, self.api_version, on_list=True).get("expand", [])
-        if included:  # what this version needs, plus whatever the caller expands
-            params["expand"] = [*included, *(e for e in params.get("expand", []) if e not in included)]
-        params["limit"] = PAGE_SIZE
         cursor = start_after
         while True:
             if cursor:
                 params["starting_after"] = cursor
-            page = self.request(path, **params)
+            page = self.list_page(path, params)
             data = page.get("data")
             if not isinstance(data, list):
                 raise ValueError(f"GET {path}: response is not a Stripe list (no 'data' array)")
@@ -192,6 +188,15 @@ class StripeReader:
             yield data, cursor
             if not page.get("has_more") or not data:
                 return
+
+    def list_page(self, path: str, params: dict | None = None) -> dict:
+        """One page (100 objects) of a list endpoint, with what this API version must include."""
+        params = dict(params or {})
+        included = include_params(path, self.api_version, on_list=True).get("expand", [])
+        if included:  # what this version needs, plus whatever the caller expands
+            params["expand"] = [*included, *(e for e in params.get("expand", []) if e not in included)]
+        params["limit"] = PAGE_SIZE
+        return self.request(path, **params)
 
     def list_all(self, path: str, params: dict | None = None) -> list[dict]:
         """Every object of a list endpoint for the given filters (all pages)."""

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 import psycopg
 
 from stripe_sage_pipeline.extract import concurrency, staging
-from stripe_sage_pipeline.extract.client import PAGE_SIZE, StripeReader
+from stripe_sage_pipeline.extract.client import StripeReader
 from stripe_sage_pipeline.extract.tables import SCHEMA, TABLES, MalformedObject
 
 log = logging.getLogger(__name__)
@@ -286,7 +286,7 @@ def _pages(reader: StripeReader, path: str, start: int, upper: int, first: First
 def probe_window(reader: StripeReader, table_name: str, start: int, end: int) -> FirstPage:
     """The newest page of objects created in [start, end): what sizes the window's chunks."""
     path = TABLES[table_name].list_path
-    page = reader.request(path, created={"gte": start, "lt": end}, limit=PAGE_SIZE)
+    page = reader.list_page(path, {"created": {"gte": start, "lt": end}})
     data = page.get("data")
     if not isinstance(data, list):
         raise ValueError(f"GET {path}: response is not a Stripe list (no 'data' array)")
