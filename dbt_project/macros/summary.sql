@@ -75,15 +75,19 @@ failed_resweeps as (
 )
 {%- endmacro %}
 
-{#- The (stripe_account, payout_id, balance_transaction_id) a paid payout's summary posts; `paid_payouts`
-    is a relation of paid payouts (with is_automatic), after payout_state_ctes. -#}
+{#- The (stripe_account, payout_id, balance_transaction_id) a paid payout's summary posts, with the
+    transaction's legs (leg_* arrays) and `_classified_at`, so the summary sums them without looking
+    each member up again; `paid_payouts` is a relation of paid payouts (with is_automatic), after
+    payout_state_ctes. -#}
 {% macro summary_members(paid_payouts, classified) -%}
-select pa.stripe_account, pa.payout_id, c.balance_transaction_id
+select pa.stripe_account, pa.payout_id, c.balance_transaction_id, c.leg_accounts, c.leg_amounts, c.leg_unmapped,
+        c._classified_at
     from {{ paid_payouts }} as pa
     inner join {{ classified }} as c on c.stripe_account = pa.stripe_account and c.payout_id = pa.payout_id
     where pa.is_automatic and not c.is_payout_movement
     union all
-    select pa.stripe_account, pa.payout_id, c.balance_transaction_id
+    select pa.stripe_account, pa.payout_id, c.balance_transaction_id, c.leg_accounts, c.leg_amounts, c.leg_unmapped,
+        c._classified_at
     from {{ paid_payouts }} as pa
     inner join manual_boundaries as mb on mb.stripe_account = pa.stripe_account and mb.payout_id = pa.payout_id
     inner join {{ classified }} as c
@@ -91,7 +95,8 @@ select pa.stripe_account, pa.payout_id, c.balance_transaction_id
         and c.created_at > coalesce(mb.previous_created_at, '-infinity'::timestamptz) and c.created_at <= mb.created_at
     where not c.is_payout_movement
     union all
-    select pa.stripe_account, pa.payout_id, c.balance_transaction_id
+    select pa.stripe_account, pa.payout_id, c.balance_transaction_id, c.leg_accounts, c.leg_amounts, c.leg_unmapped,
+        c._classified_at
     from {{ paid_payouts }} as pa
     inner join failed_resweeps as fr on fr.stripe_account = pa.stripe_account and fr.sweeping_payout_id = pa.payout_id
     inner join {{ classified }} as c on c.stripe_account = fr.stripe_account and c.payout_id = fr.failed_payout_id

@@ -346,9 +346,12 @@ class EmbeddedPostgres:
                 "initdb",
             )
             with open(self.pgdata / "postgresql.conf", "a") as conf:
-                # A development server: durability traded for speed, sized for a 2-core box.
+                # A development server: durability traded for speed, sized for a 2-core box. No
+                # replication, so the minimal WAL level: a table a dbt model creates (and its indexes)
+                # is written without WAL in the transaction that creates it.
                 conf.write(
                     "\nfsync = off\nsynchronous_commit = off\nfull_page_writes = off\n"
+                    "wal_level = minimal\nmax_wal_senders = 0\n"
                     "max_connections = 200\nshared_buffers = 256MB\nwork_mem = 32MB\n"
                     "maintenance_work_mem = 256MB\nmax_wal_size = 2GB\n"
                 )

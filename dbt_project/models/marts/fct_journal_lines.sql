@@ -162,11 +162,9 @@ summary_member_legs as (
         l.account_code,
         sum(l.net_amount) as signed_amount,
         bool_or(l.is_unmapped) as is_unmapped,
-        max(c._classified_at) as _classified_at
+        max(sm._classified_at) as _classified_at
     from summary_members as sm
-    inner join classified as c
-        on c.stripe_account = sm.stripe_account and c.balance_transaction_id = sm.balance_transaction_id
-    cross join lateral unnest(c.leg_accounts, c.leg_amounts, c.leg_unmapped) as l (account_code, net_amount, is_unmapped)
+    cross join lateral unnest(sm.leg_accounts, sm.leg_amounts, sm.leg_unmapped) as l (account_code, net_amount, is_unmapped)
     group by sm.stripe_account, sm.payout_id, l.account_code
 ),
 
