@@ -21,8 +21,11 @@ Heavy (a daemon, a run worker per day, two Sage sandboxes, one dbt build): run i
 Uses STRIPE_SAGE_DATABASE_URL's server when set, else the embedded one (STRIPE_SAGE_PG_PORT /
 STRIPE_SAGE_DATA_DIR choose which); works in databases of its own (`chaos_*`), recreated each time.
 The target is chosen by `--target` or SAGE_TARGET (the pipeline's own setting): `sagepro` (the Sage Pro
-sandbox) today; another target plugs in by adding an entry to TARGETS (a sandbox with fault injection, the
-environment that points the pipeline at it, and a reader of its records and GL postings).
+sandbox) or `intacct` (the Sage Intacct emulator, the same fault mix; records and GL lines read back through
+its query service, keyed by the Stripe id each carries). Both the reference and the chaos load go through
+the pipeline's target factory. Another target plugs in by adding an entry to TARGETS (a sandbox with fault
+injection, the environment that points the pipeline at it, a reader of its records and GL postings, and
+its count of injected faults).
 """
 
 from __future__ import annotations
@@ -60,7 +63,13 @@ from stripe_sage_pipeline.load.customers import push_customers  # noqa: E402
 from stripe_sage_pipeline.load.post import LoadStats, Poster, load_partition, make_client  # noqa: E402
 from stripe_sage_pipeline.runtime.db import database_url, libpq_url  # noqa: E402
 from stripe_sage_pipeline.runtime.recovery import worker_pid  # noqa: E402
-from stripe_sage_pipeline.settings import PROJECT_ROOT, SANDBOX_SAGE_PASSWORD, SANDBOX_SAGE_USER  # noqa: E402
+from stripe_sage_pipeline.sage.factory import make_target_client  # noqa: E402
+from stripe_sage_pipeline.settings import (  # noqa: E402
+    PROJECT_ROOT,
+    SANDBOX_SAGE_PASSWORD,
+    SANDBOX_SAGE_USER,
+    load_settings,
+)
 from stripe_sage_pipeline.transform.build import dbt_build  # noqa: E402
 from stripe_sage_pipeline.transform.mapping import parse_mapping  # noqa: E402
 from stripe_sage_sandboxes.stripe_emulator import EmulatorConfig, EmulatorServer, EmulatorState, generate  # noqa: E402
@@ -79,6 +88,7 @@ class Target:
     start: Callable[..., Any]  # (data_dir, faults: bool, seed) -> a running sandbox with .stop()
     env: Callable[[Any], dict[str, str]]  # the pipeline's environment pointing at the sandbox
     state: Callable[[Any], dict[str, Any]]  # records per resource and GL postings, independent of ids
+    faults: Callable[[Any], dict[str, int]]  # faults the sandbox injected, by kind
 
 
 def _sage_start(data_dir: Path, faults: bool, seed: int) -> Any:
@@ -113,9 +123,83 @@ def _sage_state(srv: Any) -> dict[str, Any]:
         client.close()
 
 
-# Keyed like the pipeline's own SAGE_TARGET setting. `intacct` (stripe_sage_sandboxes/intacct, which has the same
-# fault injection) is the next entry: its sandbox, INTACCT_* environment and a reader of its records and GL lines.
-TARGETS: dict[str, Target] = {"sagepro": Target(_sage_start, _sage_env, _sage_state)}
+def _sage_faults(srv: Any) -> dict[str, int]:
+    return dict(Counter(e.fault for e in srv.request_log if e.fault))
+
+
+def _intacct_start(data_dir: Path, faults: bool, seed: int) -> Any:
+    from stripe_sage_sandboxes.targets import start_target_sandbox
+
+    rate = {"rate_429": 0.10, "rate_5xx": 0.10, "rate_commit_504": 0.05} if faults else {}
+    srv, _, _ = start_target_sandbox(
+        "intacct", data_dir, seed=seed, retry_after_s=0, rate_per_minute=60_000, **rate
+    )  # in memory: data_dir unused
+    return srv
+
+
+def _intacct_env(srv: Any) -> dict[str, str]:
+    return {"SAGE_TARGET": "intacct", "INTACCT_BASE_URL": srv.base_url, "INTACCT_RATE_PER_MINUTE": "6000"}
+
+
+def _intacct_state(srv: Any) -> dict[str, Any]:
+    """Records and GL lines through Intacct's query service, keyed by the Stripe id each carries: customers by
+    `notes` (stripe:cus_…), invoices by `invoiceNumber`, payments by `documentNumber`, journal entries (and
+    fee entries, `txn_…~fee`) by `referenceNumber`; GL lines (AR batches included) by their entry's
+    `referenceNumber`, with the journal as the document type and the location's currency."""
+    from stripe_sage_pipeline.sage.intacct.payloads import STRIPE_NOTE
+
+    client, _ = make_target_client(load_settings(_intacct_env(srv)), max_retries=10)
+    try:
+        postings: dict[str, Counter] = {}
+        for ln in client.query(
+            "general-ledger/journal-entry-line",
+            [
+                "journalEntry.referenceNumber",
+                "journalEntry.postingDate",
+                "journalEntry.glJournal.id",
+                "glAccount.id",
+                "txnType",
+                "txnAmount",
+                "dimensions.location.id",
+            ],
+            [{"$eq": {"state": "posted"}}],
+        ):
+            debit = ln["txnAmount"] if ln["txnType"] == "debit" else None
+            credit = ln["txnAmount"] if ln["txnType"] == "credit" else None
+            postings.setdefault(ln["journalEntry.referenceNumber"], Counter())[
+                (
+                    ln["glAccount.id"],
+                    ln["journalEntry.postingDate"],
+                    debit,
+                    credit,
+                    str(ln["dimensions.location.id"]).lower(),  # the location of a currency is its ISO code here
+                    ln["journalEntry.glJournal.id"],
+                )
+            ] += 1
+        by = {
+            "customers": ("accounts-receivable/customer", "notes"),
+            "invoices": ("accounts-receivable/invoice", "invoiceNumber"),
+            "cash-receipts": ("accounts-receivable/payment", "documentNumber"),
+            "journal-entries": ("general-ledger/journal-entry", "referenceNumber"),
+        }
+        refs = {
+            resource: Counter(str(row[fld]).removeprefix(STRIPE_NOTE) for row in client.query(obj, ["key", fld]))
+            for resource, (obj, fld) in by.items()
+        }
+        return {"postings": postings, "refs": refs}
+    finally:
+        client.close()
+
+
+def _intacct_faults(srv: Any) -> dict[str, int]:
+    return srv.faults_injected
+
+
+# Keyed like the pipeline's own SAGE_TARGET setting.
+TARGETS: dict[str, Target] = {
+    "sagepro": Target(_sage_start, _sage_env, _sage_state, _sage_faults),
+    "intacct": Target(_intacct_start, _intacct_env, _intacct_state, _intacct_faults),
+}
 
 
 # -- data --------------------------------------------------------------------------------------------
@@ -188,10 +272,11 @@ def posting_days(url: str) -> list[date]:
         ]
 
 
-def post_reference(url: str, base_url: str, mapping_path: str, days: list[date]) -> dict[str, LoadStats]:
-    """The fault-free load, in process, day by day (customers, invoices, receipts, journal entries)."""
+def post_reference(url: str, env: dict[str, str], mapping_path: str, days: list[date]) -> dict[str, LoadStats]:
+    """The fault-free load, in process, day by day (customers, invoices, receipts, journal entries), to the
+    target the environment `env` chooses (the pipeline's own factory, `sage.factory.make_target_client`)."""
     mapping = parse_mapping(yaml.safe_load(Path(mapping_path).read_text()), mapping_path)
-    client, counter = make_client(base_url, SANDBOX_SAGE_USER, SANDBOX_SAGE_PASSWORD, max_retries=10)
+    client, counter = make_target_client(load_settings({**os.environ, **env}), max_retries=10)
     poster = Poster(url, client, workers=4, transport=counter)
     total: dict[str, LoadStats] = {}
     try:
@@ -297,17 +382,21 @@ def _webserver(env: dict[str, str], log_path: Path) -> Iterator[Any]:
                 os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _launch(client: Any, day: date) -> str:
-    """Queue the load_job run of one posting day, as the UI's launchpad does."""
+def _launch(client: Any, day: date, log_path: Path, wait_s: float = 300) -> str:
+    """Queue the load_job run of one posting day, as the UI's launchpad does.
+
+    /server_info answers before the code location has loaded (on a busy machine that takes a minute or
+    more): until then the job is not found, so this retries for up to `wait_s` seconds."""
     tags = {"dagster/partition": f"{day:%Y-%m-%d}", "stripe_sage/chaos": "1"}
-    for attempt in range(5):
+    deadline = time.monotonic() + wait_s
+    while True:
         try:
             return client.submit_job_execution("load_job", tags=tags)
-        except Exception:  # the code location may still be loading
-            if attempt == 4:
-                raise
+        except Exception as exc:  # the code location may still be loading
+            if time.monotonic() >= deadline:
+                tail = log_path.read_text(errors="replace")[-3000:] if log_path.exists() else ""
+                raise SystemExit(f"load_job could not be launched in {wait_s:.0f} s: {exc}\n{tail}") from exc
             time.sleep(5)
-    raise AssertionError("unreachable")
 
 
 def _render_home(home: Path) -> None:
@@ -360,7 +449,7 @@ def chaos_run(
     try:
         client = web.__enter__()
         for day in days:
-            _launch(client, day)
+            _launch(client, day, workdir / "webserver.log")
         launched = time.monotonic()
         print(
             f"  launched {len(days)} load_job runs in {launched - t0:.0f} s (daemon and webserver start-up included)",
@@ -513,7 +602,7 @@ def main() -> int:
 
         print("2/4 reference: fault-free load, in process", flush=True)
         with _sandbox(target, workdir / "target-ref", False, args.seed) as srv:
-            stats = post_reference(ref_url, srv.base_url, info["mapping"], days)
+            stats = post_reference(ref_url, target.env(srv), info["mapping"], days)
             ref_state = target.state(srv)
         postings = sum(sum(c.values()) for c in ref_state["refs"].values())
         print(
@@ -530,7 +619,7 @@ def main() -> int:
         )
         with _sandbox(target, workdir / "target-chaos", True, args.seed + 1) as srv:
             run = chaos_run(args, run_url, target, srv, info["mapping"], info["first_day"], days, workdir)
-            faults = Counter(e.fault for e in getattr(srv, "request_log", []) if e.fault)
+            faults = target.faults(srv)
             got_state = target.state(srv)
 
         print("4/4 comparing the two states item by item", flush=True)
@@ -551,7 +640,7 @@ def main() -> int:
             f"kills                     {len(run['kills'])} load run workers {[k['day'] for k in run['kills']]},"
             f" daemon at {run['daemon_killed_at_s']} s"
         )
-        print(f"faults injected           {dict(faults)}; Stripe 5xx during extraction {info['stripe_5xx']}")
+        print(f"faults injected           {faults}; Stripe 5xx during extraction {info['stripe_5xx']}")
         print(f"ledger outcomes (chaos)   {outcomes}")
         print(f"alerts (chaos)            {_alerts(run_url)}")
         print(f"missing                   {n['missing']}  { ({k: v[:5] for k, v in diff['missing'].items() if v}) }")

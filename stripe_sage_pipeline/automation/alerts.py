@@ -68,8 +68,9 @@ NEXT_STEPS: dict[str, str] = {
         " and run_retries re-runs it from failure; if the retries die too, look for OOM kills (dmesg) and memory"
     ),
     "sage_unavailable": (
-        "Sage Pro did not answer (the message names the URL and the cause): check the Sage facade and the network,"
-        " then re-run the failed day; nothing was posted twice, the ledger resends the same keys"
+        "Sage did not answer (the message names the URL and the cause): check the Sage Pro facade (or Sage"
+        " Intacct's status) and the network, then re-run the failed day; nothing was posted twice, the ledger"
+        " resends the same keys"
     ),
     "quality_check": (
         "A staging Great Expectations check failed: the message names the check and the rows; fix the source or"
@@ -95,7 +96,7 @@ _RULES: list[tuple[str, re.Pattern[str]]] = [
     ),
     ("malformed_source", re.compile(r"ExtractionError|MalformedObject|_rejected_objects", re.IGNORECASE)),
     ("worker_died", re.compile(r"run worker \(pid \d+\) is gone", re.IGNORECASE)),
-    ("sage_unavailable", re.compile(r"SageUnavailable|Sage Pro is unavailable", re.IGNORECASE)),
+    ("sage_unavailable", re.compile(r"SageUnavailable|Sage (?:Pro|Intacct) is unavailable", re.IGNORECASE)),
     ("quality_check", re.compile(r"staging check(?:s|\(s\))? failed", re.IGNORECASE)),
     (
         "rate_limit",

@@ -116,8 +116,10 @@ class CircuitBreaker:
         window_s: float = BREAKER_WINDOW_S,
         cooldown_s: float = BREAKER_COOLDOWN_S,
         clock: Callable[[], float] = time.monotonic,
+        name: str = "Sage Pro",
     ) -> None:
         self.base_url = base_url
+        self.name = name  # the system in the error ("Sage Pro", "Sage Intacct")
         self.threshold = max(1, threshold)
         self.window_s = window_s
         self.cooldown_s = cooldown_s
@@ -128,6 +130,7 @@ class CircuitBreaker:
         self.opened_at: float | None = None
         self.cause: str | None = None
         self._probing = False
+        self._probe_thread: int | None = None
 
     @property
     def is_open(self) -> bool:
@@ -137,19 +140,23 @@ class CircuitBreaker:
     def error(self) -> SageUnavailable:
         """The error every request gets while the breaker is open."""
         return SageUnavailable(
-            f"Sage Pro is unavailable at {self.base_url}: {self.cause} ({self.failures} attempts in a row without"
+            f"{self.name} is unavailable at {self.base_url}: {self.cause} ({self.failures} attempts in a row without"
             f" an answer); nothing more is sent for {self.cooldown_s:.0f} s",
             status=None,
             code="SageUnavailable",
         )
 
     def check(self) -> None:
-        """Raise `SageUnavailable` while open; after the cooldown let one probe through."""
+        """Raise `SageUnavailable` while open; after the cooldown let one probe through (the thread that got
+        the probe passes every check until its attempt is recorded, so a client may check twice per attempt)."""
         with self._lock:
             if self.opened_at is None:
                 return
+            me = threading.get_ident()
+            if self._probing and self._probe_thread == me:
+                return
             if not self._probing and self._clock() - self.opened_at >= self.cooldown_s:
-                self._probing = True
+                self._probing, self._probe_thread = True, me
                 return
         raise self.error()
 
@@ -178,11 +185,11 @@ class CircuitBreaker:
 _BREAKERS: dict[str, CircuitBreaker] = {}
 
 
-def shared_breaker(base_url: str) -> CircuitBreaker:
-    """The breaker of a base URL, shared by every client of this process."""
+def shared_breaker(base_url: str, name: str = "Sage Pro") -> CircuitBreaker:
+    """The breaker of a base URL, shared by every client of this process (`name` is the system it guards)."""
     with _LIMITERS_LOCK:
         if base_url not in _BREAKERS:
-            _BREAKERS[base_url] = CircuitBreaker(base_url)
+            _BREAKERS[base_url] = CircuitBreaker(base_url, name=name)
         return _BREAKERS[base_url]
 
 

@@ -113,6 +113,7 @@ class IntacctEmulatorApp:
         self.refresh_tokens: dict[str, str] = {}
         self.request_log: collections.deque[LogEntry] = collections.deque(maxlen=20000)
         self._faults: collections.deque[str] = collections.deque()
+        self.faults_injected: collections.Counter[str] = collections.Counter()  # by kind, however long the run
         self._random = random.Random(self.config.seed)
         self._bucket = _Bucket(self.config.rate_per_minute)
         self._lock = threading.Lock()
@@ -242,11 +243,18 @@ class IntacctEmulatorApp:
         return endpoint
 
     def _next_fault(self) -> str | None:
+        fault = self._draw_fault()
+        if fault is not None:
+            with self._lock:
+                self.faults_injected[fault] += 1
+        return fault
+
+    def _draw_fault(self) -> str | None:
         with self._lock:
             if self._faults:
                 fault = self._faults.popleft()
                 return None if fault == "ok" else fault
-        r = self._random.random()
+            r = self._random.random()
         c = self.config
         if r < c.fault_429_rate:
             return "429"

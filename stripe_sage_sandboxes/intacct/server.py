@@ -67,6 +67,11 @@ class IntacctEmulatorServer:
         self.app.queue_faults(*faults)
 
     @property
+    def faults_injected(self) -> dict[str, int]:
+        """Faults injected so far by kind ("429", "503", "commit-504", "401"), queued or drawn at random."""
+        return dict(self.app.faults_injected) if self.app is not None else {}
+
+    @property
     def request_log(self) -> list[LogEntry]:
         """Requests seen so far, oldest first."""
         return list(self.app.request_log) if self.app is not None else []

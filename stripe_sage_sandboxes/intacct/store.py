@@ -15,18 +15,28 @@ from datetime import UTC, date, datetime
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-# Chart of accounting.md (the same codes the Sage Pro sandbox seeds); (id, name, accountType).
+# Chart of accounting.md and mapping.yaml (the same postable codes the Sage Pro sandbox seeds, so every
+# category of the default mapping, e.g. adjustments to 6900, posts); (id, name, accountType).
 DEFAULT_CHART: list[tuple[str, str, str]] = [
     ("1000", "Assets (header)", "balanceSheet"),
     ("1010", "Operating Bank", "balanceSheet"),
     ("1150", "Stripe Clearing", "balanceSheet"),
+    ("1170", "Stripe Reserves Held", "balanceSheet"),
+    ("1175", "Stripe Issuing Funds Held", "balanceSheet"),
     ("1200", "Accounts Receivable", "balanceSheet"),
     ("2200", "Sales Tax Payable", "balanceSheet"),
+    ("2300", "Due to Connected Accounts", "balanceSheet"),
+    ("2400", "Stripe Capital Financing", "balanceSheet"),
+    ("2500", "Unapplied Customer Funds", "balanceSheet"),
     ("4000", "Sales Revenue", "incomeStatement"),
     ("4050", "Sales Refunds", "incomeStatement"),
     ("4060", "Chargebacks", "incomeStatement"),
+    ("4100", "Platform Fee Revenue", "incomeStatement"),
     ("6100", "Merchant Processing Fees", "incomeStatement"),
     ("6110", "Dispute Fees", "incomeStatement"),
+    ("6300", "Stripe Issuing Card Spend", "incomeStatement"),
+    ("6400", "Climate Contributions", "incomeStatement"),
+    ("6900", "Stripe Adjustments", "incomeStatement"),
     ("7900", "FX Gain/Loss", "incomeStatement"),
     ("9999", "Stripe Suspense", "balanceSheet"),
 ]

@@ -276,6 +276,9 @@ def test_new_failure_kinds_and_database_url_passwords_are_scrubbed(monkeypatch):
     assert (
         classify_failure("Sage Pro is unavailable at http://127.0.0.1:9/sagepro: ConnectError")[0] == "sage_unavailable"
     )
+    assert classify_failure("Sage Intacct is unavailable at http://127.0.0.1:9/ia/api/v1: HTTP 503")[0] == (
+        "sage_unavailable"
+    )
     assert classify_failure("2 staging check(s) failed (nothing downstream ...)")[0] == "quality_check"
     monkeypatch.setenv("STRIPE_SAGE_DATABASE_URL", "postgresql://etl:Pa%24%24word-42@db.internal:5432/finance")
     monkeypatch.setenv("DAGSTER_POSTGRES_URL", "postgresql+psycopg2://dagster:other-secret-7@db.internal/dagster")

@@ -16,7 +16,8 @@ from load_helpers import expected_tb, ledger, post_everything, write_mapping
 
 from stripe_sage_pipeline.load.redrive import redrive
 from stripe_sage_pipeline.runtime.db import libpq_url
-from stripe_sage_pipeline.sage.errors import Conflict, CredentialsError, RecordInvalid
+from stripe_sage_pipeline.sage.client import BREAKER_THRESHOLD, CircuitBreaker
+from stripe_sage_pipeline.sage.errors import Conflict, CredentialsError, RecordInvalid, SageUnavailable
 from stripe_sage_pipeline.transform import build as transform
 
 JE_BODY = {
@@ -275,6 +276,32 @@ def test_a_lost_response_is_found_not_posted_twice_and_limits_are_honoured():
         refs = [e["referenceNumber"] for e in srv.app.store.books.entries.values()]
         assert sorted(refs) == ["txn_1", "txn_2", "txn_3"]
         assert any(e.status == 429 for e in srv.request_log) and any(e.status == 503 for e in srv.request_log)
+        target.close()
+
+
+def test_intacct_down_opens_the_breaker_and_a_probe_after_the_cooldown_closes_it():
+    """5xx in a row (Intacct down) open the shared-class breaker: the request fails with SageUnavailable after
+    BREAKER_THRESHOLD attempts although retries were left, the next fails without a request, and after the
+    cooldown one probe is sent and closes it. 429s are answers: a burst of them never opens it."""
+    now = [0.0]
+    with intacct_emulator() as srv:
+        breaker = CircuitBreaker(srv.base_url, name="Sage Intacct", clock=lambda: now[0])
+        target, counter = target_for(srv, max_retries=BREAKER_THRESHOLD + 4, breaker=breaker)
+        srv.queue_faults(*["429"] * (BREAKER_THRESHOLD + 2))
+        assert target.accounts() and not breaker.is_open
+        srv.queue_faults(*["503"] * (BREAKER_THRESHOLD - 1), "commit-504")
+        sent = counter.count
+        with pytest.raises(SageUnavailable, match=rf"Sage Intacct is unavailable at {srv.base_url}: HTTP 504"):
+            target.post("journal-entries", JE_BODY, idempotency_key="k1", external_ref="txn_1")
+        assert counter.count - sent == BREAKER_THRESHOLD  # the look-up's attempts; the POST was never sent
+        sent = counter.count
+        with pytest.raises(SageUnavailable):
+            target.post("journal-entries", JE_BODY, idempotency_key="k1", external_ref="txn_1")
+        assert counter.count == sent
+        now[0] = breaker.cooldown_s + 1
+        result = target.post("journal-entries", JE_BODY, idempotency_key="k1", external_ref="txn_1")
+        assert result.status == "created" and not breaker.is_open
+        assert [e["referenceNumber"] for e in srv.app.store.books.entries.values()] == ["txn_1"]
         target.close()
 
 

@@ -1,5 +1,6 @@
 """Sage down is detected once: a day of many customers fails after a handful of attempts, naming the URL and
-the cause, instead of retrying every item seven times (the circuit breaker in sage/client.py)."""
+the cause, instead of retrying every item seven times (the circuit breaker in sage/client.py, which the Sage
+Intacct adapter uses too)."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from stripe_sage_pipeline.load.post import CountingTransport
 from stripe_sage_pipeline.runtime.db import libpq_url
 from stripe_sage_pipeline.runtime.embedded_pg import free_port
 from stripe_sage_pipeline.sage.client import BREAKER_THRESHOLD, CircuitBreaker, SageClient
+from stripe_sage_pipeline.sage.intacct import IntacctTarget
 
 CUSTOMERS = 40
 
@@ -93,3 +95,40 @@ def test_sage_down_fails_the_day_after_a_few_attempts_naming_url_and_cause(fresh
     assert base_url in message and "ConnectError" in message and "refused" in message.lower()
     assert "pipeline-secret" not in message
     assert failure.value.allow_retries is False  # the pool slot is released now, not after step retries
+
+
+def test_intacct_down_fails_the_day_after_a_few_attempts_naming_url_and_cause(fresh_db):
+    """The same day against an Intacct URL where nothing listens: the token request is the attempt that gets no
+    answer; at most BREAKER_THRESHOLD connection attempts in all, every customer left `computed`, and the step's
+    failure names Sage Intacct, the URL and the cause, without the client secret."""
+    _dim_customers(fresh_db, CUSTOMERS)
+    base_url = f"http://127.0.0.1:{free_port()}/ia/api/v1"  # nothing listens there
+    slept: list[float] = []
+    transport = CountingTransport()
+    target = IntacctTarget(
+        base_url,
+        "pipeline.app.sandbox",
+        "intacct-client-secret-1",
+        username="pipeline@STRIPESAGE",
+        transport=transport,
+        sleep=slept.append,
+        breaker=CircuitBreaker(base_url, name="Sage Intacct"),
+    )
+    stats = push_customers(fresh_db, target, transport=transport)
+
+    assert stats.transient_failures == CUSTOMERS and stats.created == 0
+    assert transport.count <= BREAKER_THRESHOLD  # not 40 customers x 7 attempts
+    assert sum(slept) < 60
+    assert target.breaker.is_open
+    with psycopg.connect(libpq_url(fresh_db)) as conn:
+        statuses = conn.execute("select status, count(*) from sage_sync.posting_ledger group by 1").fetchall()
+    assert statuses == [("computed", CUSTOMERS)]
+
+    with pytest.raises(dg.Failure) as failure, _credentials_stop_the_run(target):
+        pass
+    message = failure.value.description
+    assert message.startswith(f"Sage Intacct is unavailable at {base_url}")
+    assert "ConnectError" in message and "refused" in message.lower()
+    assert "intacct-client-secret-1" not in message
+    assert failure.value.allow_retries is False
+    target.close()

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import threading
 
+import httpx
 import pytest
 
-from stripe_sage_pipeline.sage.client import CircuitBreaker
+from stripe_sage_pipeline.sage.client import CircuitBreaker, SageClient
 from stripe_sage_pipeline.sage.errors import SageUnavailable
 from stripe_sage_pipeline.transform.manifest import manifest_is_stale
 
@@ -25,11 +27,72 @@ def test_breaker_ignores_scattered_faults_and_probes_after_the_cooldown():
         breaker.check()
     now[0] = 56.0
     breaker.check()  # the cooldown passed: one probe goes through ...
-    with pytest.raises(SageUnavailable):
-        breaker.check()  # ... and only one
+    breaker.check()  # (its thread checks again inside the client's semaphore, and passes)
+    assert isinstance(_check_in_another_thread(breaker), SageUnavailable)  # ... and only one
     breaker.success()
     breaker.check()
     assert not breaker.is_open
+
+
+def _check_in_another_thread(breaker: CircuitBreaker) -> BaseException | None:
+    out: list[BaseException | None] = []
+
+    def check() -> None:
+        try:
+            breaker.check()
+            out.append(None)
+        except SageUnavailable as err:
+            out.append(err)
+
+    t = threading.Thread(target=check)
+    t.start()
+    t.join(timeout=10)
+    return out[0]
+
+
+def test_a_failed_probe_reopens_the_breaker_for_another_cooldown():
+    now = [0.0]
+    breaker = CircuitBreaker("http://sage.invalid", threshold=2, window_s=1000, cooldown_s=30, clock=lambda: now[0])
+    breaker.failure("ConnectError")
+    assert breaker.failure("ConnectError")
+    now[0] = 31.0
+    breaker.check()
+    assert breaker.failure("ConnectError")  # the probe got no answer either
+    with pytest.raises(SageUnavailable):
+        breaker.check()
+    now[0] = 62.0
+    breaker.check()  # the next cooldown passed: the next probe
+    breaker.success()
+    assert not breaker.is_open and _check_in_another_thread(breaker) is None
+
+
+def test_sage_pro_client_sends_its_probe_after_the_cooldown_and_closes():
+    """Regression: the client checks the breaker twice per attempt (before the rate limiter and inside the
+    semaphore); the half-open probe used to fail its own second check, so it was never sent and the breaker
+    stayed open for the life of the process."""
+    now = [0.0]
+    answers = ["503"] * 3 + ["ok"]
+    sent: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request.url.path)
+        if answers.pop(0) == "503":
+            return httpx.Response(503, json={"error": {"code": "ServiceUnavailable", "message": "down"}})
+        return httpx.Response(200, json={"data": [], "has_more": False})
+
+    base = "http://sage.invalid/sagepro/v1/PRO01"
+    breaker = CircuitBreaker(base, threshold=3, window_s=1000, cooldown_s=30, clock=lambda: now[0])
+    client = SageClient(base, "u", "p", transport=httpx.MockTransport(handler), sleep=lambda s: None, breaker=breaker)
+    with pytest.raises(SageUnavailable, match="Sage Pro is unavailable"):
+        client.get("/accounts")
+    assert len(sent) == 3
+    with pytest.raises(SageUnavailable):
+        client.get("/accounts")  # open: nothing sent
+    assert len(sent) == 3
+    now[0] = 31.0
+    client.get("/accounts")  # the probe is sent, answered, and closes the breaker
+    assert len(sent) == 4 and not breaker.is_open
+    client.close()
 
 
 def test_breaker_opens_after_threshold_failures_in_a_row():

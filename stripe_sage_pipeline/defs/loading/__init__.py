@@ -96,7 +96,7 @@ def _credentials_stop_the_run(client: SageClient | Any = None) -> Iterator[None]
         raise dg.Failure(description=f"Sage credentials: {err}", allow_retries=False) from err
     except SageUnavailable as err:
         raise dg.Failure(description=str(err), allow_retries=False) from err
-    breaker = getattr(client, "breaker", None)  # the Sage Pro client's; another target may have none
+    breaker = getattr(client, "breaker", None)  # SageClient and IntacctTarget have one (sage.client.CircuitBreaker)
     if breaker is not None and breaker.is_open:
         # Items failed one by one against an open breaker (each stays computed): the day stops here.
         raise dg.Failure(description=str(breaker.error()), allow_retries=False)

@@ -4,12 +4,18 @@
   (`username` = userId@companyId[|entityId]), or a refresh token from an authorization-code consent.
   The access token is renewed before it expires; a 401 renews it once and retries, a second 401 (or a
   refused grant) raises `CredentialsError`, which stops the run and alerts.
-* Retries: 429 waits for `Retry-After`, 503/5xx/timeouts back off with full jitter. Intacct documents no
+* Retries: 429 waits for `Retry-After`, 503/5xx/timeouts back off with full jitter (the token endpoint's
+  included). Intacct documents no
   idempotency for object POSTs, so the Stripe id rides in a searchable field and every write looks
   before it writes through the query service (`/services/core/query`), first and again after any
   failure whose outcome is unknown: a retry after a lost response finds the record instead of posting
   twice. The `Idempotency-Key` header is sent too, for a gateway that honours it.
 * Errors: `ia::error` → `sage.errors` with Sage Pro's reason codes (`errors.py`).
+* Intacct down: the Sage Pro client's `CircuitBreaker`, one per base URL (`shared_breaker`). After
+  `BREAKER_THRESHOLD` attempts in a row without an answer (connection errors, timeouts, 5xx, the token
+  endpoint's too), or two over `BREAKER_WINDOW_S`, every request fails at once with `SageUnavailable`
+  naming the URL and the cause; nothing is resent, so the items stay `computed` and the day stops.
+  429 is an answer and never counts.
 """
 
 from __future__ import annotations
@@ -26,8 +32,8 @@ from typing import Any
 import httpx
 
 from stripe_sage_pipeline.money import exponent
-from stripe_sage_pipeline.sage.client import PostResult
-from stripe_sage_pipeline.sage.errors import Conflict, CredentialsError, NotFound, TransientError
+from stripe_sage_pipeline.sage.client import DOWN_STATUS, CircuitBreaker, PostResult, shared_breaker
+from stripe_sage_pipeline.sage.errors import Conflict, CredentialsError, NotFound, SageUnavailable, TransientError
 from stripe_sage_pipeline.sage.intacct import payloads as P
 from stripe_sage_pipeline.sage.intacct.errors import to_exception
 from stripe_sage_pipeline.sage.target import CUSTOMERS, INVOICES, JE, RECEIPTS
@@ -134,6 +140,7 @@ class IntacctTarget:
         rate_per_minute: int | None = None,
         transport: httpx.BaseTransport | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         if not username and not refresh_token:
             raise ValueError("IntacctTarget needs a web services username (client credentials) or a refresh token")
@@ -150,6 +157,7 @@ class IntacctTarget:
         self._min_interval = 60.0 / rate_per_minute if rate_per_minute else 0.0
         self._next_start = 0.0
         self._pace_lock = threading.Lock()
+        self.breaker = breaker if breaker is not None else shared_breaker(self.base_url, name="Sage Intacct")
         self._http = httpx.Client(
             base_url=self.base_url + "/",
             timeout=httpx.Timeout(timeout_s),
@@ -177,7 +185,14 @@ class IntacctTarget:
         try:
             response = self._http.post("oauth2/token", data=form)
         except NETWORK_ERRORS as exc:
+            if self.breaker.failure(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__):
+                raise self.breaker.error() from exc
             raise TransientError(f"Sage Intacct token endpoint unreachable: {type(exc).__name__}") from exc
+        if response.status_code in DOWN_STATUS:
+            if self.breaker.failure(f"HTTP {response.status_code} on POST oauth2/token"):
+                raise self.breaker.error()
+        else:
+            self.breaker.success()
         if response.status_code >= 500 or response.status_code == 429:
             raise TransientError(
                 f"Sage Intacct token endpoint answered {response.status_code}", status=response.status_code
@@ -227,26 +242,44 @@ class IntacctTarget:
         headers: dict[str, str] | None = None,
         unknown_outcome: Callable[[], PostResult | None] | None = None,
     ) -> httpx.Response | PostResult:
-        """One logical request with auth, pacing and retries; returns the final answer.
+        """One logical request with auth, pacing, retries and the circuit breaker; returns the final answer.
 
         For a write, `unknown_outcome` is asked after a failure that may have committed (5xx, timeout):
-        when it finds the record, that result is returned instead of sending again.
+        when it finds the record, that result is returned instead of sending again. While the breaker is
+        open (Intacct down) `SageUnavailable` is raised at once, without a request.
         """
         refreshed = False
         attempt = 0
         while True:
-            token = self.token.get()
-            self._pace()
+            self.breaker.check()
             response: httpx.Response | None = None
             failure = ""
-            with self._slots:
-                try:
-                    response = self._http.request(
-                        method, path, json=json, headers={**(headers or {}), "Authorization": f"Bearer {token}"}
-                    )
-                except NETWORK_ERRORS as exc:
-                    failure = type(exc).__name__
+            sent = False
+            try:
+                token = self.token.get()
+            except SageUnavailable:
+                raise
+            except TransientError as exc:  # the token endpoint did not answer (or was busy): nothing was sent
+                failure = str(exc)
+            else:
+                self._pace()
+                with self._slots:
+                    self.breaker.check()  # another thread may have opened it while this one waited
+                    sent = True
+                    try:
+                        response = self._http.request(
+                            method, path, json=json, headers={**(headers or {}), "Authorization": f"Bearer {token}"}
+                        )
+                    except NETWORK_ERRORS as exc:
+                        failure = type(exc).__name__
+                        if self.breaker.failure(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__):
+                            raise self.breaker.error() from exc
             if response is not None:
+                if response.status_code in DOWN_STATUS:
+                    if self.breaker.failure(f"HTTP {response.status_code} on {method} {path}"):
+                        raise self.breaker.error()
+                else:
+                    self.breaker.success()
                 if response.status_code == 401:
                     if refreshed:
                         raise to_exception(401, _json(response), what=f"{method} {path}")
@@ -265,7 +298,7 @@ class IntacctTarget:
             log.info("intacct %s %s: %s, retry %d in %.2f s", method, path, failure, attempt + 1, delay)
             self._sleep(delay)
             attempt += 1
-            if unknown_outcome is not None and (response is None or response.status_code != 429):
+            if unknown_outcome is not None and sent and (response is None or response.status_code != 429):
                 found = unknown_outcome()
                 if found is not None:
                     return found
