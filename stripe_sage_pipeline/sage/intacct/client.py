@@ -182,6 +182,7 @@ class IntacctTarget:
             form.update(grant_type="refresh_token", refresh_token=self._refresh_token)
         else:
             form.update(grant_type="client_credentials", username=self.username or "")
+        self.breaker.check()  # a thread that waited for the token lock while another's renewal failed
         try:
             response = self._http.post("oauth2/token", data=form)
         except NETWORK_ERRORS as exc:
