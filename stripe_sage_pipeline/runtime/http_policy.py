@@ -95,11 +95,13 @@ def _window(rate_per_s: float) -> tuple[int, int]:
 class RateLimit:
     """At most `rate_per_s` requests per second (a moving window), shared by every thread holding this object.
 
-    `None` or 0 means unlimited; a fractional rate rounds down (22.7 → 22 per second). `per_minute=n`
-    counts n per one-minute window (a burst of up to n is allowed; pass `rate_per_s=n / 60` for a smooth
-    rate). `burst=b` adds a second window: at most b in any one second (a server's cap on a burst inside
-    its per-minute budget). The moving window never lets more than the limit start inside any window, so
-    a server limit of the same rate over a window as long or longer never answers 429.
+    `None` or 0 means unlimited; a fractional rate rounds down (22.7 → 22 per second). Clients use the
+    shortest window (small bursts). A server passes a longer one, which tolerates the jitter of requests
+    in flight as a token bucket does: `window_s=w` counts rate·w per w seconds, `per_minute=n` counts n
+    per minute (a burst of up to n is allowed; pass `rate_per_s=n / 60` for a smooth rate); `burst=b`
+    adds a second window, at most b in any one second. The moving window never lets more than the limit
+    start inside any window, so a server limit of the same rate over a window as long or longer never
+    answers 429.
     """
 
     def __init__(
@@ -107,11 +109,14 @@ class RateLimit:
         rate_per_s: float | None = None,
         *,
         per_minute: float | None = None,
+        window_s: int | None = None,
         burst: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if per_minute:
             amount, seconds = max(1, math.floor(per_minute)), 60
+        elif rate_per_s and rate_per_s > 0 and window_s:
+            amount, seconds = max(1, math.floor(rate_per_s * window_s + 1e-9)), max(1, int(window_s))
         elif rate_per_s and rate_per_s > 0:
             amount, seconds = _window(float(rate_per_s))
         else:
