@@ -1,11 +1,14 @@
-"""One rate limiter and one retry policy for every HTTP client of the pipeline (Stripe reader, Sage client).
+"""One rate limiter and one retry policy for every HTTP client of the pipeline (Stripe reader, Sage Pro
+client, Intacct target) and every sandbox server (Stripe emulator, Sage Pro sandbox, Intacct emulator).
 
 * `RateLimit`: at most N requests per window, a moving window from the `limits` library, shared by every
-  thread that holds it. `acquire()` blocks until a request may start; `try_acquire()` answers at once
-  (what a server-side limiter needs). `shared_rate_limit(key, ...)` gives one limiter per key per process,
-  so every client of one account/company draws from the same budget.
+  thread that holds it. `acquire()` blocks until a request may start (clients); `take(key)` answers at
+  once with None (granted) or the seconds until the window has room (servers: the `Retry-After`, written
+  by `retry_after_header`), one budget per key (e.g. per user). `shared_rate_limit(key, ...)` gives one
+  limiter per key per process, so every client of one account/company draws from the same budget.
 * `RetryPolicy`: exponential backoff with full jitter from `tenacity`, never sooner than the server's
-  `Retry-After`. It retries what the caller says is transient (exceptions and/or results) and nothing else.
+  `Retry-After` (`retry_after_seconds` reads it). It retries what the caller says is transient
+  (exceptions and/or results) and nothing else.
 
 Retries never duplicate: the policy re-runs the caller's attempt function as is, so a write must carry
 its idempotency key from outside that function (decided once per logical request, sent on every attempt).
@@ -33,7 +36,7 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import tenacity
-from limits import RateLimitItemPerSecond
+from limits import RateLimitItem, RateLimitItemPerSecond
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
@@ -42,8 +45,13 @@ T = TypeVar("T")
 MAX_RETRY_AFTER_S = 120.0  # a server asking for more than this is treated as asking for this
 
 
-def retry_after_seconds(value: str | None, now: datetime | None = None) -> float | None:
-    """Seconds to wait from a `Retry-After` header value (delta-seconds or HTTP date), or None if absent/invalid."""
+def retry_after_seconds(
+    value: str | None, now: datetime | None = None, *, cap_s: float = MAX_RETRY_AFTER_S
+) -> float | None:
+    """Seconds to wait from a `Retry-After` header value (delta-seconds or HTTP date), or None if absent/invalid.
+
+    A wait above `cap_s` is read as `cap_s` (a misbehaving server cannot park a worker for an hour).
+    """
     if value is None:
         return None
     value = str(value).strip()
@@ -61,7 +69,12 @@ def retry_after_seconds(value: str | None, now: datetime | None = None) -> float
         seconds = (when - (now or datetime.now(UTC))).total_seconds()
     if math.isnan(seconds):
         return None
-    return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
+    return min(max(0.0, seconds), cap_s)
+
+
+def retry_after_header(wait_s: float) -> str:
+    """The `Retry-After` value a server sends for a wait: whole seconds, rounded up, at least 1."""
+    return str(max(1, math.ceil(wait_s - 1e-9)))
 
 
 def _window(rate_per_s: float) -> tuple[int, int]:
@@ -82,10 +95,13 @@ def _window(rate_per_s: float) -> tuple[int, int]:
 class RateLimit:
     """At most `rate_per_s` requests per second (a moving window), shared by every thread holding this object.
 
-    `None` or 0 means unlimited; a fractional rate rounds down (22.7 → 22 per second). `per_minute=n`
-    counts n per one-minute window (a burst of up to n is allowed; pass `rate_per_s=n / 60` for a smooth
-    rate). The moving window never lets more than the limit start inside any window, so a server's token
-    bucket of the same rate and a window's burst never answers 429.
+    `None` or 0 means unlimited; a fractional rate rounds down (22.7 → 22 per second). Clients use the
+    shortest window (small bursts). A server passes a longer one, which tolerates the jitter of requests
+    in flight as a token bucket does: `window_s=w` counts rate·w per w seconds, `per_minute=n` counts n
+    per minute (a burst of up to n is allowed; pass `rate_per_s=n / 60` for a smooth rate); `burst=b`
+    adds a second window, at most b in any one second. The moving window never lets more than the limit
+    start inside any window, so a server limit of the same rate over a window as long or longer never
+    answers 429.
     """
 
     def __init__(
@@ -93,35 +109,60 @@ class RateLimit:
         rate_per_s: float | None = None,
         *,
         per_minute: float | None = None,
+        window_s: int | None = None,
+        burst: int | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
         if per_minute:
             amount, seconds = max(1, math.floor(per_minute)), 60
+        elif rate_per_s and rate_per_s > 0 and window_s:
+            amount, seconds = max(1, math.floor(rate_per_s * window_s + 1e-9)), max(1, int(window_s))
         elif rate_per_s and rate_per_s > 0:
             amount, seconds = _window(float(rate_per_s))
         else:
             amount = seconds = 0
         self.amount, self.window_s = amount, seconds
         self.rate_per_s: float | None = amount / seconds if amount else None
+        self.burst = max(1, burst) if amount and burst and (burst, 1) != (amount, seconds) else None
         self._sleep = sleep
         self._lock = threading.Lock()
         self._turn = threading.Lock()
+        self._items: list[RateLimitItem] = []
         if amount:
-            self._item = RateLimitItemPerSecond(amount, seconds)
+            self._items.append(RateLimitItemPerSecond(amount, seconds))
+            if self.burst:
+                self._items.append(RateLimitItemPerSecond(self.burst, 1))
             self._limiter = MovingWindowRateLimiter(MemoryStorage())
 
     def __repr__(self) -> str:
-        return f"RateLimit({self.amount}/{self.window_s}s)" if self.amount else "RateLimit(unlimited)"
-
-    def try_acquire(self) -> bool:
-        """Take one request's place if the window has room; never blocks."""
         if not self.amount:
-            return True
-        with self._lock:
-            return self._limiter.hit(self._item)
+            return "RateLimit(unlimited)"
+        return f"RateLimit({self.amount}/{self.window_s}s" + (f", burst {self.burst}/1s)" if self.burst else ")")
 
-    def acquire(self) -> None:
-        """Block until one request may start.
+    def take(self, key: str = "") -> float | None:
+        """Take one request's place now if every window has room (None); else the seconds until they have.
+
+        Never blocks and takes nothing when refused. `key` keeps a separate budget per caller (e.g. per
+        user on a server); a server answers a refusal with 429 and `retry_after_header(seconds)`.
+        """
+        if not self.amount:
+            return None
+        ids = (key,) if key else ()
+        with self._lock:
+            full = [item for item in self._items if not self._limiter.test(item, *ids)]
+            if not full:
+                for item in self._items:
+                    self._limiter.hit(item, *ids)
+                return None
+            reset_at = max(self._limiter.get_window_stats(item, *ids).reset_time for item in full)
+        return max(0.0, reset_at - time.time())
+
+    def try_acquire(self, key: str = "") -> bool:
+        """Take one request's place if the window has room; never blocks."""
+        return self.take(key) is None
+
+    def acquire(self, sleep: Callable[[float], None] | None = None) -> None:
+        """Block until one request may start (`sleep` overrides the limiter's own, e.g. a client's test hook).
 
         Waiters take turns (one sleeps on the window, the others on a lock), so a full window wakes
         one thread per free place instead of all of them.
@@ -129,12 +170,8 @@ class RateLimit:
         if not self.amount:
             return
         with self._turn:
-            while True:
-                with self._lock:
-                    if self._limiter.hit(self._item):
-                        return
-                    reset_at = self._limiter.get_window_stats(self._item).reset_time
-                self._sleep(min(self.window_s, max(0.001, reset_at - time.time())))
+            while (wait := self.take()) is not None:
+                (sleep or self._sleep)(min(self.window_s, max(0.001, wait)))
 
 
 _SHARED: dict[Hashable, RateLimit] = {}

@@ -7,8 +7,10 @@ What the contract asks of a client, in one place:
   never sooner than the server's `Retry-After`; a 504 after a POST lands on the idempotent replay;
 * 409 DuplicateExternalReference is resolved by fetching and checking the stored record
   (`already_exists`); 401/403 raise `CredentialsError`; 422 raises `RecordInvalid` with details;
-* a token bucket and a semaphore, shared by every client of one process that talks to the same
-  base URL as the same user, keep requests under `rate_per_minute` and `max_concurrency`;
+* a rate limit and a semaphore, shared by every client of one process that talks to the same
+  base URL as the same user, keep requests under `rate_per_minute` and `max_concurrency`; the limit
+  and the retries are the pipeline's one policy (`runtime.http_policy`: a moving window from `limits`,
+  full-jitter backoff from `tenacity`);
 * a circuit breaker per base URL detects Sage being down once: after `BREAKER_THRESHOLD` attempts in a
   row that got no answer (connection errors, timeouts, 5xx), or two over `BREAKER_WINDOW_S` seconds,
   every request fails at once with `SageUnavailable` naming the URL and the cause, instead of each item
@@ -20,19 +22,24 @@ Credentials go only into the Basic `Authorization` header, never into URLs, logs
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 from typing import Any, Literal
 from urllib.parse import quote
 
 import httpx
 
+from stripe_sage_pipeline.runtime.http_policy import (
+    RateLimit,
+    RetryEvent,
+    RetryPolicy,
+    retry_after_seconds,
+    shared_rate_limit,
+)
 from stripe_sage_pipeline.sage.errors import (
     Conflict,
     CredentialsError,
@@ -64,34 +71,6 @@ class PostResult:
     record: dict[str, Any]
     sage_id: str
     request_id: str
-
-
-class _Limiter:
-    """Token bucket (requests per minute) plus a concurrency semaphore, thread-safe."""
-
-    def __init__(self, rate_per_minute: int | None, max_concurrency: int) -> None:
-        self.semaphore = threading.BoundedSemaphore(max(1, max_concurrency))
-        self.rate_per_s = rate_per_minute / 60.0 if rate_per_minute else None
-        # A small bucket keeps bursts under a server bucket of the same rate.
-        self.capacity = max(1.0, (rate_per_minute or 0) / 12)
-        self.tokens = self.capacity
-        self.updated = time.monotonic()
-        self._lock = threading.Lock()
-
-    def take_token(self, sleep: Callable[[float], None]) -> None:
-        """Block until a request may start under the rate."""
-        if self.rate_per_s is None:
-            return
-        while True:
-            with self._lock:
-                now = time.monotonic()
-                self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate_per_s)
-                self.updated = now
-                if self.tokens >= 1.0:
-                    self.tokens -= 1.0
-                    return
-                wait = (1.0 - self.tokens) / self.rate_per_s
-            sleep(wait)
 
 
 BREAKER_THRESHOLD = 8  # 15% random 5xx (the chaos mix) trips it once in ~4 million attempt runs
@@ -193,35 +172,38 @@ def shared_breaker(base_url: str, name: str = "Sage Pro") -> CircuitBreaker:
         return _BREAKERS[base_url]
 
 
-_LIMITERS: dict[tuple[str, str, int | None, int], _Limiter] = {}
+_SLOTS: dict[tuple[str, str, int | None, int], threading.BoundedSemaphore] = {}
 _LIMITERS_LOCK = threading.Lock()
 
 
-def _shared_limiter(base_url: str, user: str, rate_per_minute: int | None, max_concurrency: int) -> _Limiter:
+def _shared_limits(
+    base_url: str, user: str, rate_per_minute: int | None, max_concurrency: int
+) -> tuple[RateLimit, threading.BoundedSemaphore]:
+    """The rate limit and the concurrency slots of one base URL and user, shared by every client of this process."""
     key = (base_url, user, rate_per_minute, max_concurrency)
     with _LIMITERS_LOCK:
-        if key not in _LIMITERS:
-            _LIMITERS[key] = _Limiter(rate_per_minute, max_concurrency)
-        return _LIMITERS[key]
+        if key not in _SLOTS:
+            _SLOTS[key] = threading.BoundedSemaphore(max(1, max_concurrency))
+        slots = _SLOTS[key]
+    return shared_rate_limit(("sagepro", *key), rate_per_minute / 60.0 if rate_per_minute else None), slots
 
 
-def _retry_after_s(response: httpx.Response | None) -> float | None:
-    """Seconds from a `Retry-After` header (delta-seconds or HTTP date), or None."""
-    if response is None:
+def _retry_after_s(outcome: object) -> float | None:
+    """Seconds from a failed attempt's `Retry-After` header (delta-seconds or HTTP date), or None."""
+    if not isinstance(outcome, httpx.Response):
         return None
-    value = response.headers.get("retry-after")
-    if not value:
-        return None
-    value = value.strip()
-    if value.isdigit():
-        return min(float(value), MAX_RETRY_AFTER_S)
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return min(max(0.0, (when - datetime.now(UTC)).total_seconds()), MAX_RETRY_AFTER_S)
+    return retry_after_seconds(outcome.headers.get("retry-after"), cap_s=MAX_RETRY_AFTER_S)
+
+
+def _answer_again(response: httpx.Response) -> bool:
+    """A retryable answer: 429/5xx, or 409 RequestInProgress (our own earlier attempt still runs: wait for it)."""
+    if response.status_code in RETRYABLE_STATUS:
+        return True
+    return response.status_code == 409 and _envelope(response).get("code") == "RequestInProgress"
+
+
+def _failure(outcome: object) -> str:
+    return f"HTTP {outcome.status_code}" if isinstance(outcome, httpx.Response) else type(outcome).__name__
 
 
 def _envelope(response: httpx.Response) -> dict[str, Any]:
@@ -262,8 +244,8 @@ class SageClient:
         self.backoff_base_s = backoff_base_s
         self.backoff_cap_s = backoff_cap_s
         self._sleep = sleep
-        self._random = random.Random()
-        self._limiter = _shared_limiter(self.base_url, user, rate_per_minute, max_concurrency)
+        self.retry = RetryPolicy(max_retries=max_retries, backoff_base_s=backoff_base_s, backoff_cap_s=backoff_cap_s)
+        self._rate, self._slots = _shared_limits(self.base_url, user, rate_per_minute, max_concurrency)
         self.breaker = breaker if breaker is not None else shared_breaker(self.base_url)
         # The password lives only inside httpx's BasicAuth; nothing here keeps or prints it.
         self._http = httpx.Client(
@@ -290,13 +272,6 @@ class SageClient:
 
     # -- transport with retries ------------------------------------------------------------------
 
-    def _backoff(self, attempt: int, response: httpx.Response | None) -> float:
-        """Full jitter over an exponential ceiling, but never less than the server's Retry-After."""
-        ceiling = min(self.backoff_cap_s, self.backoff_base_s * (2**attempt))
-        delay = self._random.uniform(0, ceiling)
-        retry_after = _retry_after_s(response)
-        return max(delay, retry_after) if retry_after is not None else delay
-
     def _send(
         self,
         method: str,
@@ -306,55 +281,68 @@ class SageClient:
         params: dict[str, Any] | None = None,
         idempotency_key: str | None = None,
     ) -> httpx.Response:
-        """One logical request: retried on transient failures, returned as soon as the answer is final."""
+        """One logical request: retried on transient failures, returned as soon as the answer is final.
+
+        Every attempt sends the same `Idempotency-Key`, passes the breaker, the rate limit and a slot.
+        """
         headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
-        attempt = 0
-        while True:
+        attempts = 0
+
+        def attempt() -> httpx.Response:
+            nonlocal attempts
+            attempts += 1
             self.breaker.check()
-            self._limiter.take_token(self._sleep)
-            response: httpx.Response | None = None
-            failure: str
-            with self._limiter.semaphore:
+            self._rate.acquire(self._sleep)
+            with self._slots:
                 self.breaker.check()  # another thread may have opened it while this one waited
                 try:
                     response = self._http.request(method, url, json=json, params=params, headers=headers)
                 except RETRYABLE_ERRORS as exc:
-                    failure = f"{type(exc).__name__}"
                     if self.breaker.failure(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__):
                         raise self.breaker.error() from exc
-            if response is not None:
-                if response.status_code in DOWN_STATUS:
-                    if self.breaker.failure(f"HTTP {response.status_code} on {method} {url}"):
-                        raise self.breaker.error()
-                else:
-                    self.breaker.success()
-                code = _envelope(response).get("code") if response.status_code == 409 else None
-                # RequestInProgress means our own earlier attempt still runs: wait for its outcome.
-                if response.status_code not in RETRYABLE_STATUS and code != "RequestInProgress":
-                    log.debug(
-                        "sage %s %s -> %s (request %s, attempt %d)",
-                        method,
-                        url,
-                        response.status_code,
-                        response.headers.get("x-request-id"),
-                        attempt + 1,
-                    )
-                    return response
-                failure = f"HTTP {response.status_code}"
-            if attempt >= self.max_retries:
-                request_id = response.headers.get("x-request-id") if response is not None else None
-                envelope = _envelope(response) if response is not None else {}
-                raise TransientError(
-                    f"Sage {method} {url} still failing after {attempt + 1} attempts: {failure}",
-                    status=response.status_code if response is not None else None,
-                    code=envelope.get("code"),
-                    details=envelope.get("details"),
-                    request_id=request_id,
-                )
-            delay = self._backoff(attempt, response)
-            log.info("sage %s %s: %s, retry %d in %.2f s", method, url, failure, attempt + 1, delay)
-            self._sleep(delay)
-            attempt += 1
+                    raise
+            if response.status_code in DOWN_STATUS:
+                if self.breaker.failure(f"HTTP {response.status_code} on {method} {url}"):
+                    raise self.breaker.error()
+            else:
+                self.breaker.success()
+            return response
+
+        def on_retry(event: RetryEvent) -> None:
+            failure = _failure(event.exception or event.result)
+            log.info("sage %s %s: %s, retry %d in %.2f s", method, url, failure, event.attempt, event.delay_s)
+
+        try:
+            response = self.retry.call(
+                attempt,
+                retry_on_exception=lambda exc: isinstance(exc, RETRYABLE_ERRORS),
+                retry_on_result=_answer_again,
+                retry_after=_retry_after_s,
+                on_retry=on_retry,
+                sleep=self._sleep,
+            )
+        except RETRYABLE_ERRORS as exc:
+            raise TransientError(
+                f"Sage {method} {url} still failing after {attempts} attempts: {_failure(exc)}", status=None
+            ) from exc
+        if _answer_again(response):
+            envelope = _envelope(response)
+            raise TransientError(
+                f"Sage {method} {url} still failing after {attempts} attempts: {_failure(response)}",
+                status=response.status_code,
+                code=envelope.get("code"),
+                details=envelope.get("details"),
+                request_id=response.headers.get("x-request-id"),
+            )
+        log.debug(
+            "sage %s %s -> %s (request %s, attempt %d)",
+            method,
+            url,
+            response.status_code,
+            response.headers.get("x-request-id"),
+            attempts,
+        )
+        return response
 
     def _raise_for(self, response: httpx.Response) -> None:
         """Turn an error answer into the matching typed exception."""

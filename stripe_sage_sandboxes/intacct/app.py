@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from stripe_sage_pipeline.runtime.http_policy import RateLimit, retry_after_header
 from stripe_sage_sandboxes.intacct.store import IaError, IntacctStore, field_value, invalid
 
 API_PREFIX = "/ia/api/v1"
@@ -84,25 +85,6 @@ def ref(obj_path: str, rec: dict[str, Any]) -> dict[str, Any]:
     return {"key": rec["key"], "id": rec["id"], "href": f"{API_PREFIX}/objects/{obj_path}/{rec['key']}"}
 
 
-class _Bucket:
-    def __init__(self, rate_per_minute: int) -> None:
-        self.rate = rate_per_minute / 60.0
-        self.capacity = max(1.0, rate_per_minute / 6)
-        self.tokens = self.capacity
-        self.updated = time.monotonic()
-        self.lock = threading.Lock()
-
-    def take(self) -> int | None:
-        with self.lock:
-            now = time.monotonic()
-            self.tokens = min(self.capacity, self.tokens + (now - self.updated) * self.rate)
-            self.updated = now
-            if self.tokens >= 1:
-                self.tokens -= 1
-                return None
-            return max(1, int((1 - self.tokens) / self.rate) + 1)
-
-
 class IntacctEmulatorApp:
     """State plus the ASGI app (`.asgi`)."""
 
@@ -115,7 +97,9 @@ class IntacctEmulatorApp:
         self._faults: collections.deque[str] = collections.deque()
         self.faults_injected: collections.Counter[str] = collections.Counter()  # by kind, however long the run
         self._random = random.Random(self.config.seed)
-        self._bucket = _Bucket(self.config.rate_per_minute)
+        # One budget for the company: `rate_per_minute` in any minute, a sixth of it in any one second.
+        rate = max(1, self.config.rate_per_minute)
+        self._limit = RateLimit(per_minute=rate, burst=max(1, rate // 6))
         self._lock = threading.Lock()
         p = API_PREFIX
         routes = [
@@ -207,13 +191,13 @@ class IntacctEmulatorApp:
                     body,
                     IaError(401, "invalidToken", "The access token is missing, invalid or expired", "IA-0401"),
                 )
-            wait = self._bucket.take()
+            wait = self._limit.take()
             if fault == "429" or wait is not None:
                 return self._answer(
                     request,
                     body,
                     IaError(429, "tooManyRequests", "Rate limit exceeded", "IA-0429"),
-                    {"Retry-After": str(wait or self.config.retry_after_s)},
+                    {"Retry-After": retry_after_header(wait) if wait is not None else str(self.config.retry_after_s)},
                 )
             if fault == "503":
                 return self._answer(

@@ -14,7 +14,6 @@ import hashlib
 import hmac
 import json
 import logging
-import math
 import random
 import threading
 import time
@@ -36,6 +35,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from stripe_sage_pipeline.runtime.http_policy import RateLimit, retry_after_header
 from stripe_sage_sandboxes.sage.store import SageStore
 from stripe_sage_sandboxes.sage.validation import DATE_RE as _DATE_RE
 from stripe_sage_sandboxes.sage.validation import ApiError, Detail, parse_timestamp
@@ -60,7 +60,7 @@ class SageSandboxConfig:
     company: str = "PRO01"
     users: dict[str, tuple[str, set[str] | frozenset[str]]] | None = None
     rate_per_minute: int = 120
-    burst: int | None = None  # token bucket size; None: ten seconds' worth of the rate, at least 1
+    burst: int | None = None  # most requests in any one second; None: ten seconds' worth of the rate, at least 1
     max_concurrent: int = 4
     seed: int = 0
     fault_429_rate: float = 0.0
@@ -89,42 +89,32 @@ class SageSandboxConfig:
         return f"SageSandboxConfig(data_dir={str(self.data_dir)!r}, company={self.company!r}, users={users!r}, ...)"
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
-    inflight: int = 0
-
-
 class RateLimiter:
-    """A token bucket plus a concurrency cap per user, as a hosted Sage facade applies them."""
+    """Per user: `rate_per_minute` in any minute, at most `burst` in any second (the pipeline's shared
+    `RateLimit`, a moving window) and a cap on requests in flight, as a hosted Sage facade applies them."""
 
     def __init__(self, rate_per_minute: int, burst: int | None, max_concurrent: int) -> None:
-        self.rate_per_s = max(rate_per_minute, 1) / 60.0
-        self.capacity = float(burst if burst is not None else max(1, rate_per_minute // 6))
+        rate = max(rate_per_minute, 1)
+        self.rate = RateLimit(per_minute=rate, burst=burst if burst is not None else max(1, rate // 6))
         self.max_concurrent = max_concurrent
-        self._buckets: dict[str, _Bucket] = {}
+        self._inflight: collections.Counter[str] = collections.Counter()
         self._lock = threading.Lock()
 
-    def acquire(self, user: str) -> int | None:
-        """Take a token and a slot; None when granted, else the seconds to wait (Retry-After)."""
-        now = time.monotonic()
+    def acquire(self, user: str) -> str | None:
+        """Take a place in the window and a slot; None when granted, else the `Retry-After` value (seconds)."""
         with self._lock:
-            b = self._buckets.setdefault(user, _Bucket(self.capacity, now))
-            b.tokens = min(self.capacity, b.tokens + (now - b.updated) * self.rate_per_s)
-            b.updated = now
-            if b.inflight >= self.max_concurrent:
-                return 1
-            if b.tokens < 1.0:
-                return max(1, math.ceil((1.0 - b.tokens) / self.rate_per_s))
-            b.tokens -= 1.0
-            b.inflight += 1
+            if self._inflight[user] >= self.max_concurrent:
+                return "1"
+            wait = self.rate.take(user)
+            if wait is not None:
+                return retry_after_header(wait)
+            self._inflight[user] += 1
             return None
 
     def release(self, user: str) -> None:
         """Give the concurrency slot back."""
         with self._lock:
-            self._buckets[user].inflight -= 1
+            self._inflight[user] -= 1
 
 
 @dataclass
@@ -431,7 +421,7 @@ class SageSandboxApp:
         wait = self.limiter.acquire(user)
         if wait is not None:
             raise ApiError(
-                429, "TooManyRequests", f"Rate limit exceeded; retry in {wait} s", headers={"Retry-After": str(wait)}
+                429, "TooManyRequests", f"Rate limit exceeded; retry in {wait} s", headers={"Retry-After": wait}
             )
         try:
             return await self._limited(request, op, user, entry)

@@ -8,10 +8,9 @@ latency, plus `/_emulator/*` admin endpoints for tests and benchmarks.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import secrets
-import threading
-import time
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -20,6 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from stripe_sage_pipeline.runtime.http_policy import RateLimit
 from stripe_sage_sandboxes.stripe_emulator import ops, versions
 from stripe_sage_sandboxes.stripe_emulator.store import ApiError, EmulatorState, dumps, loads, missing
 
@@ -42,6 +42,8 @@ REFUND_REASONS = {"duplicate", "fraudulent", "requested_by_customer"}
 ARRAY_PARAMS = {"expand", "types", "preferred_locales"}
 _KEY_RE = re.compile(r"([^\[\]]+)|\[([^\[\]]*)\]")
 _PATH_RE = re.compile(r"^/v1/([a-z_]+)(?:/([^/]+))?/?$")
+
+STRIPE_WINDOW_S = 3  # the window of the rate limit (see `stripe_limit`)
 
 
 def decode_params(pairs: list[tuple[str, str]]) -> dict[str, Any]:
@@ -71,26 +73,14 @@ def decode_params(pairs: list[tuple[str, str]]) -> dict[str, Any]:
     return out
 
 
-class TokenBucket:
-    """Requests per second with a burst of one second's worth, like Stripe's per-account limiter."""
+def stripe_limit(rate_per_s: float) -> RateLimit:
+    """Stripe's per-account limit as the pipeline's shared `RateLimit` (moving windows).
 
-    def __init__(self, rate: float) -> None:
-        self.rate = float(rate)
-        self.capacity = max(1.0, self.rate)
-        self.tokens = self.capacity
-        self.last = time.monotonic()
-        self.lock = threading.Lock()
-
-    def take(self) -> bool:
-        """Consume one token if there is one."""
-        with self.lock:
-            now = time.monotonic()
-            self.tokens = min(self.capacity, self.tokens + (now - self.last) * self.rate)
-            self.last = now
-            if self.tokens >= 1.0:
-                self.tokens -= 1.0
-                return True
-            return False
+    Stripe meters with a token bucket of one second's worth: at most 2·rate in any one second, and
+    `rate` per second sustained. Here: `rate`·3 in any 3 s (a client paced under the rate keeps slack for
+    requests its threads send late) and at most 2·rate in any one second.
+    """
+    return RateLimit(rate_per_s, window_s=STRIPE_WINDOW_S, burst=max(1, math.floor(2 * rate_per_s)))
 
 
 class EmulatorApp:
@@ -98,8 +88,9 @@ class EmulatorApp:
 
     def __init__(self, state: EmulatorState) -> None:
         self.state = state
-        self.bucket: TokenBucket | None = None
-        self._bucket_rate: float | None = None
+        # Stripe's per-account limit: the pipeline's shared `RateLimit`, N requests in any one second.
+        self.limit: RateLimit | None = None
+        self._limit_rate: float | None = None
         self.asgi = Starlette(
             routes=[
                 Route(
@@ -153,10 +144,10 @@ class EmulatorApp:
         if cfg.latency_ms:
             await asyncio.sleep(cfg.latency_ms / 1000)
         if cfg.rate_limit_per_s:
-            if self._bucket_rate != cfg.rate_limit_per_s:
-                self.bucket, self._bucket_rate = TokenBucket(cfg.rate_limit_per_s), cfg.rate_limit_per_s
-            assert self.bucket is not None
-            if not self.bucket.take():
+            if self._limit_rate != cfg.rate_limit_per_s:
+                self.limit, self._limit_rate = stripe_limit(cfg.rate_limit_per_s), cfg.rate_limit_per_s
+            assert self.limit is not None
+            if not self.limit.try_acquire():
                 self._count("rate_limited")
                 raise ApiError(
                     429,

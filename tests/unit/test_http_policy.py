@@ -6,7 +6,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from stripe_sage_pipeline.runtime.http_policy import RateLimit, RetryPolicy, retry_after_seconds, shared_rate_limit
+from stripe_sage_pipeline.runtime.http_policy import (
+    RateLimit,
+    RetryPolicy,
+    retry_after_header,
+    retry_after_seconds,
+    shared_rate_limit,
+)
 
 
 def test_retry_after_seconds_reads_delta_seconds_and_http_dates():
@@ -19,6 +25,40 @@ def test_retry_after_seconds_reads_delta_seconds_and_http_dates():
     assert retry_after_seconds(None) is None
     assert retry_after_seconds("soon") is None
     assert retry_after_seconds("") is None
+
+
+def test_retry_after_seconds_cap_is_the_callers():
+    assert retry_after_seconds("500", cap_s=600) == 500.0  # the Sage clients accept up to 10 minutes
+    assert retry_after_seconds("900", cap_s=600) == 600.0
+
+
+def test_retry_after_header_is_whole_seconds_rounded_up_at_least_one():
+    assert [retry_after_header(s) for s in (0.0, 0.2, 1.0, 1.01, 9.5, 54.2)] == ["1", "1", "1", "2", "10", "55"]
+
+
+def test_take_answers_the_seconds_until_the_window_has_room_per_key():
+    limit = RateLimit(per_minute=2)
+    assert limit.take("alice") is None and limit.take("alice") is None
+    wait = limit.take("alice")  # the minute's two are spent: room when the first one leaves the window
+    assert wait is not None and 50 < wait <= 60
+    assert limit.take("bob") is None  # every key has its own budget
+    assert RateLimit(None).take("alice") is None
+
+
+def test_burst_caps_any_one_second_inside_a_longer_window():
+    limit = RateLimit(per_minute=120, burst=3)
+    assert (limit.amount, limit.window_s, limit.burst) == (120, 60, 3)
+    assert [limit.take() is None for _ in range(5)] == [True] * 3 + [False] * 2
+    wait = limit.take()
+    assert wait is not None and wait <= 1.0  # the one-second window frees first; the minute has room
+    refused = RateLimit(per_minute=2, burst=5)
+    assert refused.take() is None and refused.take() is None and 50 < (refused.take() or 0) <= 60
+
+
+def test_a_server_window_counts_rate_times_window():
+    limit = RateLimit(25, window_s=3, burst=50)
+    assert (limit.amount, limit.window_s, limit.burst, limit.rate_per_s) == (75, 3, 50, 25)
+    assert (RateLimit(22, window_s=1, burst=22).burst) is None  # the same window twice is one window
 
 
 def test_rate_limit_windows():

@@ -5,7 +5,8 @@
   The access token is renewed before it expires; a 401 renews it once and retries, a second 401 (or a
   refused grant) raises `CredentialsError`, which stops the run and alerts.
 * Retries: 429 waits for `Retry-After`, 503/5xx/timeouts back off with full jitter (the token endpoint's
-  included). Intacct documents no
+  included); the rate limit and the retries are the pipeline's one policy (`runtime.http_policy`).
+  Intacct documents no
   idempotency for object POSTs, so the Stripe id rides in a searchable field and every write looks
   before it writes through the query service (`/services/core/query`), first and again after any
   failure whose outcome is unknown: a retry after a lost response finds the record instead of posting
@@ -21,7 +22,6 @@
 from __future__ import annotations
 
 import logging
-import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -32,6 +32,7 @@ from typing import Any
 import httpx
 
 from stripe_sage_pipeline.money import exponent
+from stripe_sage_pipeline.runtime.http_policy import RateLimit, RetryEvent, RetryPolicy, retry_after_seconds
 from stripe_sage_pipeline.sage.client import DOWN_STATUS, CircuitBreaker, PostResult, shared_breaker
 from stripe_sage_pipeline.sage.errors import Conflict, CredentialsError, NotFound, SageUnavailable, TransientError
 from stripe_sage_pipeline.sage.intacct import payloads as P
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8766/ia/api/v1"
 RETRYABLE = frozenset({429, 500, 502, 503, 504})
+MAX_RETRY_AFTER_S = 600.0
 NETWORK_ERRORS = (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError)
 QUERY_PAGE = 4000
 # Where each resource keeps the Stripe id, and the object that is searched for it.
@@ -148,15 +150,12 @@ class IntacctTarget:
         self.client_id = client_id
         self.username = username
         self.locations = {k.lower(): v for k, v in (locations or {}).items()}
-        self.max_retries, self.backoff_base_s, self.backoff_cap_s = max_retries, backoff_base_s, backoff_cap_s
+        self.retry = RetryPolicy(max_retries=max_retries, backoff_base_s=backoff_base_s, backoff_cap_s=backoff_cap_s)
         self._secret = client_secret
         self._refresh_token = refresh_token
         self._sleep = sleep
-        self._random = random.Random()
         self._slots = threading.BoundedSemaphore(max(1, max_concurrency))
-        self._min_interval = 60.0 / rate_per_minute if rate_per_minute else 0.0
-        self._next_start = 0.0
-        self._pace_lock = threading.Lock()
+        self._rate = RateLimit(rate_per_minute / 60.0 if rate_per_minute else None)
         self.breaker = breaker if breaker is not None else shared_breaker(self.base_url, name="Sage Intacct")
         self._http = httpx.Client(
             base_url=self.base_url + "/",
@@ -217,23 +216,6 @@ class IntacctTarget:
 
     # -- transport ---------------------------------------------------------------------------------------
 
-    def _pace(self) -> None:
-        if not self._min_interval:
-            return
-        with self._pace_lock:
-            now = time.monotonic()
-            start = max(now, self._next_start)
-            self._next_start = start + self._min_interval
-        if start > now:
-            self._sleep(start - now)
-
-    def _backoff(self, attempt: int, response: httpx.Response | None) -> float:
-        delay = self._random.uniform(0, min(self.backoff_cap_s, self.backoff_base_s * (2**attempt)))
-        retry_after = response.headers.get("retry-after") if response is not None else None
-        if retry_after and retry_after.strip().isdigit():
-            delay = max(delay, min(float(retry_after), 600.0))
-        return delay
-
     def _request(
         self,
         method: str,
@@ -243,66 +225,97 @@ class IntacctTarget:
         headers: dict[str, str] | None = None,
         unknown_outcome: Callable[[], PostResult | None] | None = None,
     ) -> httpx.Response | PostResult:
-        """One logical request with auth, pacing, retries and the circuit breaker; returns the final answer.
+        """One logical request with auth, the rate limit, retries and the circuit breaker; returns the final answer.
 
         For a write, `unknown_outcome` is asked after a failure that may have committed (5xx, timeout):
         when it finds the record, that result is returned instead of sending again. While the breaker is
         open (Intacct down) `SageUnavailable` is raised at once, without a request.
         """
         refreshed = False
-        attempt = 0
-        while True:
+        attempts = 0
+        look_first = False  # the last failure may have committed (a request was sent, the answer was not a 429)
+
+        def attempt() -> httpx.Response | PostResult:
+            nonlocal refreshed, attempts, look_first
+            attempts += 1
             self.breaker.check()
-            response: httpx.Response | None = None
-            failure = ""
-            sent = False
-            try:
-                token = self.token.get()
-            except SageUnavailable:
-                raise
-            except TransientError as exc:  # the token endpoint did not answer (or was busy): nothing was sent
-                failure = str(exc)
-            else:
-                self._pace()
+            if look_first and unknown_outcome is not None:
+                found = unknown_outcome()
+                if found is not None:
+                    return found
+            look_first = False
+            while True:
+                token = self.token.get()  # TransientError when the token endpoint does not answer: nothing sent
+                self._rate.acquire(self._sleep)
                 with self._slots:
                     self.breaker.check()  # another thread may have opened it while this one waited
-                    sent = True
+                    look_first = True
                     try:
                         response = self._http.request(
                             method, path, json=json, headers={**(headers or {}), "Authorization": f"Bearer {token}"}
                         )
                     except NETWORK_ERRORS as exc:
-                        failure = type(exc).__name__
                         if self.breaker.failure(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__):
                             raise self.breaker.error() from exc
-            if response is not None:
+                        raise
                 if response.status_code in DOWN_STATUS:
                     if self.breaker.failure(f"HTTP {response.status_code} on {method} {path}"):
                         raise self.breaker.error()
                 else:
                     self.breaker.success()
-                if response.status_code == 401:
-                    if refreshed:
-                        raise to_exception(401, _json(response), what=f"{method} {path}")
-                    self.token.invalidate(token)
-                    refreshed = True
-                    continue
-                if response.status_code not in RETRYABLE:
+                if response.status_code == 429:
+                    look_first = False  # refused before it was read: nothing committed
+                if response.status_code != 401:
                     return response
-                failure = f"HTTP {response.status_code}"
-            if attempt >= self.max_retries:
-                raise TransientError(
-                    f"Sage Intacct {method} {path} still failing after {attempt + 1} attempts: {failure}",
-                    status=response.status_code if response is not None else None,
+                if refreshed:
+                    raise to_exception(401, _json(response), what=f"{method} {path}")
+                self.token.invalidate(token)
+                refreshed = True
+
+        def retryable(exc: BaseException) -> bool:
+            # Network errors, and a token endpoint that did not answer; never an open breaker (Intacct down).
+            return isinstance(exc, NETWORK_ERRORS) or (
+                isinstance(exc, TransientError) and not isinstance(exc, SageUnavailable)
+            )
+
+        def on_retry(event: RetryEvent) -> None:
+            failure = (
+                (
+                    str(event.exception)
+                    if isinstance(event.exception, TransientError)
+                    else type(event.exception).__name__
                 )
-            delay = self._backoff(attempt, response)
-            log.info("intacct %s %s: %s, retry %d in %.2f s", method, path, failure, attempt + 1, delay)
-            self._sleep(delay)
-            attempt += 1
-            if unknown_outcome is not None and sent and (response is None or response.status_code != 429):
-                found = unknown_outcome()
-                if found is not None:
-                    return found
+                if event.exception
+                else f"HTTP {event.result.status_code}"
+            )
+            log.info("intacct %s %s: %s, retry %d in %.2f s", method, path, failure, event.attempt, event.delay_s)
+
+        try:
+            answer = self.retry.call(
+                attempt,
+                retry_on_exception=retryable,
+                retry_on_result=lambda r: isinstance(r, httpx.Response) and r.status_code in RETRYABLE,
+                retry_after=lambda r: (
+                    retry_after_seconds(r.headers.get("retry-after"), cap_s=MAX_RETRY_AFTER_S)
+                    if isinstance(r, httpx.Response)
+                    else None
+                ),
+                on_retry=on_retry,
+                sleep=self._sleep,
+            )
+        except SageUnavailable:
+            raise
+        except (*NETWORK_ERRORS, TransientError) as exc:
+            failure = str(exc) if isinstance(exc, TransientError) else type(exc).__name__
+            raise TransientError(
+                f"Sage Intacct {method} {path} still failing after {attempts} attempts: {failure}"
+            ) from exc
+        if isinstance(answer, httpx.Response) and answer.status_code in RETRYABLE:
+            raise TransientError(
+                f"Sage Intacct {method} {path} still failing after {attempts} attempts: HTTP {answer.status_code}",
+                status=answer.status_code,
+            )
+        return answer
 
     def _ok(self, response: httpx.Response, what: str) -> dict[str, Any]:
         if response.status_code >= 400:
