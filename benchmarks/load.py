@@ -3,7 +3,7 @@
 1. Throughput: N detail journal entries of one posting date posted with the sandbox limited to
    `--limit` requests/minute (its default is 120) and the client at 95% of it; prints postings/s as a
    fraction of the limit, over the whole run and in steady state (after the first 10 s, i.e. without
-   the buckets' initial burst). N = limit/60 × `--seconds`.
+   the first window's burst). N = limit/60 × `--seconds`.
 2. Requests per payout in payout-summary mode, for payouts sweeping 1, 10, 100 and 1000 charges: a
    summary entry is netted per account, so it is one POST whatever the item count (plus one
    GET /accounts per run).
