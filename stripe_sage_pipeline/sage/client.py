@@ -160,6 +160,25 @@ class CircuitBreaker:
                 self.opened_at, self._probing = now, False
             return self.opened_at is not None
 
+    def send(
+        self, request: Callable[[], httpx.Response], what: str, errors: tuple[type[BaseException], ...]
+    ) -> httpx.Response:
+        """Send one attempt (`request()`) and record its outcome: a network error in `errors` or a 5xx is a
+        failure (raising `SageUnavailable` once that opens the breaker, else the error itself / the answer);
+        any other answer closes the breaker. `what` names the request in the cause ("POST /x")."""
+        try:
+            response = request()
+        except errors as exc:
+            if self.failure(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__):
+                raise self.error() from exc
+            raise
+        if response.status_code in DOWN_STATUS:
+            if self.failure(f"HTTP {response.status_code} on {what}"):
+                raise self.error()
+        else:
+            self.success()
+        return response
+
 
 _BREAKERS: dict[str, CircuitBreaker] = {}
 
@@ -295,18 +314,11 @@ class SageClient:
             self._rate.acquire(self._sleep)
             with self._slots:
                 self.breaker.check()  # another thread may have opened it while this one waited
-                try:
-                    response = self._http.request(method, url, json=json, params=params, headers=headers)
-                except RETRYABLE_ERRORS as exc:
-                    if self.breaker.failure(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__):
-                        raise self.breaker.error() from exc
-                    raise
-            if response.status_code in DOWN_STATUS:
-                if self.breaker.failure(f"HTTP {response.status_code} on {method} {url}"):
-                    raise self.breaker.error()
-            else:
-                self.breaker.success()
-            return response
+                return self.breaker.send(
+                    lambda: self._http.request(method, url, json=json, params=params, headers=headers),
+                    f"{method} {url}",
+                    RETRYABLE_ERRORS,
+                )
 
         def on_retry(event: RetryEvent) -> None:
             failure = _failure(event.exception or event.result)

@@ -33,7 +33,7 @@ import httpx
 
 from stripe_sage_pipeline.money import exponent
 from stripe_sage_pipeline.runtime.http_policy import RateLimit, RetryEvent, RetryPolicy, retry_after_seconds
-from stripe_sage_pipeline.sage.client import DOWN_STATUS, CircuitBreaker, PostResult, shared_breaker
+from stripe_sage_pipeline.sage.client import CircuitBreaker, PostResult, shared_breaker
 from stripe_sage_pipeline.sage.errors import Conflict, CredentialsError, NotFound, SageUnavailable, TransientError
 from stripe_sage_pipeline.sage.intacct import payloads as P
 from stripe_sage_pipeline.sage.intacct.errors import to_exception
@@ -183,16 +183,11 @@ class IntacctTarget:
             form.update(grant_type="client_credentials", username=self.username or "")
         self.breaker.check()  # a thread that waited for the token lock while another's renewal failed
         try:
-            response = self._http.post("oauth2/token", data=form)
+            response = self.breaker.send(
+                lambda: self._http.post("oauth2/token", data=form), "POST oauth2/token", NETWORK_ERRORS
+            )
         except NETWORK_ERRORS as exc:
-            if self.breaker.failure(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__):
-                raise self.breaker.error() from exc
             raise TransientError(f"Sage Intacct token endpoint unreachable: {type(exc).__name__}") from exc
-        if response.status_code in DOWN_STATUS:
-            if self.breaker.failure(f"HTTP {response.status_code} on POST oauth2/token"):
-                raise self.breaker.error()
-        else:
-            self.breaker.success()
         if response.status_code >= 500 or response.status_code == 429:
             raise TransientError(
                 f"Sage Intacct token endpoint answered {response.status_code}", status=response.status_code
@@ -250,19 +245,13 @@ class IntacctTarget:
                 with self._slots:
                     self.breaker.check()  # another thread may have opened it while this one waited
                     look_first = True
-                    try:
-                        response = self._http.request(
+                    response = self.breaker.send(
+                        lambda token=token: self._http.request(
                             method, path, json=json, headers={**(headers or {}), "Authorization": f"Bearer {token}"}
-                        )
-                    except NETWORK_ERRORS as exc:
-                        if self.breaker.failure(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__):
-                            raise self.breaker.error() from exc
-                        raise
-                if response.status_code in DOWN_STATUS:
-                    if self.breaker.failure(f"HTTP {response.status_code} on {method} {path}"):
-                        raise self.breaker.error()
-                else:
-                    self.breaker.success()
+                        ),
+                        f"{method} {path}",
+                        NETWORK_ERRORS,
+                    )
                 if response.status_code == 429:
                     look_first = False  # refused before it was read: nothing committed
                 if response.status_code != 401:
