@@ -2,13 +2,14 @@
 
 The posting logic lives in `stripe_sage_pipeline.load` (plain modules); this module only wires it
 into Dagster: partitioned load assets under `sage/…` downstream of the finance marts, a `load_job`
-that finance backfills a month with (one run per day, so a backfill equals posting day by day), the
-dead-letter re-drive, and the Sage → Stripe customer sync with its schedule. Every Sage call runs in
+that finance backfills a month with (one run for the whole range: each step posts the days in date
+order, each day exactly as a one-day run posts it; a refused day fails the step at the end, after
+every other day), the dead-letter re-drive, and the Sage → Stripe customer sync with its schedule. Every Sage call runs in
 the `sage_api` pool, so concurrent runs stay under Sage's rate limit together.
 """
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date
 from typing import Any
 
@@ -17,7 +18,15 @@ import dagster as dg
 from stripe_sage_pipeline.automation.attention import Attention, held_items, raise_attention_alerts, suspense_lines
 from stripe_sage_pipeline.defs.resources import PostgresResource, SageResource, StripeResource
 from stripe_sage_pipeline.load import customers as customer_sync
-from stripe_sage_pipeline.load.engine import LoadStats, PartitionBlocked, PlanError, Poster
+from stripe_sage_pipeline.load.days import (
+    DaysOutcome,
+    day_figures,
+    load_days,
+    refusal_details,
+    refusal_text,
+    total_stats,
+)
+from stripe_sage_pipeline.load.engine import LoadStats, PartitionBlocked, Poster
 from stripe_sage_pipeline.load.ledger import SCHEMA
 from stripe_sage_pipeline.load.loaders import (
     load_cash_receipts,
@@ -50,13 +59,13 @@ JOURNAL_KEY = dg.AssetKey(["sage", "journal_entries"])
 RETRY = dg.RetryPolicy(max_retries=2, delay=30, backoff=dg.Backoff.EXPONENTIAL)
 
 
-def _day(context: dg.AssetExecutionContext) -> date:
-    return date.fromisoformat(context.partition_key)
+def _days(context: dg.AssetExecutionContext) -> list[date]:
+    """The run's posting dates in date order: one for a scheduled or sensor run, the range for a backfill."""
+    return sorted(date.fromisoformat(key) for key in context.partition_keys)
 
 
-def _result(context: dg.AssetExecutionContext, stats: LoadStats, **extra: object) -> dg.MaterializeResult:
-    """Asset metadata from the counts; a run whose retries ran out fails (the items stay `computed`)."""
-    meta = {
+def _metadata(stats: LoadStats, **extra: object) -> dict:
+    return {
         "planned": stats.planned,
         "posted": stats.posted,
         "created": stats.created,
@@ -72,18 +81,91 @@ def _result(context: dg.AssetExecutionContext, stats: LoadStats, **extra: object
         "dead_letters_table": f"{SCHEMA}.dead_letters",
         **extra,
     }
+
+
+def _warn_dead_letters(context: dg.AssetExecutionContext, stats: LoadStats) -> None:
     if stats.dead_lettered:
         context.log.warning(
             f"{stats.dead_lettered} item(s) dead-lettered: see {SCHEMA}.dead_letters, fix, then run"
             " redrive_dead_letters_job (or `stripe-sage redrive`)"
         )
+
+
+def _transient_text(stats: LoadStats) -> str:
+    return (
+        f"{stats.transient_failures} item(s) could not reach Sage after retries; they stay computed"
+        " and are resent with the same idempotency key on the next attempt"
+    )
+
+
+def _result(context: dg.AssetExecutionContext, stats: LoadStats, **extra: object) -> dg.MaterializeResult:
+    """Asset metadata from the counts; a run whose retries ran out fails (the items stay `computed`)."""
+    meta = _metadata(stats, **extra)
+    _warn_dead_letters(context, stats)
     if stats.transient_failures:
         raise dg.Failure(
-            description=f"{stats.transient_failures} item(s) could not reach Sage after retries; they stay computed"
-            " and are resent with the same idempotency key on the next attempt",
+            description=_transient_text(stats),
             metadata={**meta, "errors": dg.MetadataValue.json(stats.errors[:20])},
         )
     return dg.MaterializeResult(metadata=meta)
+
+
+def _refused(err: Exception) -> dg.Failure:
+    """A refused day of a one-day run: the run fails without retries (the marts must change first)."""
+    return dg.Failure(description=str(err), allow_retries=False)
+
+
+def _posted(
+    context: dg.AssetExecutionContext,
+    outcome: DaysOutcome[LoadStats],
+    refused: Callable[[Exception], dg.Failure] = _refused,
+    per_day: Callable[[date, LoadStats], dict] | None = None,
+    **run_meta: object,
+) -> dg.MaterializeResult:
+    """The step's result. One day: exactly a one-day run's result or failure. Several days (a single-run
+    backfill): each partition's materialization carries its own day's figures, the result a day → posted /
+    held / dead-lettered table; refused days (or items Sage never answered) fail the step at the end, after
+    every other day was posted, naming each refused day and why."""
+    days = outcome.days
+    if len(days) == 1:
+        (day,) = days
+        if day in outcome.refused:
+            err = outcome.refused[day]
+            raise refused(err) from err
+        stats = outcome.done[day]
+        return _result(context, stats, **run_meta, **(per_day(day, stats) if per_day else {}))
+    for day, stats in outcome.done.items():
+        day_meta = _metadata(stats, **run_meta, **(per_day(day, stats) if per_day else {}))
+        context.add_asset_metadata(day_meta, partition_key=day.isoformat())
+    total = total_stats(list(outcome.done.values()))
+    _warn_dead_letters(context, total)
+    figures = dg.MetadataValue.json(day_figures(outcome.done))
+    problems = []
+    for err in outcome.refused.values():
+        context.log.error(str(err))
+    if outcome.refused:
+        problems.append(refusal_text(outcome.refused, len(days)))
+    if total.transient_failures:
+        problems.append(_transient_text(total))
+    if problems:
+        raise dg.Failure(
+            description="\n".join(problems),
+            metadata={
+                "days": figures,
+                "refused_days": dg.MetadataValue.json(refusal_details(outcome.refused)),
+                "errors": dg.MetadataValue.json(total.errors[:20]),
+            },
+            # A refused day needs a change to the marts or the mapping first: retrying cannot post it.
+            allow_retries=not outcome.refused,
+        )
+    return dg.MaterializeResult(
+        metadata={
+            **_metadata(total, **run_meta),
+            "days": figures,
+            "first_day": days[0].isoformat(),
+            "last_day": days[-1].isoformat(),
+        }
+    )
 
 
 @contextlib.contextmanager
@@ -96,10 +178,25 @@ def _credentials_stop_the_run(client: SageClient | Any = None) -> Iterator[None]
         raise dg.Failure(description=f"Sage credentials: {err}", allow_retries=False) from err
     except SageUnavailable as err:
         raise dg.Failure(description=str(err), allow_retries=False) from err
+    _stop_if_sage_down(client)
+
+
+def _stop_if_sage_down(client: SageClient | Any) -> None:
     breaker = getattr(client, "breaker", None)  # SageClient and IntacctTarget have one (sage.client.CircuitBreaker)
     if breaker is not None and breaker.is_open:
-        # Items failed one by one against an open breaker (each stays computed): the day stops here.
+        # Items failed one by one against an open breaker (each stays computed): the run stops here.
         raise dg.Failure(description=str(breaker.error()), allow_retries=False)
+
+
+def _day_by_day(client: SageClient | Any, load: Callable[[date], LoadStats]) -> Callable[[date], LoadStats]:
+    """One day's load, then stop the run at once if Sage went down meanwhile (the later days are not tried)."""
+
+    def one_day(day: date) -> LoadStats:
+        stats = load(day)
+        _stop_if_sage_down(client)
+        return stats
+
+    return one_day
 
 
 def _attention(
@@ -158,10 +255,16 @@ def _poster(postgres: PostgresResource, sage: SageResource) -> Poster:
     return Poster(postgres.url(), client, workers=sage.max_concurrency, transport=counter)
 
 
+# A backfill posts its whole range in one run (one process start-up, one marts lock, one pool slot), day by
+# day in date order inside each step; a scheduled or sensor run still posts its one day.
+ONE_RUN = dg.BackfillPolicy.single_run()
+
+
 @dg.asset(
     key=CUSTOMERS_KEY,
     deps=[FINANCE["dim_customers"]],
     partitions_def=daily_partitions,
+    backfill_policy=ONE_RUN,
     group_name="sage",
     kinds={"sage", "postgres"},
     pool=SAGE_POOL,
@@ -170,21 +273,24 @@ def _poster(postgres: PostgresResource, sage: SageResource) -> Poster:
 def sage_customers(
     context: dg.AssetExecutionContext, postgres: PostgresResource, sage: SageResource
 ) -> dg.MaterializeResult:
-    """Sage customers for every Stripe customer created up to the partition's day: created, or updated (Stripe-owned fields)."""
+    """Sage customers for every Stripe customer created up to the partition's day (a range: its last day):
+    created, or updated (Stripe-owned fields)."""
+    days = _days(context)
     client, counter = sage.client()
     try:
         # Which fields Sage owns (mapping: customer_sync) shapes no mart: it is read from mapping.yaml.
         with _credentials_stop_the_run(client), marts_lock(postgres.url(), exclusive=False, on_wait=context.log.info):
-            stats = customer_sync.push_customers(postgres.url(), client, up_to=_day(context), transport=counter)
+            stats = customer_sync.push_customers(postgres.url(), client, up_to=days[-1], transport=counter)
     finally:
         client.close()
-    return _result(context, stats)
+    return _result(context, stats, **({"up_to": days[-1].isoformat()} if len(days) > 1 else {}))
 
 
 @dg.asset(
     key=INVOICES_KEY,
     deps=[FINANCE["fct_invoice_lines"], CUSTOMERS_KEY],
     partitions_def=daily_partitions,
+    backfill_policy=ONE_RUN,
     group_name="sage",
     kinds={"sage", "postgres"},
     pool=SAGE_POOL,
@@ -195,20 +301,22 @@ def sage_invoices(
 ) -> dg.MaterializeResult:
     """Sage invoices, one per charge of the day (invoice-driven revenue only; nothing in direct mode)."""
     poster = _poster(postgres, sage)
+    url = postgres.url()
     try:
-        with _credentials_stop_the_run(poster.client), reading_marts(context, postgres.url()) as mapping:
-            stats = load_invoices(postgres.url(), poster, _day(context), mapping)
-    except (PartitionBlocked, PlanError) as err:
-        raise dg.Failure(description=str(err), allow_retries=False) from err
+        with _credentials_stop_the_run(poster.client), reading_marts(context, url) as mapping:
+            outcome = load_days(
+                _days(context), _day_by_day(poster.client, lambda day: load_invoices(url, poster, day, mapping))
+            )
     finally:
         poster.close()
-    return _result(context, stats, revenue_mode=mapping.revenue_mode)
+    return _posted(context, outcome, revenue_mode=mapping.revenue_mode)
 
 
 @dg.asset(
     key=RECEIPTS_KEY,
     deps=[FINANCE["fct_journal_lines"], INVOICES_KEY],
     partitions_def=daily_partitions,
+    backfill_policy=ONE_RUN,
     group_name="sage",
     kinds={"sage", "postgres"},
     pool=SAGE_POOL,
@@ -219,27 +327,43 @@ def sage_cash_receipts(
 ) -> dg.MaterializeResult:
     """Sage cash receipts settling the day's charge invoices (invoice-driven revenue only)."""
     poster = _poster(postgres, sage)
+    url = postgres.url()
     try:
-        with _credentials_stop_the_run(poster.client), reading_marts(context, postgres.url()) as mapping:
-            stats = load_cash_receipts(postgres.url(), poster, _day(context), mapping)
-    except PlanError as err:
-        raise dg.Failure(description=str(err), allow_retries=False) from err
+        with _credentials_stop_the_run(poster.client), reading_marts(context, url) as mapping:
+            outcome = load_days(
+                _days(context), _day_by_day(poster.client, lambda day: load_cash_receipts(url, poster, day, mapping))
+            )
     finally:
         poster.close()
-    attention = (
-        _attention(
-            context, postgres, _day(context), _planned(postgres, plan_partition_receipts, _day(context), mapping)
+
+    def attention(day: date, stats: LoadStats) -> dict:
+        if not stats.held:
+            return {}
+        return _attention(context, postgres, day, _planned(postgres, plan_partition_receipts, day, mapping))
+
+    return _posted(context, outcome, per_day=attention, revenue_mode=mapping.revenue_mode)
+
+
+def _journal_refused(context: dg.AssetExecutionContext) -> Callable[[Exception], dg.Failure]:
+    def refused(err: Exception) -> dg.Failure:
+        if not isinstance(err, PartitionBlocked):
+            return _refused(err)
+        # The asset itself refuses a partition whose lines break the invariants, whatever ran before.
+        context.log.error(str(err))
+        return dg.Failure(
+            description=f"Nothing posted for {err.day}: its journal lines break the pre-post invariants",
+            metadata={"problems": dg.MetadataValue.json(err.problems)},
+            allow_retries=False,
         )
-        if stats.held
-        else {}
-    )
-    return _result(context, stats, revenue_mode=mapping.revenue_mode, **attention)
+
+    return refused
 
 
 @dg.asset(
     key=JOURNAL_KEY,
     deps=[FINANCE["fct_journal_lines"], FINANCE["fct_payout_reconciliation"], RECEIPTS_KEY],
     partitions_def=daily_partitions,
+    backfill_policy=ONE_RUN,
     group_name="sage",
     kinds={"sage", "postgres"},
     pool=SAGE_POOL,
@@ -250,24 +374,23 @@ def sage_journal_entries(
 ) -> dg.MaterializeResult:
     """Journal entries of the day in the mapping's posting mode; changed entries reversed and re-posted."""
     poster = _poster(postgres, sage)
+    url = postgres.url()
     try:
-        with _credentials_stop_the_run(poster.client), reading_marts(context, postgres.url()) as mapping:
-            stats = load_journal_entries(postgres.url(), poster, _day(context), mapping)
-    except PartitionBlocked as err:
-        # The asset itself refuses a partition whose lines break the invariants, whatever ran before.
-        context.log.error(str(err))
-        raise dg.Failure(
-            description=f"Nothing posted for {err.day}: its journal lines break the pre-post invariants",
-            metadata={"problems": dg.MetadataValue.json(err.problems)},
-            allow_retries=False,
-        ) from err
-    except PlanError as err:
-        raise dg.Failure(description=str(err), allow_retries=False) from err
+        with _credentials_stop_the_run(poster.client), reading_marts(context, url) as mapping:
+            outcome = load_days(
+                _days(context),
+                _day_by_day(poster.client, lambda day: load_journal_entries(url, poster, day, mapping)),
+            )
     finally:
         poster.close()
-    items = _planned(postgres, plan_partition_entries, _day(context), mapping) if stats.held else []
-    attention = _attention(context, postgres, _day(context), items, mapping.accounts.suspense)
-    return _result(context, stats, posting_mode=mapping.posting_mode, **attention)
+
+    def attention(day: date, stats: LoadStats) -> dict:
+        items = _planned(postgres, plan_partition_entries, day, mapping) if stats.held else []
+        return _attention(context, postgres, day, items, mapping.accounts.suspense)
+
+    return _posted(
+        context, outcome, refused=_journal_refused(context), per_day=attention, posting_mode=mapping.posting_mode
+    )
 
 
 DEAD_LETTERS_KEY = dg.AssetKey(["sage", "dead_letters"])
@@ -286,8 +409,9 @@ load_job = dg.define_asset_job(
     "load_job",
     selection=dg.AssetSelection.assets(CUSTOMERS_KEY, INVOICES_KEY, RECEIPTS_KEY, JOURNAL_KEY),
     tags=MARTS_RUN_TAG,
-    description="Post one posting date to Sage Pro (customers, invoices, receipts, journal entries); backfill a"
-    " month from the UI to post it day by day.",
+    description="Post one posting date to Sage Pro (customers, invoices, receipts, journal entries); a backfill"
+    " of a month from the UI posts it in one run, day by day in date order (a refused day fails the run at the"
+    " end, after every other day is posted).",
 )
 
 
