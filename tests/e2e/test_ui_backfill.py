@@ -2,13 +2,13 @@
 
 The mutation's variables are the ones the 1.13 UI sends from "Materialize" → a partition range →
 "Launch backfill" on an asset job: the asset selection, the chosen partition keys, no re-execution,
-and the job's partition set (`<job>_partition_set`) as selector. The daemon then launches one
-load_job run per day; the test waits for the backfill's terminal status and checks Sage.
+and the job's partition set (`<job>_partition_set`) as selector. The load assets' single-run backfill
+policy makes the daemon launch ONE load_job run for the month (a partition range), which posts the
+days in date order; the test waits for the backfill's terminal status and checks Sage.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from datetime import date, timedelta
 from decimal import Decimal
@@ -22,11 +22,7 @@ from stripe_sage_pipeline.load.post import gl_movement
 JULY_2026 = [(date(2026, 7, 1) + timedelta(days=i)).isoformat() for i in range(31)]
 LOAD_ASSET_KEYS = [["sage", "customers"], ["sage", "invoices"], ["sage", "cash_receipts"], ["sage", "journal_entries"]]
 BACKFILL_TIMEOUT_S = 600
-# The queue admits a run only while its pool has a free slot: with the project's default of one
-# `sage_api` slot the 31 runs go strictly one after another. A slot per CPU (the documented
-# STRIPE_SAGE_POOL_LIMIT knob) lets days run side by side, which also exercises concurrent posting.
-PARALLEL = str(max(2, min(4, os.cpu_count() or 2)))
-UI_ENV = {"STRIPE_SAGE_POOL_LIMIT": PARALLEL, "STRIPE_SAGE_MAX_CONCURRENT_RUNS": PARALLEL}
+RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 
 PARTITION_KEYS_QUERY = """
 query PartitionKeys($repositorySelector: RepositorySelector!, $partitionSetName: String!) {
@@ -85,6 +81,21 @@ query Backfill($backfillId: String!) {
 CONFIG_VALID = """
 query ConfigValid($selector: PipelineSelector!, $runConfigData: RunConfigData) {
   isPipelineConfigValid(pipeline: $selector, mode: "default", runConfigData: $runConfigData) { __typename }
+}
+"""
+
+RUN_MATERIALIZATIONS = """
+query RunMaterializations($runId: ID!) {
+  runOrError(runId: $runId) {
+    __typename
+    ... on Run {
+      assetMaterializations {
+        assetKey { path }
+        partition
+        metadataEntries { label ... on IntMetadataEntry { intValue } }
+      }
+    }
+  }
 }
 """
 
@@ -161,7 +172,8 @@ def failed_run_report(ui: DagsterUI, runs: list[dict]) -> str:
     for run in runs:
         if run["status"] == "SUCCESS":
             continue
-        partition = next((t["value"] for t in run["tags"] if t["key"] == "dagster/partition"), "?")
+        tags = {t["key"]: t["value"] for t in run["tags"]}
+        partition = tags.get("dagster/partition") or f"{tags.get(RANGE_START, '?')}...{tags.get(RANGE_END, '?')}"
         out.append(f"== run {run['runId']} partition {partition}: {run['status']}")
         logs = ui.graphql(RUN_ERRORS, {"runId": run["runId"]})["logsForRun"]
         for event in logs.get("events", []):
@@ -172,8 +184,18 @@ def failed_run_report(ui: DagsterUI, runs: list[dict]) -> str:
     return "\n".join(out)
 
 
-def wait_for_backfill(ui: DagsterUI, backfill_id: str, timeout_s: float = BACKFILL_TIMEOUT_S) -> dict:
-    """Poll `partitionBackfillOrError` until a terminal status; fail with the failed runs' errors."""
+RUN_DONE = {"SUCCESS", "FAILURE", "CANCELED"}
+
+
+def wait_for_backfill(
+    ui: DagsterUI, backfill_id: str, timeout_s: float = BACKFILL_TIMEOUT_S, runs_only: bool = False
+) -> dict:
+    """Poll `partitionBackfillOrError` until a terminal status; fail with the failed runs' errors.
+
+    `runs_only`: return as soon as the backfill's runs cover its partitions and have all ended. The
+    backfill daemon looks every 30 s (a constant in Dagster 1.13), so its status turns terminal up to a
+    tick after the last run ends; waiting for that once for several backfills saves a tick each.
+    """
     deadline = time.monotonic() + timeout_s
     while True:
         ui.assert_alive()
@@ -182,10 +204,18 @@ def wait_for_backfill(ui: DagsterUI, backfill_id: str, timeout_s: float = BACKFI
         status = backfill["status"]
         if status in ("COMPLETED", "COMPLETED_SUCCESS"):
             return backfill
-        if status in ("COMPLETED_FAILED", "FAILED", "CANCELED"):
+        if status in ("COMPLETED_FAILED", "FAILED", "CANCELED") or any(
+            r["status"] in ("FAILURE", "CANCELED") for r in backfill["runs"]
+        ):
             raise AssertionError(
                 f"backfill {backfill_id} ended {status}: {backfill['error']}\n{failed_run_report(ui, backfill['runs'])}"
             )
+        if (
+            runs_only
+            and covered_days(backfill) >= set(backfill["partitionNames"])
+            and all(r["status"] in RUN_DONE for r in backfill["runs"])
+        ):
+            return backfill
         if time.monotonic() > deadline:
             counts: dict[str, int] = {}
             for run in backfill["runs"]:
@@ -197,15 +227,51 @@ def wait_for_backfill(ui: DagsterUI, backfill_id: str, timeout_s: float = BACKFI
         time.sleep(1)
 
 
-@pytest.mark.timeout(1500)
+def run_ranges(backfill: dict) -> list[tuple[str, str]]:
+    """The partition range of each run of a backfill (a one-partition run counts as a range of one day)."""
+    out = []
+    for run in backfill["runs"]:
+        tags = {t["key"]: t["value"] for t in run["tags"]}
+        if "dagster/partition" in tags:
+            out.append((tags["dagster/partition"], tags["dagster/partition"]))
+        else:
+            out.append((tags[RANGE_START], tags[RANGE_END]))
+    return sorted(out)
+
+
+def covered_days(backfill: dict) -> set[str]:
+    """The days the backfill's runs cover, whether each run posts one day or a range."""
+    days = set()
+    for start, end in run_ranges(backfill):
+        day = date.fromisoformat(start)
+        while day <= date.fromisoformat(end):
+            days.add(day.isoformat())
+            day += timedelta(days=1)
+    return days
+
+
+def created_per_partition(ui: DagsterUI, run_id: str, asset: list[str]) -> dict[str, int]:
+    """Partition → the `created` figure of that partition's materialization in a run."""
+    data = ui.graphql(RUN_MATERIALIZATIONS, {"runId": run_id})["runOrError"]
+    assert data["__typename"] == "Run", data
+    out: dict[str, int] = {}
+    for mat in data["assetMaterializations"]:
+        if mat["assetKey"]["path"] == asset:
+            assert mat["partition"] not in out, f"{mat['partition']} materialized twice"
+            out[mat["partition"]] = next(e["intValue"] for e in mat["metadataEntries"] if e["label"] == "created")
+    return out
+
+
+@pytest.mark.timeout(900)
 def test_month_backfill_from_the_ui_posts_the_golden_trial_balance_once(pg_server, fresh_db, golden_marts, tmp_path):
-    """July 2026 backfilled through the UI's GraphQL API: one run per day, and Sage's GL is the golden trial balance."""
+    """July 2026 backfilled through the UI's GraphQL API: one run posts the month, Sage's GL is the golden trial
+    balance, each day's materialization carries its own figures, and backfilling the month again posts nothing."""
     started = time.monotonic()
     golden = golden_marts.clone_into(fresh_db)
     want = expected_tb(golden)
     with (
         sage_sandbox(tmp_path / "sage") as srv,
-        dagster_ui(pg_server, tmp_path / "dagster", fresh_db, srv.base_url, extra_env=UI_ENV) as ui,
+        dagster_ui(pg_server, tmp_path / "dagster", fresh_db, srv.base_url) as ui,
     ):
         ready = time.monotonic()
         partitions = month_partitions_from_ui(ui, "load_job", "2026-07-")
@@ -215,14 +281,11 @@ def test_month_backfill_from_the_ui_posts_the_golden_trial_balance_once(pg_serve
 
         run_config = in_process_config(ui, "load_job")
         first_id = launch_backfill_like_the_ui(ui, "load_job", asset_keys, partitions, run_config)
-        first = wait_for_backfill(ui, first_id)
+        first = wait_for_backfill(ui, first_id, runs_only=True)
         first_done = time.monotonic()
         assert first["partitionSetName"] == "load_job_partition_set" and not first["isAssetBackfill"]
         assert sorted(first["partitionNames"]) == JULY_2026
-        run_partitions = sorted(
-            next(t["value"] for t in r["tags"] if t["key"] == "dagster/partition") for r in first["runs"]
-        )
-        assert run_partitions == JULY_2026, "one run per day of the month"
+        assert run_ranges(first) == [(JULY_2026[0], JULY_2026[-1])], "one run posts the month"
         assert {r["status"] for r in first["runs"]} == {"SUCCESS"}
 
         client, _ = client_for(srv)
@@ -231,12 +294,29 @@ def test_month_backfill_from_the_ui_posts_the_golden_trial_balance_once(pg_serve
             assert reported.get(code, Decimal("0.00")) == amount, code
         assert {k: v for k, v in reported.items() if v} == {k: v for k, v in want.items() if v}
         # Each July entry posted exactly once: one journal entry per golden payout, none twice.
-        refs = sage_state(client)["refs"]["journal-entries"]
-        assert refs == {"po_GOLD0000": 1, "po_GOLD0001": 1}
+        state = sage_state(client)
+        assert state["refs"]["journal-entries"] == {"po_GOLD0000": 1, "po_GOLD0001": 1}
+        # Every day of the range has its own materialization with its own figures: the entries were
+        # created on the payouts' days only, and nowhere else.
+        created = created_per_partition(ui, first["runs"][0]["runId"], ["sage", "journal_entries"])
+        assert sorted(created) == JULY_2026
+        assert sum(created.values()) == 2
+        payout_days = {e["posting_date"] for e in client.list_all("/journal-entries")}
+        assert {day for day, n in created.items() if n} == payout_days
 
-        # Backfilling the same month twice changes nothing: shown in-process by tests/test_load_golden.py,
-        # not repeated here, where every launch costs a month of run start-ups.
+        # The same month again: one more run, which finds everything posted and writes nothing to Sage.
+        writes_before = sum(1 for e in srv.request_log if e.method == "POST")
+        second_id = launch_backfill_like_the_ui(ui, "load_job", asset_keys, partitions, run_config)
+        second = wait_for_backfill(ui, second_id, runs_only=True)
+        assert run_ranges(second) == [(JULY_2026[0], JULY_2026[-1])]
+        assert {r["status"] for r in second["runs"]} == {"SUCCESS"}
+        assert sum(1 for e in srv.request_log if e.method == "POST") == writes_before
+        assert sage_state(client) == state
+        assert sum(created_per_partition(ui, second["runs"][0]["runId"], ["sage", "journal_entries"]).values()) == 0
+        # Both backfills end as finance sees them in the UI: completed, with their one run each.
+        for backfill_id in (first_id, second_id):
+            assert len(wait_for_backfill(ui, backfill_id)["runs"]) == 1
         print(
-            f"\nUI ready {ready - started:.1f}s, backfill {first_done - ready:.1f}s,"
+            f"\nUI ready {ready - started:.1f}s, first backfill's run done {first_done - ready:.1f}s,"
             f" total {time.monotonic() - started:.1f}s"
         )
