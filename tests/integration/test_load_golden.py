@@ -167,6 +167,59 @@ def test_partition_with_broken_invariant_is_refused(fresh_db, golden_marts, tmp_
             load_journal_entries(fresh_db, poster, bad_day)
 
 
+def test_range_run_posts_every_day_but_the_refused_one_and_names_it(fresh_db, golden_marts, tmp_path, monkeypatch):
+    """A backfill's one run over the golden dates with one broken day: every other day is posted, each day's
+    materialization has its own figures, and the journal step fails at the end naming the refused day."""
+    write_mapping(tmp_path, monkeypatch, posting_mode="detail")
+    golden_marts.clone_into(fresh_db)
+    with psycopg.connect(libpq_url(fresh_db)) as conn:
+        conn.execute(
+            "update finance.fct_journal_lines set debit = debit + 1"
+            " where entry_id = 'detail:txn_GOLDc1' and debit > 0 and account_code = '1150'"
+        )
+        bad_day = conn.execute(
+            "select posting_date from finance.fct_journal_lines where entry_id = 'detail:txn_GOLDc1' limit 1"
+        ).fetchone()[0]
+        entry_days = {
+            r[0]
+            for r in conn.execute("select distinct posting_date from finance.fct_journal_lines where is_selected_mode")
+        }
+    dates = posting_dates(fresh_db)
+    first, last = dates[0], dates[-1]
+    span = [(first + timedelta(days=i)).isoformat() for i in range((last - first).days + 1)]
+    assert len(span) > 1 and bad_day.isoformat() in span
+    from stripe_sage_pipeline.definitions import defs
+
+    with sage_sandbox(tmp_path / "sage") as srv:
+        monkeypatch.setenv("SAGEPRO_BASE_URL", srv.base_url)
+        result = (
+            defs()
+            .resolve_job_def("load_job")
+            .execute_in_process(
+                tags={"dagster/asset_partition_range_start": span[0], "dagster/asset_partition_range_end": span[-1]},
+                raise_on_error=False,
+            )
+        )
+        assert not result.success
+        failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert [e.step_key for e in failures] == ["sage__journal_entries"]
+        message = failures[0].event_specific_data.error.message
+        assert f"1 of {len(span)} day(s) refused" in message
+        assert f"{bad_day}: PartitionBlocked: refusing to post {bad_day}" in message
+        client, _ = client_for(srv)
+        posted_days = {e["posting_date"] for e in client.list_all("/journal-entries")}
+        assert posted_days == {d.isoformat() for d in entry_days - {bad_day}}
+        # The steps before it materialized every day of the range, each with its own figures.
+        mats = result.get_asset_materialization_events()
+        customers = [m for m in mats if m.asset_key == dg.AssetKey(["sage", "customers"])]
+        assert sorted(m.partition for m in customers) == span
+        assert {m.materialization.metadata["up_to"].value for m in customers} == {span[-1]}
+        receipts = {m.partition: m.materialization.metadata for m in mats if m.asset_key.path[-1] == "cash_receipts"}
+        assert sorted(receipts) == span
+        assert sorted(receipts[span[0]]["days"].value) == span
+        assert all(meta["planned"].value == 0 for meta in receipts.values())  # direct revenue: nothing to receive
+
+
 def test_golden_invoice_driven_revenue(fresh_db, golden_marts, tmp_path, monkeypatch):
     """revenue_mode invoice_driven: an invoice and a cash receipt per charge replace its entry; same GL."""
     mapping = write_mapping(tmp_path, monkeypatch, posting_mode="detail", revenue_mode="invoice_driven")
