@@ -21,8 +21,8 @@ def _stage_defs() -> list[dg.Definitions]:
 def defs() -> dg.Definitions:
     """All assets, checks, jobs, schedules and sensors of stripe-sage-pipeline."""
     # Steps run in the run's own process: every API step is in a one-slot pool anyway, and a process
-    # per step (the multiprocess default) costs seconds of imports each, which a month of daily
-    # backfill runs multiplies.
+    # per step (the multiprocess default) costs seconds of imports each, which every scheduled and
+    # sensor run would pay.
     return dg.Definitions.merge(
         *_stage_defs(), dg.Definitions(resources=default_resources(), executor=dg.in_process_executor)
     )
