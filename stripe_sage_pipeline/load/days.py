@@ -3,7 +3,8 @@
 A day the load refuses (`PartitionBlocked`: its lines break the pre-post invariants; `PlanError`: the mapping
 asks for something the load cannot do) does not stop the other days: every other day is posted, and the
 caller fails at the end naming each refused day and why. Anything else (credentials, Sage down, a bug)
-propagates at once: the days after it are not attempted.
+propagates at once, and so does Sage going down during a day (`stop`, e.g. `sage_down`): the days after
+it are not attempted.
 """
 
 from __future__ import annotations
@@ -33,16 +34,37 @@ class DaysOutcome(Generic[T]):
 
 
 def load_days(
-    days: Iterable[date], load_day: Callable[[date], T], refusals: tuple[type[Exception], ...] = REFUSALS
+    days: Iterable[date],
+    load_day: Callable[[date], T],
+    refusals: tuple[type[Exception], ...] = REFUSALS,
+    stop: Callable[[], Exception | None] | None = None,
 ) -> DaysOutcome[T]:
-    """Run `load_day` for each distinct day in date order; a refusal is recorded and the next day goes on."""
+    """Run `load_day` for each distinct day in date order; a refusal is recorded and the next day goes on.
+
+    After each day `stop()` is asked whether to go on: an error it returns is raised (items of a day that
+    failed one by one against a Sage that went down stay `computed`; the later days would only do the same).
+    """
     out: DaysOutcome[T] = DaysOutcome()
     for day in sorted(set(days)):
         try:
             out.done[day] = load_day(day)
         except refusals as err:
             out.refused[day] = err
+        error = stop() if stop is not None else None
+        if error is not None:
+            raise error
     return out
+
+
+def sage_down(client: object) -> Callable[[], Exception | None]:
+    """A `stop` for `load_days`: the client's circuit-breaker error while it is open (a target without a
+    breaker never stops)."""
+
+    def check() -> Exception | None:
+        breaker = getattr(client, "breaker", None)
+        return breaker.error() if breaker is not None and breaker.is_open else None
+
+    return check
 
 
 def refusal_reason(err: Exception) -> str:
@@ -104,5 +126,6 @@ __all__ = [
     "refusal_details",
     "refusal_reason",
     "refusal_text",
+    "sage_down",
     "total_stats",
 ]

@@ -11,10 +11,12 @@ from stripe_sage_pipeline.load.days import (
     load_days,
     refusal_details,
     refusal_text,
+    sage_down,
     total_stats,
 )
 from stripe_sage_pipeline.load.engine import LoadStats, PartitionBlocked, PlanError
-from stripe_sage_pipeline.sage.errors import CredentialsError
+from stripe_sage_pipeline.sage.client import CircuitBreaker
+from stripe_sage_pipeline.sage.errors import CredentialsError, SageUnavailable
 
 JULY = [date(2026, 7, 1) + timedelta(days=i) for i in range(31)]
 
@@ -73,6 +75,51 @@ def test_anything_but_a_refusal_stops_at_once(error):
     with pytest.raises(type(error)):
         load_days(JULY, one)
     assert seen == JULY[:3]
+
+
+class Client:
+    """Stands for a Sage client: what `sage_down` reads is its circuit breaker."""
+
+    def __init__(self, breaker: CircuitBreaker | None):
+        self.breaker = breaker
+
+
+def test_sage_going_down_during_a_day_stops_the_run_after_that_day():
+    breaker = CircuitBreaker("http://127.0.0.1:9/sagepro/v1/PRO01", threshold=3)
+    seen: list[date] = []
+
+    def one(day: date) -> LoadStats:
+        seen.append(day)
+        if day == JULY[1]:
+            for _ in range(3):  # the day's items got no answer: the breaker opens
+                breaker.failure("ConnectError: connection refused")
+        return stats(day)
+
+    with pytest.raises(SageUnavailable, match="unavailable at http://127.0.0.1:9/sagepro/v1/PRO01: ConnectError"):
+        load_days(JULY, one, stop=sage_down(Client(breaker)))
+    assert seen == JULY[:2]
+
+
+def test_a_refused_day_still_asks_whether_sage_is_down():
+    breaker = CircuitBreaker("http://127.0.0.1:9/sagepro/v1/PRO01", threshold=1)
+    seen: list[date] = []
+
+    def one(day: date) -> LoadStats:
+        seen.append(day)
+        breaker.failure("ReadTimeout")
+        raise PlanError("never mind")
+
+    with pytest.raises(SageUnavailable):
+        load_days(JULY, one, stop=sage_down(Client(breaker)))
+    assert seen == JULY[:1]
+
+
+def test_a_closed_breaker_or_none_never_stops():
+    assert sage_down(Client(CircuitBreaker("http://127.0.0.1:9")))() is None
+    assert sage_down(Client(None))() is None
+    assert sage_down(object())() is None
+    out = load_days(JULY[:3], stats, stop=sage_down(Client(CircuitBreaker("http://127.0.0.1:9"))))
+    assert list(out.done) == JULY[:3]
 
 
 def test_per_day_table_and_totals():

@@ -24,6 +24,7 @@ from stripe_sage_pipeline.load.days import (
     load_days,
     refusal_details,
     refusal_text,
+    sage_down,
     total_stats,
 )
 from stripe_sage_pipeline.load.engine import LoadStats, PartitionBlocked, Poster
@@ -178,25 +179,11 @@ def _credentials_stop_the_run(client: SageClient | Any = None) -> Iterator[None]
         raise dg.Failure(description=f"Sage credentials: {err}", allow_retries=False) from err
     except SageUnavailable as err:
         raise dg.Failure(description=str(err), allow_retries=False) from err
-    _stop_if_sage_down(client)
-
-
-def _stop_if_sage_down(client: SageClient | Any) -> None:
-    breaker = getattr(client, "breaker", None)  # SageClient and IntacctTarget have one (sage.client.CircuitBreaker)
-    if breaker is not None and breaker.is_open:
-        # Items failed one by one against an open breaker (each stays computed): the run stops here.
-        raise dg.Failure(description=str(breaker.error()), allow_retries=False)
-
-
-def _day_by_day(client: SageClient | Any, load: Callable[[date], LoadStats]) -> Callable[[date], LoadStats]:
-    """One day's load, then stop the run at once if Sage went down meanwhile (the later days are not tried)."""
-
-    def one_day(day: date) -> LoadStats:
-        stats = load(day)
-        _stop_if_sage_down(client)
-        return stats
-
-    return one_day
+    # Items failed one by one against an open breaker (each stays computed): the run stops here.
+    # SageClient and IntacctTarget have a breaker (sage.client.CircuitBreaker); a target without one never stops.
+    down = sage_down(client)()
+    if down is not None:
+        raise dg.Failure(description=str(down), allow_retries=False)
 
 
 def _attention(
@@ -305,7 +292,7 @@ def sage_invoices(
     try:
         with _credentials_stop_the_run(poster.client), reading_marts(context, url) as mapping:
             outcome = load_days(
-                _days(context), _day_by_day(poster.client, lambda day: load_invoices(url, poster, day, mapping))
+                _days(context), lambda day: load_invoices(url, poster, day, mapping), stop=sage_down(poster.client)
             )
     finally:
         poster.close()
@@ -331,7 +318,7 @@ def sage_cash_receipts(
     try:
         with _credentials_stop_the_run(poster.client), reading_marts(context, url) as mapping:
             outcome = load_days(
-                _days(context), _day_by_day(poster.client, lambda day: load_cash_receipts(url, poster, day, mapping))
+                _days(context), lambda day: load_cash_receipts(url, poster, day, mapping), stop=sage_down(poster.client)
             )
     finally:
         poster.close()
@@ -379,7 +366,8 @@ def sage_journal_entries(
         with _credentials_stop_the_run(poster.client), reading_marts(context, url) as mapping:
             outcome = load_days(
                 _days(context),
-                _day_by_day(poster.client, lambda day: load_journal_entries(url, poster, day, mapping)),
+                lambda day: load_journal_entries(url, poster, day, mapping),
+                stop=sage_down(poster.client),
             )
     finally:
         poster.close()
