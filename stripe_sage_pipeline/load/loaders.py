@@ -104,6 +104,18 @@ def load_invoices(url: str, poster: Poster, day: date, mapping: Mapping | None =
     return poster.sync(items)
 
 
+def check_invoices(url: str, day: date, mapping: Mapping) -> None:
+    """Raise the `PartitionBlocked` the invoice load raises for `day` (invoice-driven revenue only).
+
+    A range run (a backfill) asks it before the day's receipts and journal entries: a day whose invoices
+    were refused posts nothing else, as in a one-day run, where the failed invoice step stops the rest.
+    """
+    if mapping.revenue_mode != "invoice_driven":
+        return
+    with psycopg.connect(libpq_url(url), autocommit=True) as conn:
+        block_if_broken(day, plan_invoices(invoice_lines(conn, day)))
+
+
 def plan_partition_receipts(conn: psycopg.Connection, day: date, mapping: Mapping) -> list[PlannedItem]:
     """Cash receipts for the charge entries of one date whose invoice is posted (else held)."""
     lines = journal_lines(conn, day)

@@ -220,6 +220,55 @@ def test_range_run_posts_every_day_but_the_refused_one_and_names_it(fresh_db, go
         assert all(meta["planned"].value == 0 for meta in receipts.values())  # direct revenue: nothing to receive
 
 
+def test_range_run_with_a_refused_invoice_day_posts_every_other_day(fresh_db, golden_marts, tmp_path, monkeypatch):
+    """Invoice-driven revenue, a backfill's one run, one day whose invoice breaks its total: that day posts
+    nothing (no invoice, receipt or journal entry, as in a one-day run), every other day posts all three, the
+    invoice and receipt steps list the refused day and succeed (a failed step would skip the later steps
+    for the whole range), and the journal step, the last, fails naming it."""
+    write_mapping(tmp_path, monkeypatch, posting_mode="detail", revenue_mode="invoice_driven")
+    golden_marts.clone_into(fresh_db)
+    with psycopg.connect(libpq_url(fresh_db)) as conn:
+        bad_day = conn.execute(
+            "update finance.fct_invoice_lines set document_total = document_total + 1"
+            " where charge_id = 'ch_GOLD0001' returning posting_date"
+        ).fetchone()[0]
+        entry_days = {
+            r[0]
+            for r in conn.execute("select distinct posting_date from finance.fct_journal_lines where is_selected_mode")
+        }
+        charges = {
+            r[0]: r[1] for r in conn.execute("select distinct charge_id, posting_date from finance.fct_invoice_lines")
+        }
+    dates = posting_dates(fresh_db)
+    span = [(dates[0] + timedelta(days=i)).isoformat() for i in range((dates[-1] - dates[0]).days + 1)]
+    from stripe_sage_pipeline.definitions import defs
+
+    with sage_sandbox(tmp_path / "sage") as srv:
+        monkeypatch.setenv("SAGEPRO_BASE_URL", srv.base_url)
+        result = (
+            defs()
+            .resolve_job_def("load_job")
+            .execute_in_process(
+                tags={"dagster/asset_partition_range_start": span[0], "dagster/asset_partition_range_end": span[-1]},
+                raise_on_error=False,
+            )
+        )
+        failures = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+        assert [e.step_key for e in failures] == ["sage__journal_entries"]
+        message = failures[0].event_specific_data.error.message
+        assert f"1 of {len(span)} day(s) refused" in message and f"{bad_day}: PartitionBlocked" in message
+        mats = result.get_asset_materialization_events()
+        invoices_meta = next(m.materialization.metadata for m in mats if m.asset_key.path[-1] == "invoices")
+        assert list(invoices_meta["refused_days"].value) == [bad_day.isoformat()]
+        client, _ = client_for(srv)
+        invoiced = {i["reference"] for i in client.list_all("/invoices")}
+        assert invoiced == {c for c, d in charges.items() if d != bad_day} and "ch_GOLD0001" not in invoiced
+        assert len(list(client.list_all("/cash-receipts"))) == len(invoiced)
+        posted_days = {e["posting_date"] for e in client.list_all("/journal-entries")}
+        assert bad_day.isoformat() not in posted_days
+        assert posted_days and posted_days <= {d.isoformat() for d in entry_days - {bad_day}}
+
+
 def test_golden_invoice_driven_revenue(fresh_db, golden_marts, tmp_path, monkeypatch):
     """revenue_mode invoice_driven: an invoice and a cash receipt per charge replace its entry; same GL."""
     mapping = write_mapping(tmp_path, monkeypatch, posting_mode="detail", revenue_mode="invoice_driven")

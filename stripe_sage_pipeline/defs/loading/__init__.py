@@ -30,6 +30,7 @@ from stripe_sage_pipeline.load.days import (
 from stripe_sage_pipeline.load.engine import LoadStats, PartitionBlocked, Poster
 from stripe_sage_pipeline.load.ledger import SCHEMA
 from stripe_sage_pipeline.load.loaders import (
+    check_invoices,
     load_cash_receipts,
     load_invoices,
     load_journal_entries,
@@ -121,12 +122,16 @@ def _posted(
     outcome: DaysOutcome[LoadStats],
     refused: Callable[[Exception], dg.Failure] = _refused,
     per_day: Callable[[date, LoadStats], dict] | None = None,
+    fail_on_refused: bool = True,
     **run_meta: object,
 ) -> dg.MaterializeResult:
     """The step's result. One day: exactly a one-day run's result or failure. Several days (a single-run
     backfill): each partition's materialization carries its own day's figures, the result a day → posted /
     held / dead-lettered table; refused days (or items Sage never answered) fail the step at the end, after
-    every other day was posted, naming each refused day and why."""
+    every other day was posted, naming each refused day and why. A step before the last one passes
+    `fail_on_refused=False`: a failed step would make Dagster skip the later steps for every day of the
+    range, so it lists its refused days in its metadata and the later steps refuse those days too (the
+    journal step, the last, fails naming them)."""
     days = outcome.days
     if len(days) == 1:
         (day,) = days
@@ -144,7 +149,7 @@ def _posted(
     problems = []
     for err in outcome.refused.values():
         context.log.error(str(err))
-    if outcome.refused:
+    if outcome.refused and fail_on_refused:
         problems.append(refusal_text(outcome.refused, len(days)))
     if total.transient_failures:
         problems.append(_transient_text(total))
@@ -162,6 +167,7 @@ def _posted(
     return dg.MaterializeResult(
         metadata={
             **_metadata(total, **run_meta),
+            **({"refused_days": dg.MetadataValue.json(refusal_details(outcome.refused))} if outcome.refused else {}),
             "days": figures,
             "first_day": days[0].isoformat(),
             "last_day": days[-1].isoformat(),
@@ -296,7 +302,22 @@ def sage_invoices(
             )
     finally:
         poster.close()
-    return _posted(context, outcome, revenue_mode=mapping.revenue_mode)
+    return _posted(context, outcome, fail_on_refused=False, revenue_mode=mapping.revenue_mode)
+
+
+def _after_invoices(
+    url: str, mapping, days: list[date], load: Callable[[date], LoadStats]
+) -> Callable[[date], LoadStats]:
+    """`load` for one day of a range run, refusing the days whose invoices were refused (a one-day run never
+    gets here for such a day: its invoice step failed)."""
+    if len(days) == 1:
+        return load
+
+    def load_day(day: date) -> LoadStats:
+        check_invoices(url, day, mapping)
+        return load(day)
+
+    return load_day
 
 
 @dg.asset(
@@ -317,8 +338,11 @@ def sage_cash_receipts(
     url = postgres.url()
     try:
         with _credentials_stop_the_run(poster.client), reading_marts(context, url) as mapping:
+            days = _days(context)
             outcome = load_days(
-                _days(context), lambda day: load_cash_receipts(url, poster, day, mapping), stop=sage_down(poster.client)
+                days,
+                _after_invoices(url, mapping, days, lambda day: load_cash_receipts(url, poster, day, mapping)),
+                stop=sage_down(poster.client),
             )
     finally:
         poster.close()
@@ -328,7 +352,7 @@ def sage_cash_receipts(
             return {}
         return _attention(context, postgres, day, _planned(postgres, plan_partition_receipts, day, mapping))
 
-    return _posted(context, outcome, per_day=attention, revenue_mode=mapping.revenue_mode)
+    return _posted(context, outcome, per_day=attention, fail_on_refused=False, revenue_mode=mapping.revenue_mode)
 
 
 def _journal_refused(context: dg.AssetExecutionContext) -> Callable[[Exception], dg.Failure]:
@@ -364,9 +388,10 @@ def sage_journal_entries(
     url = postgres.url()
     try:
         with _credentials_stop_the_run(poster.client), reading_marts(context, url) as mapping:
+            days = _days(context)
             outcome = load_days(
-                _days(context),
-                lambda day: load_journal_entries(url, poster, day, mapping),
+                days,
+                _after_invoices(url, mapping, days, lambda day: load_journal_entries(url, poster, day, mapping)),
                 stop=sage_down(poster.client),
             )
     finally:
