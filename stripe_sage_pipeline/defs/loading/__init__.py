@@ -3,9 +3,10 @@
 The posting logic lives in `stripe_sage_pipeline.load` (plain modules); this module only wires it
 into Dagster: partitioned load assets under `sage/…` downstream of the finance marts, a `load_job`
 that finance backfills a month with (one run for the whole range: each step posts the days in date
-order, each day exactly as a one-day run posts it; a refused day fails the step at the end, after
-every other day), the dead-letter re-drive, and the Sage → Stripe customer sync with its schedule. Every Sage call runs in
-the `sage_api` pool, so concurrent runs stay under Sage's rate limit together.
+order, each day exactly as a one-day run posts it; a refused day posts nothing and fails the run at the
+end, after every other day), the dead-letter re-drive, and the Sage → Stripe customer sync with its
+schedule. Every Sage call runs in the `sage_api` pool, so concurrent runs stay under Sage's rate limit
+together.
 """
 
 import contextlib
