@@ -19,8 +19,12 @@ $(STAMP): pyproject.toml requirements.lock
 demo: $(STAMP)
 	$(BIN)/stripe-sage demo $(DEMO_ARGS)
 
+# The whole suite, spread over TEST_WORKERS processes (pytest-xdist): much of an end-to-end test is
+# waiting for a daemon, a sensor tick or a subprocess, so more processes than cores keep both cores busy.
+# One test at a time is handed to a free process (--maxschedchunk 1), the slowest first (tests/conftest.py).
+TEST_WORKERS ?= 4
 test: $(STAMP)
-	GX_ANALYTICS_ENABLED=false DAGSTER_TELEMETRY_ENABLED=false $(BIN)/python -m pytest -q
+	GX_ANALYTICS_ENABLED=false DAGSTER_TELEMETRY_ENABLED=false $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --maxschedchunk 1
 
 # The unit tier only: pure rules, no servers (collects tests/unit alone: no Dagster/dbt imports to deselect).
 test-fast: $(STAMP)

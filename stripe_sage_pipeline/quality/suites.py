@@ -383,6 +383,11 @@ def _datasource(url: str):
     return ctx.data_sources.add_postgres("stripe_sage", connection_string=_with_session_options(url))
 
 
+def forget_data_sources() -> None:
+    """Drop the kept data sources (and their pooled connections), e.g. after their database was replaced."""
+    _datasource.cache_clear()
+
+
 def _rows_from(result: dict[str, Any], check: Check, n: int) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     if check.kind in ROW_QUERY_KINDS:

@@ -238,7 +238,10 @@ def dbt_build(
     """
     from dbt.cli.main import dbtRunner
 
+    from stripe_sage_pipeline.transform.dbt_patches import quicken_behavior_flags
     from stripe_sage_pipeline.transform.marts import marts_lock
+
+    quicken_behavior_flags()
 
     url = url or database_url()
     with marts_lock(url, exclusive=True):  # one build at a time; no load reads the marts meanwhile

@@ -36,9 +36,21 @@ def parse_manifest(project_dir: Path) -> None:
     """`dbt parse` (no database connection needed); raises with dbt's reason when it fails."""
     from dbt.cli.main import dbtRunner
 
-    res = dbtRunner().invoke(
-        ["parse", "--project-dir", str(project_dir), "--profiles-dir", str(project_dir), "--quiet"]
-    )
+    from stripe_sage_pipeline.transform.dbt_patches import quicken_behavior_flags
+
+    quicken_behavior_flags()
+    # The manifest goes where the code location reads it, whatever DBT_TARGET_PATH says for builds.
+    target = project_dir / "target"
+    args = [
+        "parse",
+        "--project-dir",
+        str(project_dir),
+        "--profiles-dir",
+        str(project_dir),
+        "--target-path",
+        str(target),
+    ]
+    res = dbtRunner().invoke([*args, "--quiet"])
     if not res.success:
         raise RuntimeError(f"dbt parse failed: {res.exception}")
 

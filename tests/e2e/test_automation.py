@@ -154,8 +154,9 @@ def pipeline(fresh_db, golden_path, tmp_path, monkeypatch, request):
 def test_payout_failed_event_reverses_its_bank_leg_through_the_payout_sensor(pipeline):
     """payout.failed → webhook → inbox → payout sensor → update path → marts → Sage: the bank leg is reversed."""
     from stripe_sage_pipeline.defs.automation import payout_paid_sensor, stripe_webhook_inbox_sensor
+    from stripe_sage_pipeline.defs.transformation import dbt_target_dir
 
-    targets = set((PROJECT_ROOT / "dbt_project" / "target").glob("finance_dbt_models-*"))
+    targets = set(dbt_target_dir().glob("finance_dbt_models-*"))
     pipeline.first_load()
     assert pipeline.gl()["1010"] == "322.79"  # both golden payouts, as the bank statement shows
     built = {e.asset_key for e in pipeline.transforms[0].get_asset_materialization_events()}
@@ -170,7 +171,7 @@ def test_payout_failed_event_reverses_its_bank_leg_through_the_payout_sensor(pip
         (dg.AssetKey(["finance_intermediate", "int_balance_transactions__classified"]), True)
     ]
     # A successful dbt invocation leaves no per-run target folder behind.
-    assert set((PROJECT_ROOT / "dbt_project" / "target").glob("finance_dbt_models-*")) <= targets
+    assert set(dbt_target_dir().glob("finance_dbt_models-*")) <= targets
 
     import httpx
 

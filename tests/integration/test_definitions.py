@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import re
+import subprocess
 import sys
+from pathlib import Path
 
 import dagster as dg
 import pytest
+from dbt.version import __version__ as dbt_core_version
 
 from stripe_sage_pipeline import definitions
 from stripe_sage_pipeline.extract.tables import SCHEMA, TABLES
-from stripe_sage_pipeline.transform.build import staging_views
+from stripe_sage_pipeline.transform.build import DBT_PROJECT_DIR, staging_views
 
 
 @pytest.fixture(scope="module")
@@ -93,3 +97,16 @@ def test_a_stage_that_fails_to_import_fails_the_code_location(monkeypatch: pytes
     monkeypatch.setitem(sys.modules, "stripe_sage_pipeline.defs.quality", None)
     with pytest.raises(ImportError, match="stripe_sage_pipeline.defs.quality"):
         definitions.defs()
+
+
+def test_dbt_resource_runs_dbt_through_the_quick_version_entry_point(defs: dg.Definitions, tmp_path) -> None:
+    """dagster-dbt asks `<dbt_executable> --version` before each build: the project's entry point answers
+    with the installed dbt-core's version (the one line dagster-dbt reads) and passes other commands to dbt."""
+    exe = defs.resources["dbt"].dbt_executable
+    assert Path(exe).name == "stripe-sage-dbt"
+    out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True).stdout
+    assert re.search(r"(\d+\.\d+\.\d+)", out).group(1) == dbt_core_version  # dagster-dbt's own pattern
+    # Anything else is dbt itself: a parse writes the manifest where it is told.
+    args = ["parse", "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
+    subprocess.run([exe, *args, "--target-path", str(tmp_path), "--quiet"], check=True)
+    assert "fct_journal_lines" in (tmp_path / "manifest.json").read_text()

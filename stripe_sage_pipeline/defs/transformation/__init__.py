@@ -29,17 +29,24 @@ from stripe_sage_pipeline.transform.build import (
     prepare_database,
     record_build,
 )
+from stripe_sage_pipeline.transform.dbt_patches import quicken_behavior_flags
 from stripe_sage_pipeline.transform.manifest import ensure_fresh_manifest
 from stripe_sage_pipeline.transform.mapping import load_mapping, mapping_markdown, mapping_rows
 from stripe_sage_pipeline.transform.marts import MARTS_POOL, MARTS_RUN_TAG, marts_lock
 
+# dagster-dbt registers a dbt adapter in every transform run: without dbt-common's slow stack walk.
+quicken_behavior_flags()
 MAPPING_KEY = dg.AssetKey(["finance", "mapping"])
 
 
 def _dbt_executable() -> str:
-    """The dbt installed beside this interpreter (a venv that is not activated), else dbt on PATH."""
-    beside = Path(sys.executable).parent / "dbt"
-    return str(beside) if beside.exists() else "dbt"
+    """dbt as installed beside this interpreter (a venv that is not activated), else on PATH: the project's
+    `stripe-sage-dbt` entry point (dbt with a `--version` that skips dbt's start-up), else dbt itself."""
+    for name in ("stripe-sage-dbt", "dbt"):
+        beside = Path(sys.executable).parent / name
+        if beside.exists():
+            return str(beside)
+    return shutil.which("stripe-sage-dbt") or "dbt"
 
 
 @functools.cache
@@ -126,6 +133,12 @@ def unit_test_results(run_results: Mapping[str, Any], specs: list[dg.AssetCheckS
         )
 
 
+def dbt_target_dir() -> Path:
+    """Where dagster-dbt puts each invocation's folder and looks for the parse to start from: the folder
+    DBT_TARGET_PATH names (relative to the project), else the project's `target`."""
+    return DBT_PROJECT_DIR / os.environ.get("DBT_TARGET_PATH", "target")
+
+
 def keep_partial_parse(invocation_target: Path) -> None:
     """Keep an invocation's parse for the next one, so dbt parses only what changed.
 
@@ -136,7 +149,7 @@ def keep_partial_parse(invocation_target: Path) -> None:
     src = invocation_target / "partial_parse.msgpack"
     if not src.exists():
         return
-    dst = dbt_project().manifest_path.parent / src.name
+    dst = dbt_target_dir() / src.name
     tmp = dst.with_name(f"{src.name}.{os.getpid()}.tmp")
     shutil.copyfile(src, tmp)
     os.replace(tmp, dst)  # atomic: a concurrent invocation copies the old file or the new one, never half
