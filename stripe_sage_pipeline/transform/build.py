@@ -219,6 +219,23 @@ def dbt_args(
     return args
 
 
+def build_target(url: str, vars: dict[str, Any] | None = None) -> Path:
+    """The target folder of an in-process invocation: one per database (and per set of `--vars`) under
+    the target folder (DBT_TARGET_PATH, else `target`), in `builds/`.
+
+    dbt keeps its partial parse only for the connection and the vars it was made for: builds against
+    several databases (a development and a production one, or the tests') each keep theirs instead of
+    parsing the whole project again every time the other one built.
+    """
+    import hashlib
+    import json
+
+    key = unquote(urlsplit(url).path.lstrip("/")) or "default"
+    if vars:
+        key += "-" + hashlib.sha256(json.dumps(vars, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    return DBT_PROJECT_DIR / os.environ.get("DBT_TARGET_PATH", "target") / "builds" / key
+
+
 def dbt_build(
     select: str | Sequence[str] | None = None,
     full_refresh: bool = False,
@@ -253,7 +270,8 @@ def dbt_build(
         if command == "build":
             plan = plan_build(url, full_refresh)
             full_refresh, extra = plan.full_refresh, [f for f in plan.flags() if f != "--full-refresh"]
-        res = dbtRunner().invoke(dbt_args(command, select, exclude, full_refresh, vars) + extra)
+        target = build_target(url, vars)
+        res = dbtRunner().invoke(dbt_args(command, select, exclude, full_refresh, vars, target) + extra)
         if res.success and command == "build" and not select and not exclude:
             record_build(url, mapping)
     statuses: dict[str, str] = {}

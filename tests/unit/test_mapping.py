@@ -10,7 +10,7 @@ import yaml
 
 from stripe_sage_pipeline import money
 from stripe_sage_pipeline.settings import PROJECT_ROOT
-from stripe_sage_pipeline.transform.build import DBT_PROJECT_DIR, dbt_args, dbt_env
+from stripe_sage_pipeline.transform.build import DBT_PROJECT_DIR, build_target, dbt_args, dbt_env
 from stripe_sage_pipeline.transform.mapping import MappingError, load_mapping, mapping_markdown, parse_mapping
 
 DEFAULT = yaml.safe_load((PROJECT_ROOT / "mapping.yaml").read_text())
@@ -106,6 +106,20 @@ def test_dbt_env_and_args() -> None:
     args = dbt_args("build", select=["a", "b"], full_refresh=True, vars={"lookback_hours": 0})
     assert args[0] == "build" and args[args.index("--select") + 1 : args.index("--select") + 3] == ["a", "b"]
     assert "--full-refresh" in args and '{"lookback_hours": 0}' in args
+
+
+def test_each_database_and_set_of_vars_builds_in_a_target_folder_of_its_own(monkeypatch, tmp_path) -> None:
+    monkeypatch.delenv("DBT_TARGET_PATH", raising=False)
+    prod, dev = "postgresql+psycopg://u:p@db:5432/finance", "postgresql+psycopg://u:p@db:5432/finance_dev"
+    assert build_target(prod) == DBT_PROJECT_DIR / "target" / "builds" / "finance"
+    assert build_target(prod) != build_target(dev)
+    assert build_target(prod, {"lookback_hours": 0}) == build_target(prod, {"lookback_hours": 0})
+    assert build_target(prod, {"lookback_hours": 0}) not in (
+        build_target(prod),
+        build_target(prod, {"lookback_hours": 1}),
+    )
+    monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path))
+    assert build_target(prod) == tmp_path / "builds" / "finance"
 
 
 def test_every_current_reporting_category_has_an_account_and_new_strings_are_warnings() -> None:
