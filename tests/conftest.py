@@ -18,6 +18,7 @@ import os
 import shutil
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -37,11 +38,12 @@ _TIERS = ("unit", "integration", "e2e")
 
 # `make test` spreads the tests over processes (pytest-xdist). Each process builds dbt in-process into a
 # target folder of its own (manifest, run results, partial parse), so two builds never write one file.
+# (A plain `pytest` run gets one too, `pytest-main`: test builds never mix with a user's `target/builds`.)
 _WORKER = os.environ.get("PYTEST_XDIST_WORKER")
-if _WORKER:
-    _dbt_own = Path(__file__).resolve().parents[1] / "dbt_project" / "target" / f"pytest-{_WORKER}"
-    os.environ["DBT_TARGET_PATH"] = str(_dbt_own)
-    os.environ["DBT_LOG_PATH"] = str(_dbt_own / "logs")
+_DBT_TARGETS = Path(__file__).resolve().parents[1] / "dbt_project" / "target"
+_dbt_own = _DBT_TARGETS / f"pytest-{_WORKER or 'main'}"
+os.environ["DBT_TARGET_PATH"] = str(_dbt_own)
+os.environ["DBT_LOG_PATH"] = str(_dbt_own / "logs")
 
 
 # The server the `make test` controller starts for all its processes ("<port>|<data folder>"): one
@@ -60,6 +62,11 @@ def pytest_configure(config):
     from stripe_sage_pipeline.transform.manifest import ensure_fresh_manifest
 
     ensure_fresh_manifest(DBT_PROJECT_DIR, DBT_PROJECT_DIR / "target" / "manifest.json")
+    # dbt build folders of databases one test made for itself (random names): a new run never reuses them.
+    # The processes' fresh databases (FRESH_DB) stay; an hour's grace for another run on the machine.
+    for stale in _DBT_TARGETS.glob("pytest-*/builds/*"):
+        if not stale.name.startswith(("t_gw", "t_main")) and stale.stat().st_mtime < time.time() - 3600:
+            shutil.rmtree(stale, ignore_errors=True)
     if getattr(config.option, "numprocesses", None) and _SHARED_PG not in os.environ:
         pg = _start_server()
         config.stash[_OWN_PG] = pg
