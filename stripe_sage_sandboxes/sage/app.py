@@ -215,6 +215,10 @@ class SageSandboxApp:
         with self._fault_lock:
             self._queued_faults.extend(faults)
 
+    def keys_in_flight(self) -> set[str]:
+        """Idempotency-Keys of write requests executing now (a second request with one gets a 409)."""
+        return {key for _, key in set(self._inflight)}
+
     def close(self) -> None:
         """Close the store."""
         self.store.close()

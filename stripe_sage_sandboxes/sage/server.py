@@ -81,6 +81,10 @@ class SageSandboxServer:
         assert self.app is not None, "start() the server first"
         self.app.queue_faults(*faults)
 
+    def keys_in_flight(self) -> set[str]:
+        """Idempotency-Keys of write requests executing right now."""
+        return self.app.keys_in_flight() if self.app is not None else set()
+
     @property
     def request_log(self) -> list[RequestLogEntry]:
         """What the sandbox saw so far, oldest first."""

@@ -158,7 +158,11 @@ def test_request_in_progress_is_waited_for(server: SageSandboxServer) -> None:
             )
         )
         t.start()
-        while not _posts_seen(server, key):
+        # The slow request is executing (registered under its key, the latency fault taken), not only logged:
+        # on a busy machine the second one could otherwise overtake it and take the latency itself.
+        deadline = time.monotonic() + 30
+        while key not in server.keys_in_flight():
+            assert time.monotonic() < deadline, "the slow request never started executing"
             time.sleep(0.005)
         out["fast"] = fast.post("journal-entries", _je("3.00", ref), idempotency_key=key, external_ref=ref)
         t.join()
