@@ -219,9 +219,16 @@ def dbt_args(
     return args
 
 
+def dbt_target_dir() -> Path:
+    """dbt's target folder: the one DBT_TARGET_PATH names (dbt's and dagster-dbt's own variable; relative
+    to the project), else the project's `target`. Each Dagster build gets a folder in it and starts from
+    the partial parse kept there; in-process builds have theirs in `builds/`."""
+    return DBT_PROJECT_DIR / os.environ.get("DBT_TARGET_PATH", "target")
+
+
 def build_target(url: str, vars: dict[str, Any] | None = None) -> Path:
-    """The target folder of an in-process invocation: one per database (and per set of `--vars`) under
-    the target folder (DBT_TARGET_PATH, else `target`), in `builds/`.
+    """The target folder of an in-process invocation: one per database (and per set of `--vars`), in
+    `builds/` of `dbt_target_dir()`.
 
     dbt keeps its partial parse only for the connection and the vars it was made for: builds against
     several databases (a development and a production one, or the tests') each keep theirs instead of
@@ -233,7 +240,7 @@ def build_target(url: str, vars: dict[str, Any] | None = None) -> Path:
     key = unquote(urlsplit(url).path.lstrip("/")) or "default"
     if vars:
         key += "-" + hashlib.sha256(json.dumps(vars, sort_keys=True, default=str).encode()).hexdigest()[:8]
-    return DBT_PROJECT_DIR / os.environ.get("DBT_TARGET_PATH", "target") / "builds" / key
+    return dbt_target_dir() / "builds" / key
 
 
 def dbt_build(

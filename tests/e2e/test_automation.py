@@ -154,7 +154,7 @@ def pipeline(fresh_db, golden_path, tmp_path, monkeypatch, request):
 def test_payout_failed_event_reverses_its_bank_leg_through_the_payout_sensor(pipeline):
     """payout.failed → webhook → inbox → payout sensor → update path → marts → Sage: the bank leg is reversed."""
     from stripe_sage_pipeline.defs.automation import payout_paid_sensor, stripe_webhook_inbox_sensor
-    from stripe_sage_pipeline.defs.transformation import dbt_target_dir
+    from stripe_sage_pipeline.transform.build import dbt_target_dir
 
     targets = set(dbt_target_dir().glob("finance_dbt_models-*"))
     pipeline.first_load()

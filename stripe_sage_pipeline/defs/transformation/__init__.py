@@ -25,6 +25,7 @@ from stripe_sage_pipeline.defs.resources import PostgresResource
 from stripe_sage_pipeline.transform.build import (
     DBT_PROJECT_DIR,
     apply_dbt_env,
+    dbt_target_dir,
     plan_build,
     prepare_database,
     record_build,
@@ -131,12 +132,6 @@ def unit_test_results(run_results: Mapping[str, Any], specs: list[dg.AssetCheckS
                 "execution_time_s": round(r.get("execution_time") or 0, 3),
             },
         )
-
-
-def dbt_target_dir() -> Path:
-    """Where dagster-dbt puts each invocation's folder and looks for the parse to start from: the folder
-    DBT_TARGET_PATH names (relative to the project), else the project's `target`."""
-    return DBT_PROJECT_DIR / os.environ.get("DBT_TARGET_PATH", "target")
 
 
 def keep_partial_parse(invocation_target: Path) -> None:
