@@ -174,6 +174,14 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="run queue poll in seconds (default: the project's dagster.yaml, i.e. Dagster's 5 s)",
     )
+    ap.add_argument(
+        "--start-date",
+        default="2026-06-01-00:00",
+        help="STRIPE_SAGE_START_DATE, the first hourly partition: the month the worked example starts in, as"
+        " `stripe-sage demo` starts the partitions at the data's first day. Dagster lists every hourly"
+        " partition of the staging tables in each run that reads them, so an account with years of"
+        " history pays more per run (2025-01-01: 16.8k partitions instead of 4.4k)",
+    )
     ap.add_argument("--timeout", type=float, default=900, help="overall bound on waiting for the entries, s")
     ap.add_argument("--keep", action="store_true", help="keep the temporary folder (logs, databases)")
     args = ap.parse_args(argv)
@@ -233,6 +241,7 @@ def main(argv: list[str] | None = None) -> int:
             "STRIPE_SAGE_MAPPING": str(tmp / "mapping.yaml"),
             "STRIPE_SAGE_SENSOR_INTERVAL_S": str(args.interval),
             "STRIPE_SAGE_EVENTS_SOURCE": "webhooks",
+            "STRIPE_SAGE_START_DATE": args.start_date,
             "DAGSTER_HOME": str(home),
             "DAGSTER_POSTGRES_URL": pg.url("dagster", driver="postgresql+psycopg2"),
             "PYTHONUNBUFFERED": "1",
@@ -355,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         print(
             f"  sensor interval      {args.interval}s (STRIPE_SAGE_SENSOR_INTERVAL_S; every sensor's minimum interval)"
+            f"\n  partitions start     {args.start_date} (STRIPE_SAGE_START_DATE)"
         )
         print(
             f"  run queue            dequeue every {dequeue}s, max {max_runs} concurrent runs; "

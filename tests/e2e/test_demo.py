@@ -17,6 +17,9 @@ def test_demo_on_the_golden_example_prints_reconciled_payouts_and_the_golden_gl_
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith(("STRIPE_", "SAGEPRO_", "DAGSTER_"))}
     env.update({"STRIPE_SAGE_DATA_DIR": str(tmp_path / "data"), "STRIPE_SAGE_PG_PORT": str(port)})
+    # dbt's own folder for this server: its partial parse (valid for one connection) never replaces the one
+    # this test process keeps for the shared test server.
+    env.update({"DBT_TARGET_PATH": str(tmp_path / "dbt-target"), "DBT_LOG_PATH": str(tmp_path / "dbt-target")})
     # As an external database would be given: a URL with a password (the embedded server trusts, so it works).
     pg = EmbeddedPostgres(tmp_path / "data", port).start()
     password = "Demo-Db-Pa55word"

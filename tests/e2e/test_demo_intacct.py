@@ -21,6 +21,9 @@ def test_demo_into_intacct_ties_the_golden_example(tmp_path, golden_path):
         if not k.startswith(("STRIPE_", "SAGEPRO_", "DAGSTER_", "INTACCT_", "SAGE_TARGET"))
     }
     env.update({"STRIPE_SAGE_DATA_DIR": str(tmp_path / "data"), "STRIPE_SAGE_PG_PORT": str(port)})
+    # dbt's own folder for this server: its partial parse (valid for one connection) never replaces the one
+    # this test process keeps for the shared test server.
+    env.update({"DBT_TARGET_PATH": str(tmp_path / "dbt-target"), "DBT_LOG_PATH": str(tmp_path / "dbt-target")})
     try:
         out = subprocess.run(
             [

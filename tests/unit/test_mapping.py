@@ -108,18 +108,23 @@ def test_dbt_env_and_args() -> None:
     assert "--full-refresh" in args and '{"lookback_hours": 0}' in args
 
 
-def test_each_database_and_set_of_vars_builds_in_a_target_folder_of_its_own(monkeypatch, tmp_path) -> None:
+def test_each_connection_and_set_of_vars_builds_in_a_target_folder_of_its_own(monkeypatch, tmp_path) -> None:
     monkeypatch.delenv("DBT_TARGET_PATH", raising=False)
     prod, dev = "postgresql+psycopg://u:p@db:5432/finance", "postgresql+psycopg://u:p@db:5432/finance_dev"
-    assert build_target(prod) == DBT_PROJECT_DIR / "target" / "builds" / "finance"
+    assert build_target(prod).parent == DBT_PROJECT_DIR / "target" / "builds"
+    assert build_target(prod).name.startswith("finance-") and build_target(dev).name.startswith("finance_dev-")
     assert build_target(prod) != build_target(dev)
+    # The same database name on another server, port or as another user: dbt's partial parse is not valid there.
+    for other in ("u:p@db2:5432/finance", "u:p@db:5433/finance", "v:p@db:5432/finance"):
+        assert build_target(f"postgresql+psycopg://{other}") != build_target(prod), other
+    assert build_target("postgresql://u:other-password@db:5432/finance") == build_target(prod)
     assert build_target(prod, {"lookback_hours": 0}) == build_target(prod, {"lookback_hours": 0})
     assert build_target(prod, {"lookback_hours": 0}) not in (
         build_target(prod),
         build_target(prod, {"lookback_hours": 1}),
     )
     monkeypatch.setenv("DBT_TARGET_PATH", str(tmp_path))
-    assert build_target(prod) == tmp_path / "builds" / "finance"
+    assert build_target(prod).parent == tmp_path / "builds"
 
 
 def test_every_current_reporting_category_has_an_account_and_new_strings_are_warnings() -> None:
