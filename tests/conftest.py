@@ -67,10 +67,10 @@ def pytest_configure(config):
     from stripe_sage_pipeline.transform.manifest import ensure_fresh_manifest
 
     ensure_fresh_manifest(DBT_PROJECT_DIR, DBT_PROJECT_DIR / "target" / "manifest.json")
-    # dbt build folders of databases one test made for itself (random names): a new run never reuses them.
-    # The processes' fresh databases (FRESH_DB) stay; an hour's grace for another run on the machine.
+    # Earlier runs' dbt build folders: one per connection, and each run's server has a port of its own, so
+    # a new run never reuses them. An hour's grace for another run on the machine.
     for stale in _DBT_TARGETS.glob("pytest-*/builds/*"):
-        if not stale.name.startswith(("t_gw", "t_main")) and stale.stat().st_mtime < time.time() - 3600:
+        if stale.stat().st_mtime < time.time() - 3600:
             shutil.rmtree(stale, ignore_errors=True)
     if getattr(config.option, "numprocesses", None) and _SHARED_PG not in os.environ:
         pg = _start_server()
