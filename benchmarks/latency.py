@@ -24,7 +24,8 @@ p95 (nearest rank), max, the sensor interval, the runs launched per job, and whe
 event (sensor pick-up, queue and launch, the run) and per step of the fast path runs (event log).
 
     cd /work/main && PYTHONPATH=. python benchmarks/latency.py [--events 24] [--spacing 4] [--burst 1]
-        [--interval 5] [--max-concurrent-runs N] [--dequeue-interval S] [--timeout 900] [--keep]
+        [--interval 5] [--start-date 2026-06-01-00:00] [--max-concurrent-runs N] [--dequeue-interval S]
+        [--timeout 900] [--keep]
 
 Exits 0 only when every entry posted, the median is under 15 s and the p95 under 30 s. Everything it
 starts (Postgres, the emulator, the receiver, the Sage sandbox, the daemon's process group) is stopped at
