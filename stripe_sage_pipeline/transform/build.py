@@ -197,7 +197,10 @@ class DbtResult:
     def raise_on_failure(self) -> DbtResult:
         """Raise with every failing node's message when the run did not succeed."""
         if not self.success:
-            detail = "\n".join(f"  {k}: {v}" for k, v in self.failures.items()) or "  (see dbt logs)"
+            detail = (
+                "\n".join(f"  {k}: {v}" for k, v in self.failures.items())
+                or "  (see dbt's output above; DBT_LOG_LEVEL_FILE=debug keeps its debug log in logs/dbt.log)"
+            )
             raise RuntimeError(f"dbt failed:\n{detail}")
         return self
 
