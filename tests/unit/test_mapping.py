@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ import yaml
 
 from stripe_sage_pipeline import money
 from stripe_sage_pipeline.settings import PROJECT_ROOT
-from stripe_sage_pipeline.transform.build import DBT_PROJECT_DIR, build_target, dbt_args, dbt_env
+from stripe_sage_pipeline.transform.build import DBT_PROJECT_DIR, apply_dbt_env, build_target, dbt_args, dbt_env
 from stripe_sage_pipeline.transform.mapping import MappingError, load_mapping, mapping_markdown, parse_mapping
 
 DEFAULT = yaml.safe_load((PROJECT_ROOT / "mapping.yaml").read_text())
@@ -106,6 +107,19 @@ def test_dbt_env_and_args() -> None:
     args = dbt_args("build", select=["a", "b"], full_refresh=True, vars={"lookback_hours": 0})
     assert args[0] == "build" and args[args.index("--select") + 1 : args.index("--select") + 3] == ["a", "b"]
     assert "--full-refresh" in args and '{"lookback_hours": 0}' in args
+
+
+def test_dbt_runs_without_its_debug_log_file_unless_the_environment_asks(monkeypatch) -> None:
+    url = "postgresql://u:p@db:5432/finance"
+    for key in dbt_env(url):  # apply_dbt_env writes these; monkeypatch restores them afterwards
+        monkeypatch.setenv(key, "")
+    monkeypatch.setenv("DBT_LOG_LEVEL_FILE", "")  # recorded, so the test leaves the variable as it found it
+    monkeypatch.delenv("DBT_LOG_LEVEL_FILE")
+    apply_dbt_env(url)
+    assert os.environ["DBT_LOG_LEVEL_FILE"] == "none" and os.environ["STRIPE_SAGE_DBT_DBNAME"] == "finance"
+    monkeypatch.setenv("DBT_LOG_LEVEL_FILE", "debug")
+    apply_dbt_env(url)
+    assert os.environ["DBT_LOG_LEVEL_FILE"] == "debug"
 
 
 def test_each_connection_and_set_of_vars_builds_in_a_target_folder_of_its_own(monkeypatch, tmp_path) -> None:
