@@ -110,3 +110,28 @@ def test_dbt_resource_runs_dbt_through_the_quick_version_entry_point(defs: dg.De
     args = ["parse", "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
     subprocess.run([exe, *args, "--target-path", str(tmp_path), "--quiet"], check=True)
     assert "fct_journal_lines" in (tmp_path / "manifest.json").read_text()
+
+
+def test_dbt_resource_hands_dagster_dbt_no_in_process_adapter(
+    defs: dg.Definitions, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dagster-dbt would register a dbt adapter in the run's process before each invocation (for row counts
+    and column metadata, which the project does not fetch); the project's resource gives it none. Caught at
+    the boundary where dagster-dbt starts the dbt process: what it would start, and with which adapter."""
+    from dagster_dbt import DbtCliResource
+    from dagster_dbt.core.dbt_cli_invocation import DbtCliInvocation
+
+    started: list[dict] = []
+
+    def capture(**kwargs):
+        started.append(kwargs)
+        return kwargs
+
+    monkeypatch.setattr(DbtCliInvocation, "run", staticmethod(capture))
+    ours = defs.resources["dbt"]
+    ours.cli(["build"])
+    assert started[-1]["adapter"] is None
+    assert started[-1]["args"][0] == ours.dbt_executable and "build" in started[-1]["args"]
+    # dagster-dbt's own resource, on the same project, does open one: the override is what removes it.
+    DbtCliResource(project_dir=ours.project_dir, dbt_executable=ours.dbt_executable).cli(["build"])
+    assert started[-1]["adapter"] is not None
