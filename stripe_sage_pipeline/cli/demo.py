@@ -25,7 +25,11 @@ from stripe_sage_pipeline.cli.jobs import execute_job
 from stripe_sage_pipeline.extract.tables import SCHEMA, TABLES
 from stripe_sage_pipeline.load.plan import POSTABLE_PAYOUT_STATUSES
 from stripe_sage_pipeline.money import to_decimal_str
-from stripe_sage_pipeline.runtime.dagster_home import prepare_dagster_home, remember_partitions_start
+from stripe_sage_pipeline.runtime.dagster_home import (
+    hold_storage_connections,
+    prepare_dagster_home,
+    remember_partitions_start,
+)
 from stripe_sage_pipeline.runtime.db import database_url, libpq_url, redact_url
 from stripe_sage_pipeline.runtime.doctor import run_checks
 from stripe_sage_pipeline.settings import SANDBOX_STRIPE_KEY, load_settings
@@ -303,7 +307,7 @@ def run_demo(
         # remembered in DAGSTER_HOME so that `stripe-sage ui` shows the same partitions.
         os.environ["STRIPE_SAGE_START_DATE"] = f"{first:%Y-%m-%d}-00:00"
         remember_partitions_start(prepare_dagster_home(settings), os.environ["STRIPE_SAGE_START_DATE"])
-        instance = dg.DagsterInstance.get()
+        instance = hold_storage_connections(dg.DagsterInstance.get())
         # A demo killed mid-run (Ctrl-C, SIGKILL) left its run STARTED holding its pool slot: fail it, free it.
         from stripe_sage_pipeline.runtime.recovery import recover
 

@@ -20,7 +20,11 @@ import psycopg
 
 from stripe_sage_pipeline.cli.errors import CommandError
 from stripe_sage_pipeline.cli.jobs import Progress, execute_job
-from stripe_sage_pipeline.runtime.dagster_home import prepare_dagster_home, remember_partitions_start
+from stripe_sage_pipeline.runtime.dagster_home import (
+    hold_storage_connections,
+    prepare_dagster_home,
+    remember_partitions_start,
+)
 from stripe_sage_pipeline.runtime.db import database_url, libpq_url
 from stripe_sage_pipeline.runtime.doctor import run_checks
 from stripe_sage_pipeline.settings import load_settings
@@ -121,7 +125,7 @@ def run_range(start: date, end: date, *, load: bool = True, update_path: bool = 
     logs = settings.data_dir / "run-logs"
     res = RunSummary(window={"from": f"{start}", "to": f"{end}"})
     t0 = time.monotonic()
-    with dg.DagsterInstance.get() as instance:
+    with hold_storage_connections(dg.DagsterInstance.get()) as instance:
 
         def job(name: str, **kw) -> None:
             result = execute_job(defs, name, instance, logs / f"{name}.log", **kw)

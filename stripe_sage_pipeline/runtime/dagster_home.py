@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import yaml
 
 from stripe_sage_pipeline.runtime.db import database_url, libpq_url
 from stripe_sage_pipeline.settings import PROJECT_ROOT, Settings, load_settings
+
+if TYPE_CHECKING:
+    import dagster as dg
 
 
 def render_instance_config(env: dict[str, str] | None = None) -> str:
@@ -55,3 +59,17 @@ def prepare_dagster_home(settings: Settings | None = None) -> Path:
     os.environ.setdefault("DAGSTER_TELEMETRY_ENABLED", "false")
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     return home
+
+
+def hold_storage_connections(instance: dg.DagsterInstance) -> dg.DagsterInstance:
+    """Let an instance that runs jobs in this process keep its Postgres connections open between writes.
+
+    dagster-postgres opens a new connection for every read and write unless told otherwise (only the
+    webserver is, by default): a run executed in process writes each of its events on a connection of
+    its own, and the server forks a backend for each. `stripe-sage demo` and `stripe-sage run` write
+    thousands of events; pooled as the webserver pools them (one connection kept, more while writes
+    overlap, recycled hourly), the server did a fraction of the work. No statement timeout: a step's
+    own writes may legitimately wait on a lock. Returns the instance.
+    """
+    instance.optimize_for_webserver(statement_timeout=0, pool_recycle=3600, max_overflow=20)
+    return instance

@@ -23,6 +23,10 @@ JULY_2026 = [(date(2026, 7, 1) + timedelta(days=i)).isoformat() for i in range(3
 LOAD_ASSET_KEYS = [["sage", "customers"], ["sage", "invoices"], ["sage", "cash_receipts"], ["sage", "journal_entries"]]
 BACKFILL_TIMEOUT_S = 600
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
+# The backfill needs the daemon's backfill and run-queue loops, not the sensors: each sensor tick is a call to
+# the code server and a dozen storage connections (dagster-postgres opens one per query in the daemon), about
+# two thirds of an idle daemon's connections. They tick every 10 minutes here, which this test never reaches.
+QUIET_SENSORS = {"STRIPE_SAGE_SENSOR_INTERVAL_S": "600", "STRIPE_SAGE_EVENT_SENSOR_INTERVAL_S": "600"}
 
 PARTITION_KEYS_QUERY = """
 query PartitionKeys($repositorySelector: RepositorySelector!, $partitionSetName: String!) {
@@ -271,7 +275,7 @@ def test_month_backfill_from_the_ui_posts_the_golden_trial_balance_once(pg_serve
     want = expected_tb(golden)
     with (
         sage_sandbox(tmp_path / "sage") as srv,
-        dagster_ui(pg_server, tmp_path / "dagster", fresh_db, srv.base_url) as ui,
+        dagster_ui(pg_server, tmp_path / "dagster", fresh_db, srv.base_url, extra_env=QUIET_SENSORS) as ui,
     ):
         ready = time.monotonic()
         partitions = month_partitions_from_ui(ui, "load_job", "2026-07-")
