@@ -10,6 +10,7 @@ import dagster as dg
 from pydantic import PrivateAttr
 
 from stripe_sage_pipeline.extract.client import StripeReader
+from stripe_sage_pipeline.runtime.dagster_home import hold_storage_connections
 from stripe_sage_pipeline.runtime.db import database_url
 from stripe_sage_pipeline.settings import (
     SANDBOX_INTACCT_CLIENT_ID,
@@ -29,9 +30,18 @@ def env_or(name: str, default: str | None) -> str | dg.EnvVar | None:
 
 
 class PostgresResource(dg.ConfigurableResource):
-    """The pipeline's PostgreSQL database: the embedded server unless STRIPE_SAGE_DATABASE_URL is set."""
+    """The pipeline's PostgreSQL database: the embedded server unless STRIPE_SAGE_DATABASE_URL is set.
+
+    While a run uses it, the run's Dagster instance keeps its own storage connections open too
+    (`hold_storage_connections`): otherwise dagster-postgres connects anew for each event the run writes.
+    """
 
     database_url: str | None = None
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        """Pool the run's instance-storage connections for the rest of the run (see the class docstring)."""
+        if context.instance is not None:
+            hold_storage_connections(context.instance)
 
     def url(self) -> str:
         """SQLAlchemy URL of the database (starts the embedded server on first use)."""

@@ -13,7 +13,7 @@ from dbt.version import __version__ as dbt_core_version
 
 from stripe_sage_pipeline import definitions
 from stripe_sage_pipeline.extract.tables import SCHEMA, TABLES
-from stripe_sage_pipeline.transform.build import DBT_PROJECT_DIR, staging_views
+from stripe_sage_pipeline.transform.build import staging_views
 
 
 @pytest.fixture(scope="module")
@@ -99,17 +99,17 @@ def test_a_stage_that_fails_to_import_fails_the_code_location(monkeypatch: pytes
         definitions.defs()
 
 
-def test_dbt_resource_runs_dbt_through_the_quick_version_entry_point(defs: dg.Definitions, tmp_path) -> None:
+def test_dbt_resource_runs_dbt_through_the_quick_version_entry_point(defs: dg.Definitions) -> None:
     """dagster-dbt asks `<dbt_executable> --version` before each build: the project's entry point answers
     with the installed dbt-core's version (the one line dagster-dbt reads) and passes other commands to dbt."""
     exe = defs.resources["dbt"].dbt_executable
     assert Path(exe).name == "stripe-sage-dbt"
     out = subprocess.run([exe, "--version"], capture_output=True, text=True, check=True).stdout
     assert re.search(r"(\d+\.\d+\.\d+)", out).group(1) == dbt_core_version  # dagster-dbt's own pattern
-    # Anything else is dbt itself: a parse writes the manifest where it is told.
-    args = ["parse", "--project-dir", str(DBT_PROJECT_DIR), "--profiles-dir", str(DBT_PROJECT_DIR)]
-    subprocess.run([exe, *args, "--target-path", str(tmp_path), "--quiet"], check=True)
-    assert "fct_journal_lines" in (tmp_path / "manifest.json").read_text()
+    # Anything else is dbt's own command line, arguments and all (every Dagster dbt step runs a whole
+    # `build` through it; here dbt answers for one of its commands without parsing the project).
+    out = subprocess.run([exe, "parse", "--help"], capture_output=True, text=True, check=True).stdout
+    assert out.startswith("Usage: dbt parse [OPTIONS]") and "--target-path" in out
 
 
 def test_dbt_resource_hands_dagster_dbt_no_in_process_adapter(
