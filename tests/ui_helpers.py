@@ -255,6 +255,44 @@ def dagster_ui(
     )
     write_dagster_home(home, env)
 
+    ui = DagsterUI(url="", home=home, instance_db_url=instance_db_url, logs={})
+    try:
+        # A free port can be taken by another process in the seconds the webserver needs to start (the
+        # tests run side by side): the webserver then exits with EADDRINUSE, and it starts again on another.
+        for attempt in range(1, PORT_ATTEMPTS + 1):
+            try:
+                ui = _start(workdir, env, home, instance_db_url, daemon=daemon)
+                _wait_until_ready(ui, startup_timeout_s, wait_for_daemon=daemon)
+                break
+            except (AssertionError, UIStartupError):
+                if attempt == PORT_ATTEMPTS or not _port_was_taken(ui):
+                    raise
+                print(f"\n{ui.url}: port taken meanwhile, starting again on another", file=sys.stderr)
+                for proc in ui.procs.values():
+                    _stop(proc)
+        yield ui
+    except BaseException:
+        print(f"\nDagster UI at {ui.url}, DAGSTER_HOME {home}\n{ui.tails()}", file=sys.stderr)
+        raise
+    finally:
+        for proc in ui.procs.values():
+            _stop(proc)
+
+
+PORT_ATTEMPTS = 3
+
+
+def _port_was_taken(ui: DagsterUI) -> bool:
+    """Whether the webserver exited because its port was in use when it came to bind it."""
+    log = ui.logs.get("webserver")
+    proc = ui.procs.get("webserver")
+    if log is None or proc is None or proc.poll() is None or not log.exists():
+        return False
+    return "address already in use" in log.read_text(errors="replace")
+
+
+def _start(workdir: Path, env: Mapping[str, str], home: Path, instance_db_url: str, *, daemon: bool) -> DagsterUI:
+    """Start the webserver (on a port free right now) and, with `daemon`, the daemon."""
     port = free_port()
     commands = {
         "webserver": [str(BIN_DIR / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", str(WORKSPACE)]
@@ -267,24 +305,16 @@ def dagster_ui(
         instance_db_url=instance_db_url,
         logs={name: workdir / f"{name}.log" for name in commands},
     )
-    try:
-        for name, cmd in commands.items():
-            with ui.logs[name].open("wb") as log:
-                # Own session = own process group, so the code servers and run workers die with it.
-                ui.procs[name] = subprocess.Popen(
-                    cmd,
-                    cwd=PROJECT_ROOT,
-                    env=env,
-                    stdout=log,
-                    stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL,
-                    start_new_session=True,
-                )
-        _wait_until_ready(ui, startup_timeout_s, wait_for_daemon=daemon)
-        yield ui
-    except BaseException:
-        print(f"\nDagster UI at {ui.url}, DAGSTER_HOME {home}\n{ui.tails()}", file=sys.stderr)
-        raise
-    finally:
-        for proc in ui.procs.values():
-            _stop(proc)
+    for name, cmd in commands.items():
+        with ui.logs[name].open("wb") as log:
+            # Own session = own process group, so the code servers and run workers die with it.
+            ui.procs[name] = subprocess.Popen(
+                cmd,
+                cwd=PROJECT_ROOT,
+                env=dict(env),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+    return ui
