@@ -18,6 +18,7 @@ from load_helpers import client_for, expected_tb, sage_sandbox, sage_state
 from ui_helpers import DagsterUI, dagster_ui
 
 from stripe_sage_pipeline.load.post import gl_movement
+from stripe_sage_pipeline.runtime.run_launcher import PID_TAG, WORKER_TAG
 
 JULY_2026 = [(date(2026, 7, 1) + timedelta(days=i)).isoformat() for i in range(31)]
 LOAD_ASSET_KEYS = [["sage", "customers"], ["sage", "invoices"], ["sage", "cash_receipts"], ["sage", "journal_entries"]]
@@ -291,6 +292,9 @@ def test_month_backfill_from_the_ui_posts_the_golden_trial_balance_once(pg_serve
         assert sorted(first["partitionNames"]) == JULY_2026
         assert run_ranges(first) == [(JULY_2026[0], JULY_2026[-1])], "one run posts the month"
         assert {r["status"] for r in first["runs"]} == {"SUCCESS"}
+        # The daemon launched it as a fork of the warm run worker (dagster.yaml's WarmRunLauncher).
+        first_tags = {t["key"]: t["value"] for t in first["runs"][0]["tags"]}
+        assert first_tags.get(PID_TAG, "").isdigit() and first_tags.get(WORKER_TAG, "").isdigit(), first_tags
 
         client, _ = client_for(srv)
         reported = {code: Decimal(net) for code, net in gl_movement(client).get("usd", {}).items()}
@@ -314,6 +318,9 @@ def test_month_backfill_from_the_ui_posts_the_golden_trial_balance_once(pg_serve
         second = wait_for_backfill(ui, second_id, runs_only=True)
         assert run_ranges(second) == [(JULY_2026[0], JULY_2026[-1])]
         assert {r["status"] for r in second["runs"]} == {"SUCCESS"}
+        second_tags = {t["key"]: t["value"] for t in second["runs"][0]["tags"]}
+        assert second_tags[WORKER_TAG] == first_tags[WORKER_TAG], "the second run reused the warm worker"
+        assert second_tags[PID_TAG] != first_tags[PID_TAG]
         assert sum(1 for e in srv.request_log if e.method == "POST") == writes_before
         assert sage_state(client) == state
         assert sum(created_per_partition(ui, second["runs"][0]["runId"], ["sage", "journal_entries"]).values()) == 0
