@@ -100,7 +100,11 @@ class Recovery:
 def dead_runs(
     instance: dg.DagsterInstance, grace_s: float = 10.0, now: float | None = None
 ) -> list[tuple[dg.DagsterRun, int]]:
-    """In-progress runs (started over `grace_s` ago) whose worker process is gone, with its pid."""
+    """In-progress runs (started over `grace_s` ago) whose worker process is gone, with its pid.
+
+    The status is read again after the worker is found gone: a run that ended between the listing and the
+    check wrote its end before its process exited, so the second read sees it and the run is left alone.
+    """
     now = time.time() if now is None else now
     out = []
     for record in instance.get_run_records(filters=dg.RunsFilter(statuses=IN_PROGRESS)):
@@ -109,7 +113,9 @@ def dead_runs(
         if pid is None or started is None or now - started < grace_s:
             continue  # not started yet (run monitoring's start timeout covers STARTING runs)
         if not worker_alive(pid, started):
-            out.append((run, pid))
+            current = instance.get_run_by_id(run.run_id)
+            if current is not None and current.status in IN_PROGRESS:
+                out.append((current, pid))
     return out
 
 

@@ -79,3 +79,29 @@ def test_a_killed_run_is_failed_its_slot_freed_and_the_next_run_proceeds(dagster
     nxt = _start(dagster_home, tmp_path / "second", hold_s=0)
     out, err = nxt.communicate(timeout=120)  # without the recovery this waits for the slot forever
     assert out.strip().endswith("success"), err[-2000:]
+
+
+def test_a_run_that_ends_while_recovery_looks_is_left_as_it_ended(dagster_home, tmp_path, monkeypatch):
+    """The race a warm-forked worker makes likely: recovery lists the run as STARTED, the run writes SUCCESS and
+    its process exits at once, then recovery finds the pid gone. It must read the status again, not fail it."""
+    from stripe_sage_pipeline.runtime import recovery
+
+    marker = tmp_path / "started"
+    proc = _start(dagster_home, marker, hold_s=0)
+    assert proc.communicate(timeout=120)[0].strip() == "success"
+    instance = dg.DagsterInstance.get()
+    [record] = instance.get_run_records()
+    ended = record.dagster_run
+    assert ended.status == dg.DagsterRunStatus.SUCCESS
+    # Recovery's listing as it was a moment before the run ended.
+    listed = type(record)(**{**record._asdict(), "dagster_run": ended.with_status(dg.DagsterRunStatus.STARTED)})
+    monkeypatch.setattr(instance, "get_run_records", lambda **_: [listed])
+    assert recovery.worker_pid(instance, ended.run_id)[0] is not None  # the run's process is known, and gone
+    assert dead_runs(instance, grace_s=0) == []
+    assert instance.get_run_by_id(ended.run_id).status == dg.DagsterRunStatus.SUCCESS
+
+    # The same listing for a run whose status really is still STARTED is a dead run (the check has teeth).
+    monkeypatch.setattr(instance, "get_run_by_id", lambda run_id: listed.dagster_run)
+    assert [(r.run_id, pid) for r, pid in dead_runs(instance, grace_s=0)] == [
+        (ended.run_id, recovery.worker_pid(instance, ended.run_id)[0])
+    ]
