@@ -65,6 +65,12 @@ def env_is_set(name: str) -> bool:
     return _read(name) is not None
 
 
+def dbt_server_enabled(env: Mapping[str, str] | None = None) -> bool:
+    """STRIPE_SAGE_DBT_SERVER (default on): `stripe-sage-dbt` runs its commands in the warm dbt server
+    (transform/dbt_server.py); 0/false/no/off runs each command in its own process."""
+    return (_read("STRIPE_SAGE_DBT_SERVER", "1", env) or "1").strip().lower() not in ("0", "false", "no", "off")
+
+
 def secret_values(min_length: int = 6) -> list[str]:
     """The values of the secret variables that are set, longest first (shorter ones are not real secrets)."""
     values = {_read(name) or "" for name in SECRET_ENV_VARS}
