@@ -40,6 +40,7 @@ import traceback
 from pathlib import Path
 
 IDLE_EXIT_S = 600.0
+MAX_SOCKET_PATH = 100
 STREAMS = (0, 1, 2)
 # A child whose caller is gone gets SIGINT (dbt cancels its queries), then this long before it is ended.
 ORPHAN_GRACE_S = 30.0
@@ -56,7 +57,9 @@ def socket_path() -> Path | None:
     if st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
         return None  # someone else's, or open to others: no server
     key = hashlib.sha256(f"{sys.executable}\0{Path(__file__).resolve()}".encode()).hexdigest()[:16]
-    return folder / f"{key}.sock"
+    path = folder / f"{key}.sock"
+    # A Unix socket's path is at most ~107 bytes; under a deeper TMPDIR there is simply no server.
+    return path if len(os.fsencode(path)) <= MAX_SOCKET_PATH else None
 
 
 def loaded_module_files() -> dict[str, int]:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -26,15 +28,16 @@ DBT_DIR = PROJECT_ROOT / "dbt_project"
 
 
 @pytest.fixture
-def private_tmp(tmp_path, monkeypatch) -> Path:
-    """A TMPDIR of the test's own: its dbt server and socket are nobody else's."""
-    tmp = tmp_path / "tmp"
-    tmp.mkdir()
+def private_tmp(monkeypatch) -> Path:
+    """A TMPDIR of the test's own: its dbt server and socket are nobody else's (short: a socket's path is
+    at most ~107 bytes, which pytest's own folders exceed)."""
+    tmp = Path(tempfile.mkdtemp(prefix="ssd-", dir="/tmp"))
     monkeypatch.setenv("TMPDIR", str(tmp))
     monkeypatch.setattr("tempfile.tempdir", None)  # re-read TMPDIR in this process too
     yield tmp
     for pid in _servers(tmp):
         os.kill(pid, signal.SIGTERM)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _servers(tmp: Path) -> list[int]:
@@ -69,7 +72,7 @@ def _event_pids(stdout: str) -> set[int]:
     return {json.loads(line)["info"]["pid"] for line in stdout.splitlines() if line.startswith("{")}
 
 
-def test_a_command_runs_in_a_child_of_the_server_and_is_the_same_command(private_tmp, tmp_path):
+def test_a_command_runs_in_a_child_of_the_server_and_is_the_same_command(private_tmp, tmp_path, monkeypatch):
     # The first command finds no server: it runs in its own process and starts one.
     first = _dbt(["--log-format", "json", "debug", "--config-dir"])
     assert first.returncode == 0, first.stderr
@@ -106,6 +109,11 @@ def test_a_command_runs_in_a_child_of_the_server_and_is_the_same_command(private
     assert bad_warm.returncode == bad_cold.returncode == 2
     assert bad_warm.stderr == bad_cold.stderr and "No such option" in bad_warm.stderr
     assert dbt_server.request(["--version"], path=private_tmp / "nothing.sock") is None  # no server: caller runs it
+    deep = tmp_path / ("deep" * 20)
+    deep.mkdir()
+    monkeypatch.setenv("TMPDIR", str(deep))
+    monkeypatch.setattr("tempfile.tempdir", None)
+    assert dbt_server.socket_path() is None  # a socket path too long to bind: no server, never a crash
     assert _servers(private_tmp) == [server] and socket_file.exists(), "one server served them all"
 
 
