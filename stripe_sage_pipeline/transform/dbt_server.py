@@ -233,6 +233,10 @@ def serve(path: Path, idle_exit_s: float = IDLE_EXIT_S) -> int:
     from stripe_sage_pipeline.transform.dbt_cli import preload_dbt
 
     preload_dbt()
+    threads = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
+    if threads:  # forking a process with threads can copy a held lock; callers run dbt themselves
+        print(f"[{time.strftime('%F %T')}] not serving: threads after the preload {threads}", flush=True)
+        return 1
     snapshot = loaded_module_files()
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # a dead server's socket (we hold the lock: no live server owns it)
