@@ -28,11 +28,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from dagster import DefaultRunLauncher, Field, Noneable
-from dagster._core.launcher import LaunchRunContext
-from dagster._serdes import ConfigurableClassData, serialize_value
+from dagster import DefaultRunLauncher, Field, Noneable, serialize_value
+
+if TYPE_CHECKING:
+    from dagster._core.launcher import LaunchRunContext
+    from dagster._serdes import ConfigurableClassData
 
 log = logging.getLogger(__name__)
 
@@ -169,7 +171,7 @@ class WarmRunLauncher(DefaultRunLauncher):
 
     def launch_run(self, context: LaunchRunContext) -> None:
         """Fork the run's process from the warm worker; the default way when there is none."""
-        from dagster._grpc.types import ExecuteRunArgs
+        from dagster._grpc.types import ExecuteRunArgs  # what dagster-docker and dagster-k8s pass too (DECISIONLOG 33)
 
         run = context.dagster_run
         origin = run.job_code_origin

@@ -83,11 +83,12 @@ def changed_files(before: dict[str, int], after: dict[str, int]) -> list[str]:
 
 def _preload(origin_json: str, preload: list[str]) -> None:
     """Import Dagster, load the code location as the run's process will, then import `preload`."""
-    from dagster._core.origin import JobPythonOrigin
-    from dagster._serdes import deserialize_value
+    from dagster import deserialize_value
+
+    # Dagster's own loader, as `api execute_run` uses it (no public equivalent; DECISIONLOG 33).
     from dagster._utils.hosted_user_process import recon_repository_from_origin
 
-    origin = deserialize_value(origin_json, JobPythonOrigin)
+    origin = deserialize_value(origin_json)
     recon_repository_from_origin(origin.repository_origin).get_definition()
     for name in preload:
         importlib.import_module(name)
@@ -98,6 +99,7 @@ def _run_child(args: list[str]) -> int:
     for sig in (signal.SIGTERM, signal.SIGCHLD, signal.SIGHUP):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # The `dagster` executable's own entry point (its console script points into this module).
     from dagster._cli import ENV_PREFIX, cli
 
     try:
@@ -129,15 +131,15 @@ def _fork(args: list[str], close_fds: tuple[int, ...]) -> int:
         os._exit(code)
 
 
-def _reap() -> None:
-    """Collect the exit status of every child that ended (no zombies left behind)."""
+def reap_children() -> int:
+    """Collect the exit status of every child that ended (no zombies left behind); how many still run."""
     while True:
         try:
             pid, _ = os.waitpid(-1, os.WNOHANG)
         except ChildProcessError:
-            return
+            return 0
         if pid == 0:
-            return
+            return 1
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
     stdin = sys.stdin.buffer
     while True:
         readable, _, _ = select.select([stdin], [], [], REAP_EVERY_S)
-        _reap()
+        reap_children()
         if not readable:
             continue
         line = stdin.readline()

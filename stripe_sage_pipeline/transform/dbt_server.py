@@ -39,6 +39,8 @@ import time
 import traceback
 from pathlib import Path
 
+from stripe_sage_pipeline.runtime.warm_worker import reap_children
+
 IDLE_EXIT_S = 600.0
 MAX_SOCKET_PATH = 100
 STREAMS = (0, 1, 2)
@@ -212,17 +214,6 @@ def _run_child(conn: socket.socket, close_fds: list[int]) -> None:
             os._exit(code)
 
 
-def _reap() -> int:
-    """Collect ended children; the number still running."""
-    while True:
-        try:
-            pid, _ = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return 0
-        if pid == 0:
-            return 1
-
-
 def serve(path: Path, idle_exit_s: float = IDLE_EXIT_S) -> int:
     """Preload dbt, listen on `path`, fork a child per command until idle or stale."""
     lock = os.open(path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o600)
@@ -250,7 +241,7 @@ def serve(path: Path, idle_exit_s: float = IDLE_EXIT_S) -> int:
     try:
         while True:
             readable, _, _ = select.select([listener], [], [], 1.0)
-            running = _reap()
+            running = reap_children()
             if not readable:
                 if not running and time.monotonic() - last > idle_exit_s:
                     return 0
