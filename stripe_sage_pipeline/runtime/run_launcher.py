@@ -28,13 +28,11 @@ import subprocess
 import sys
 import threading
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from dagster import DefaultRunLauncher, Field, Noneable, serialize_value
 
-if TYPE_CHECKING:
-    from dagster._core.launcher import LaunchRunContext
-    from dagster._serdes import ConfigurableClassData
+from stripe_sage_pipeline.runtime.recovery import worker_alive, worker_pid
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +115,7 @@ class WarmRunLauncher(DefaultRunLauncher):
 
     def __init__(
         self,
-        inst_data: ConfigurableClassData | None = None,
+        inst_data: Any = None,  # Dagster's ConfigurableClassData
         preload_modules: Sequence[str] | None = None,
         watch_paths: Sequence[str] | None = None,
     ):
@@ -142,7 +140,7 @@ class WarmRunLauncher(DefaultRunLauncher):
         }
 
     @classmethod
-    def from_config_value(cls, inst_data: ConfigurableClassData, config_value: Mapping[str, Any]):
+    def from_config_value(cls, inst_data: Any, config_value: Mapping[str, Any]):
         return cls(inst_data=inst_data, **config_value)
 
     def _worker(self, origin) -> WarmWorker:
@@ -169,7 +167,7 @@ class WarmRunLauncher(DefaultRunLauncher):
                     del self._workers[key]
         worker.close()
 
-    def launch_run(self, context: LaunchRunContext) -> None:
+    def launch_run(self, context: Any) -> None:  # Dagster's LaunchRunContext
         """Fork the run's process from the warm worker; the default way when there is none."""
         from dagster._grpc.types import ExecuteRunArgs  # what dagster-docker and dagster-k8s pass too (DECISIONLOG 33)
 
@@ -211,14 +209,18 @@ class WarmRunLauncher(DefaultRunLauncher):
         if pid is None:
             return super().terminate(run_id)
         self._instance.report_run_canceling(run)
-        try:
-            os.kill(int(pid), signal.SIGTERM)
-        except ProcessLookupError:
+        _, started = worker_pid(self._instance, run_id)
+        # Only the run's own process: a pid whose process is gone may since belong to another one.
+        if not worker_alive(int(pid), started):
             self._instance.report_engine_event(
                 f"Run process (pid {pid}) is already gone; crash recovery marks the run failed.",
                 run,
                 cls=self.__class__,
             )
+            return False
+        try:
+            os.kill(int(pid), signal.SIGTERM)
+        except ProcessLookupError:
             return False
         return True
 

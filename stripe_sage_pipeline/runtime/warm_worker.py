@@ -49,11 +49,13 @@ REAP_EVERY_S = 1.0
 def watched_files(code_dir: Path, watch: Iterable[Path], modules: Iterable[object]) -> dict[str, int]:
     """mtime (ns) of every source file the worker's code depends on: the modules loaded from under the
     code location's working directory, and every file under the watched paths (outputs skipped)."""
-    code_dir = code_dir.resolve()
+    # Plain prefix tests (the folder as given and with its links resolved): resolving every module's path
+    # cost ~0.35 s per fork with a virtualenv inside the project (4k modules).
+    prefixes = tuple({os.path.join(os.path.abspath(code_dir), ""), os.path.join(os.path.realpath(code_dir), "")})
     out: dict[str, int] = {}
     for mod in modules:
         f = getattr(mod, "__file__", None)
-        if f and Path(f).resolve().is_relative_to(code_dir):
+        if f and os.path.abspath(f).startswith(prefixes):
             out[f] = _mtime(f)
     for root in watch:
         if root.is_file():
