@@ -8,10 +8,15 @@ Two ways in, both idempotent because every write is an upsert by (stripe_account
 
 from __future__ import annotations
 
+import gc
 import logging
+import math
+import threading
 import time
-from collections.abc import Callable, Iterable
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import psycopg
@@ -82,19 +87,19 @@ def _hour_label(ts: int) -> str:
 
 
 def _rows_keeping_bad(
-    url: str, table_name: str, objects: list[dict], account: str
+    url: str, table_name: str, objects: list[dict], account: str, api_version: str
 ) -> tuple[list[tuple[dict, tuple]], list[tuple[dict, MalformedObject]]]:
     """(object, row) for every well-formed object of a page, and (object, error) for each malformed one;
     the malformed ones are kept in `_rejected_objects` under the hour they were created in."""
     table = TABLES[table_name]
     try:
-        return list(zip(objects, staging.rows_for(table, objects, account), strict=True)), []
+        return list(zip(objects, staging.rows_for(table, objects, account, api_version=api_version), strict=True)), []
     except MalformedObject:
         pass  # one at a time, to tell the good from the bad
     good, bad = [], []
     for obj in objects:
         try:
-            good.append((obj, staging.rows_for(table, [obj], account)[0]))
+            good.append((obj, staging.rows_for(table, [obj], account, api_version=api_version)[0]))
         except MalformedObject as err:
             created = obj.get("created") if isinstance(obj, dict) else None
             label = _hour_label(int(created)) if isinstance(created, int) else "unknown hour"
@@ -103,10 +108,12 @@ def _rows_keeping_bad(
     return good, bad
 
 
-def _rows_or_fail(url: str, table_name: str, objects: list[dict], account: str, label: str) -> list[tuple]:
+def _rows_or_fail(
+    url: str, table_name: str, objects: list[dict], account: str, label: str, api_version: str
+) -> list[tuple]:
     table = TABLES[table_name]
     try:
-        return staging.rows_for(table, objects, account)
+        return staging.rows_for(table, objects, account, api_version=api_version)
     except MalformedObject as err:
         bad = next((o for o in objects if isinstance(o, dict) and o.get("id") == err.object_id), None)
         _record_rejection(url, err, bad, account, label)
@@ -159,6 +166,66 @@ def _flush(
     return len(rows), n_members
 
 
+class Span:
+    """A running chunk's range that an idle worker may cut in two (work stealing at the end of a window).
+
+    The chunk lists [start, end) newest first and has consumed every object down to `at`. `cut` lowers
+    nothing the chunk already holds: it raises `lower` to an hour boundary below `at`, so the chunk stops
+    there and [start, lower) becomes a chunk of its own. The chunk reads `lower` and moves `at` under
+    the same lock, so no object is listed by both.
+    """
+
+    def __init__(self, start: int, end: int):
+        self.start, self.end = start, end
+        self.lower = start
+        self.top = end  # where the listing started (below `end` when resumed)
+        self.at = end  # created of the oldest object consumed (end: none yet)
+        self.pages = 0  # pages consumed
+        self.finished = False
+        self.lock = threading.Lock()
+
+    def pages_left(self, density: float) -> float:
+        """Pages still to list down to `lower`: at the density this chunk has seen, else at `density`."""
+        with self.lock:
+            seen = self.top - self.at
+            if self.pages >= 2 and seen > 0:
+                density = self.pages / seen
+            return (self.at - self.lower) * density
+
+    def cut(self, min_seconds: int) -> tuple[int, int] | None:
+        """Give away the older half of what is left, hour-aligned, if each half spans `min_seconds`."""
+        with self.lock:
+            if self.finished:
+                return None
+            top = self.at - self.at % HOUR  # the hour being read stays with this chunk
+            mid = self.lower + (top - self.lower) // 2
+            mid -= mid % HOUR
+            if mid - self.lower < max(HOUR, min_seconds) or top - mid < max(HOUR, min_seconds):
+                return None
+            piece = (self.lower, mid)
+            self.lower = mid
+            return piece
+
+    def keep(self, page: list[dict]) -> tuple[list[dict], bool]:
+        """The page's objects at or above `lower` (and any without a `created`), and whether to stop here."""
+        with self.lock:
+            kept = [o for o in page if (c := _created_or_none(o)) is None or c >= self.lower]
+            self.pages += 1
+            dated = [c for c in (_created_or_none(o) for o in kept) if c is not None]
+            if dated:
+                self.at = min(self.at, dated[-1])
+            stop = len(kept) < len(page)
+            if stop:
+                self.finished = True
+            return kept, stop
+
+    def close(self) -> int:
+        """The chunk's listing ended: no more cuts; the lower bound it covered."""
+        with self.lock:
+            self.finished = True
+            return self.lower
+
+
 def extract_chunk(
     reader: StripeReader,
     url: str,
@@ -167,6 +234,9 @@ def extract_chunk(
     end: int,
     first_page: FirstPage | None = None,
     pool: Executor | None = None,
+    span: Span | None = None,
+    cursors: dict[str, int] | None = None,
+    on_page: Callable[[], None] | None = None,
 ) -> WindowResult:
     """Stream objects created in [start, end) newest first; commit each hour once it is complete.
 
@@ -174,13 +244,29 @@ def extract_chunk(
     holds one hour and one page, whatever the window's size. A resume cursor (the oldest committed hour)
     lets a killed run continue where it stopped instead of starting over. `first_page`, when given, is
     this chunk's first page already fetched (the window's probe); `pool` lists payout memberships.
+    `span`, when given, lets another worker take the chunk's older part (`Span.cut`): the chunk then
+    stops at the cut and leaves its resume cursor there, so a killed run re-reads the part given away.
+    `cursors` are the window's resume cursors read at once (`_resume_cursors`); None: read this one.
+    `on_page` is called after each page (the window uses it to cut chunks for idle workers).
     """
     table = TABLES[table_name]
     account = reader.stripe_account or ""
     resume_key = f"extract:{table_name}:{start}:{end}"
-    conn = psycopg.connect(url, autocommit=True)  # one connection per chunk; each flush is its own transaction
-    resumed_at, _ = _get_cursor(conn, resume_key, account)
+    if cursors is None:
+        with psycopg.connect(url, autocommit=True) as c:
+            resumed_at, _ = _get_cursor(c, resume_key, account)
+    else:
+        resumed_at = cursors.get(resume_key)
     upper = resumed_at if resumed_at is not None else end
+    # One connection per chunk, each flush its own transaction; opened at the first flush, so that a
+    # window's chunks do not all wait on Postgres starting their backends before their first request.
+    opened: list[psycopg.Connection] = []
+
+    def db() -> psycopg.Connection:
+        if not opened:
+            opened.append(psycopg.connect(url, autocommit=True))
+        return opened[0]
+
     result = WindowResult(table_name, start, end)
     hours: dict[int, list[tuple]] = {}
     payouts: dict[int, list[tuple[str, Future | None]]] = {}
@@ -188,13 +274,20 @@ def extract_chunk(
 
     bad_hours: set[int] = set()
 
-    def flush(below_hour: int | None) -> None:
+    def flush(below_hour: int | None, final: bool = False) -> None:
         nonlocal hours, payouts, lowest_done
         done = [h for h in hours if below_hour is None or h > below_hour]
         for h in [h for h in done if h in bad_hours]:  # an hour with a malformed object commits nothing
             done.remove(h)
             hours.pop(h)
             payouts.pop(h, None)
+        if below_hour is not None and not final:
+            # Mid-stream, an hour whose payout memberships are still being listed waits (with every
+            # older hour) for a later flush, so the next page is not held up by those listings.
+            waiting = [h for h in done if any(f is not None and not f.done() for _, f in payouts.get(h, []))]
+            if waiting:
+                below_hour = max(waiting)
+                done = [h for h in done if h > below_hour]
         if not done:
             return
         # Every hour at or above this one is committed: the exclusive upper bound to resume from. Never
@@ -204,7 +297,7 @@ def extract_chunk(
             lowest_done = max(lowest_done, min(bad_hours) + HOUR)
         n, m = _flush(
             reader,
-            conn,
+            db(),
             table_name,
             {h: hours.pop(h) for h in done},
             {h: payouts.pop(h) for h in done if h in payouts},
@@ -214,11 +307,15 @@ def extract_chunk(
         result.rows += n
         result.payout_members += m
 
-    with conn:
+    span = span or Span(start, end)
+    with span.lock:
+        span.at = span.top = min(span.at, upper)
+    try:
         if upper > start:
             for page in _pages(reader, table.list_path, start, upper, first_page if resumed_at is None else None):
                 t0 = time.monotonic()
-                good, bad = _rows_keeping_bad(url, table_name, page, account)
+                page, stop = span.keep(page)
+                good, bad = _rows_keeping_bad(url, table_name, page, account, reader.api_version)
                 for obj, err in bad:
                     created = _created_or_none(obj)
                     if created is not None:
@@ -240,15 +337,29 @@ def extract_chunk(
                     last_hour = dated[-1] - dated[-1] % HOUR
                     flush(below_hour=last_hour)
                 reader.processing.add(time.monotonic() - t0)
-            flush(below_hour=None)
+                if stop:
+                    break
+                if on_page is not None:
+                    on_page()
+            lower = span.close()
+            flush(below_hour=lower - HOUR if lower > start else None, final=True)
+        else:
+            lower = span.close()
         if bad_hours:
             # Keep the cursor above the newest failed hour: the chunk is not complete.
-            _set_cursor(conn, resume_key, account, max(lowest_done, max(bad_hours) + HOUR), None)
+            _set_cursor(db(), resume_key, account, max(lowest_done, max(bad_hours) + HOUR), None)
+        elif lower > start:
+            # [start, lower) was given to another worker: until the window ends, a re-run resumes here.
+            if lowest_done != lower:
+                _set_cursor(db(), resume_key, account, lower, None)
         elif resumed_at is not None or lowest_done != upper:
-            conn.execute(
+            db().execute(
                 f"delete from {SCHEMA}._sync_state where stream = %s and stripe_account = %s", (resume_key, account)
             )
-    result.hours = len(hour_windows(start, end))
+    finally:
+        if opened:
+            opened[0].close()
+    result.hours = len(hour_windows(lower, end))
     return result
 
 
@@ -301,6 +412,72 @@ class WindowsResult:
     errors: dict[str, BaseException] = field(default_factory=dict)
     in_flight: int = 0
     chunks: dict[str, int] = field(default_factory=dict)
+    pieces_taken: int = 0  # chunks cut in two at the end of the window (`Span.cut`)
+
+
+_GC_LOCK = threading.Lock()
+_gc_users = 0
+_gc_threshold: tuple[int, ...] = ()
+
+
+@contextmanager
+def fewer_gc_pauses(gen0_threshold: int = 10_000) -> Iterator[None]:
+    """While extracting, keep Python's cyclic GC from stopping every thread for long.
+
+    Pages arrive as many small dicts, so the collector ran ~700 times per 100k objects and its full
+    passes walked everything the process had imported (0.1 s each, 1.7 s of a 15 s run in
+    `benchmarks/extract.py`, every request in flight waiting). Inside: objects that exist at entry are
+    frozen out of the collector's walks (`gc.freeze`) and young collections run 14× less often.
+    Re-entrant across threads; the settings are restored when the last user leaves.
+    """
+    global _gc_users, _gc_threshold
+    with _GC_LOCK:
+        if _gc_users == 0:
+            _gc_threshold = gc.get_threshold()
+            gc.freeze()
+            first, *rest = _gc_threshold
+            gc.set_threshold(max(first, gen0_threshold), *rest)
+        _gc_users += 1
+    try:
+        yield
+    finally:
+        with _GC_LOCK:
+            _gc_users -= 1
+            if _gc_users == 0:
+                gc.set_threshold(*_gc_threshold)
+                gc.unfreeze()
+
+
+MIN_PIECE_PAGES = 1.5  # a running chunk is cut only if each half keeps about this many pages
+
+
+def _forget_pieces(
+    url: str,
+    account: str,
+    totals: dict[str, WindowResult],
+    errors: dict[str, BaseException],
+    given: dict[str, list[str]],
+    start: int,
+    end: int,
+) -> None:
+    """After a window: drop the resume cursors that cutting chunks left behind.
+
+    A table extracted completely leaves no cursor in [start, end) (as an uncut chunk leaves none). A
+    table that failed or kept a malformed object keeps the cut chunks' cursors (a re-run resumes there
+    and re-reads the pieces, whose own cursors no re-run would look up) and loses only the pieces'.
+    """
+    with psycopg.connect(url, autocommit=True) as conn:
+        for t, keys in given.items():
+            if t not in errors and not totals[t].rejected:
+                conn.execute(
+                    f"delete from {SCHEMA}._sync_state where stripe_account = %s and stream like %s "
+                    "and split_part(stream, ':', 3)::bigint >= %s and split_part(stream, ':', 4)::bigint <= %s",
+                    (account, f"extract:{t}:%", start, end),
+                )
+            else:
+                conn.execute(
+                    f"delete from {SCHEMA}._sync_state where stripe_account = %s and stream = any(%s)", (account, keys)
+                )
 
 
 def extract_windows(
@@ -321,14 +498,33 @@ def extract_windows(
        Little's law with headroom); an explicit `workers` wins. The limiter, not the pool, caps the rate.
     3. Each table is cut into hour-aligned chunks, about two per in-flight slot across all tables in
        proportion to their pages, none shorter than ~10 pages (a chunk's last page is partly empty).
-       Chunks run largest first, each streamed and committed hour by hour; payout memberships are
-       listed several at a time. `pieces` fixes the chunk count per table (and skips the probes).
+       Chunks run largest first (the payouts first: their memberships are chains of pages of their
+       own), each streamed and committed hour by hour; payout memberships are listed several at a time.
+       `pieces` fixes the chunk count per table (and skips the probes and step 4).
+    4. A worker with nothing left to start cuts the running chunk with most pages left in two
+       (`Span.cut`, on an hour boundary below what that chunk has read) and lists the older half, so the
+       workers stay busy when the plan has fewer chunks than workers and when chunks end unevenly.
+       The cut chunk leaves its resume cursor at the cut until the window is done (`_forget_pieces`).
 
     A failing table does not stop the others: its error is in `errors`, the others' rows are committed.
     A malformed object fails only the hour it was created in: that hour commits nothing (the object is
     kept in `_rejected_objects`), every other hour is committed, and the table's `rejected` names each
     bad object; the caller decides to fail (the hourly asset, the history job at its end).
     """
+    with fewer_gc_pauses():
+        return _extract_windows(reader, url, tables, start, end, workers, pieces, progress)
+
+
+def _extract_windows(
+    reader: StripeReader,
+    url: str,
+    tables: Iterable[str],
+    start: int,
+    end: int,
+    workers: int | None,
+    pieces: int | None,
+    progress: Callable[[WindowResult], None] | None,
+) -> WindowsResult:
     tables = list(dict.fromkeys(tables))
     out = WindowsResult()
     if not tables or end <= start:
@@ -369,21 +565,84 @@ def extract_windows(
         for i, (s, e) in enumerate(chunks):
             weight = pages.get(t, 1.0) * len(hour_windows(s, e)) / hours
             tasks.append((weight, t, s, e, first.get(t) if i == len(chunks) - 1 else None))
-    tasks.sort(key=lambda task: -task[0])
+    # Largest first, but payouts before all: each automatic payout's membership (`?payout=`) is a chain
+    # of pages of its own, listed as soon as the payout's page arrives; started last, they were the tail.
+    tasks.sort(key=lambda task: (task[1] != "payouts", -task[0]))
     totals = {t: WindowResult(t, start, end) for t in counts}
+
+    # Pages per second of `created`, per probed table: how much of a running chunk is left to take.
+    density = {t: pages[t] / max(1, end - start) for t in pages if pieces is None}
+    lock = threading.Lock()
+    unstarted = [len(tasks)]
+    running: dict[Span, str] = {}
+    given: dict[str, list[str]] = {}  # resume keys of the pieces taken from running chunks, per table
+    futures: deque[tuple[str, Future]] = deque()
+    keys = {t: [f"extract:{t}:{s}:{e}" for _, tt, s, e, _ in tasks if tt == t] for t in counts}
+    found = _resume_cursors(url, reader.stripe_account or "", [k for ks in keys.values() for k in ks])
+    # Pieces cut later have no cursor yet: {} (not None) tells their chunk not to look one up.
+    cursors = {t: {k: found[k] for k in ks if k in found} for t, ks in keys.items()}
 
     def run(task: tuple[float, str, int, int, FirstPage | None]) -> WindowResult:
         _, t, s, e, fp = task
+        with lock:
+            unstarted[0] -= 1
         if t in out.errors:  # another chunk of this table failed: its other chunks would only fail again
             return WindowResult(t, s, e)
-        return extract_chunk(reader, url, t, s, e, first_page=fp, pool=members_pool)
+        span = Span(s, e)
+        with lock:
+            running[span] = t
+        try:
+            return extract_chunk(
+                reader,
+                url,
+                t,
+                s,
+                e,
+                first_page=fp,
+                pool=members_pool,
+                span=span,
+                cursors=cursors.get(t),
+                on_page=take_over,
+            )
+        finally:
+            with lock:
+                del running[span]
+            take_over()
 
+    def take_over() -> None:
+        """A worker is idle and nothing is left to start: cut the running chunk with most pages left in two.
+
+        Called when a chunk ends and after every page, so the pool's workers stay busy from the first
+        pages (a plan with fewer chunks than workers) to the window's end (chunks ending unevenly).
+        """
+        with lock:
+            if unstarted[0] > 0 or len(running) >= workers_n:
+                return
+            unstarted[0] += 1  # this worker's place, while a piece is cut for it
+            candidates = [(span, t) for span, t in running.items() if t in density and t not in out.errors]
+        left = sorted(((span.pages_left(density[t]), id(span), span, t) for span, t in candidates), reverse=True)
+        for pages_left, _, span, t in left:
+            if pages_left < 2 * MIN_PIECE_PAGES:
+                break
+            piece = span.cut(math.ceil((span.at - span.lower) * MIN_PIECE_PAGES / pages_left))
+            if piece is None:
+                continue
+            with lock:
+                out.pieces_taken += 1
+                given.setdefault(t, []).append(f"extract:{t}:{piece[0]}:{piece[1]}")
+            futures.append((t, pool.submit(run, (0.0, t, piece[0], piece[1], None))))
+            return
+        with lock:
+            unstarted[0] -= 1
+
+    workers_n = slots if density else max(1, min(slots, len(tasks) or 1))
     with (
         ThreadPoolExecutor(max_workers=slots) as members_pool,
-        ThreadPoolExecutor(max_workers=max(1, min(slots, len(tasks) or 1))) as pool,
+        ThreadPoolExecutor(max_workers=workers_n) as pool,
     ):
-        futures = [(task[1], pool.submit(run, task)) for task in tasks]
-        for t, fut in futures:
+        futures.extend((task[1], pool.submit(run, task)) for task in tasks)
+        while futures:  # a piece is queued before the chunk it was taken from returns
+            t, fut = futures.popleft()
             try:
                 res = fut.result()
             except Exception as exc:  # noqa: BLE001 - reported per table
@@ -397,6 +656,8 @@ def extract_windows(
             total.rejected.extend(res.rejected)
             if progress:
                 progress(res)
+    if given:
+        _forget_pieces(url, reader.stripe_account or "", totals, out.errors, given, start, end)
     out.results = {t: r for t, r in totals.items() if t not in out.errors}
     return out
 
@@ -424,6 +685,16 @@ def extract_window(
 
 # ---------------------------------------------------------------------------------------------
 # The update path
+
+
+def _resume_cursors(url: str, account: str, streams: list[str]) -> dict[str, int]:
+    """The resume cursors of a window's chunks, read in one query."""
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            f"select stream, cursor_created from {SCHEMA}._sync_state where stripe_account = %s and stream = any(%s)",
+            (account, streams),
+        ).fetchall()
+    return {stream: created for stream, created in rows if created is not None}
 
 
 def _get_cursor(conn: psycopg.Connection, stream: str, account: str) -> tuple[int | None, str | None]:
@@ -537,7 +808,7 @@ def refetch_objects(reader: StripeReader, url: str, changed: dict[str, set[str]]
     bts += [reader.retrieve("/v1/balance_transactions", b) for b in sorted(missing - set(carried))]
     if bts:
         fetched.setdefault("balance_transactions", []).extend(bts)
-    rows = {t: _rows_or_fail(url, t, objs, account, "update-path") for t, objs in fetched.items()}
+    rows = {t: _rows_or_fail(url, t, objs, account, "update-path", reader.api_version) for t, objs in fetched.items()}
     with psycopg.connect(url) as conn, conn.transaction():
         for t, r in rows.items():
             staging.upsert_rows(conn, TABLES[t], r)

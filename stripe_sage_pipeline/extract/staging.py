@@ -74,14 +74,13 @@ def upsert_objects(
 def upsert_payout_members(
     conn: psycopg.Connection, payout_id: str, bt_ids: Iterable[str], stripe_account: str = ""
 ) -> int:
-    """Record which balance transactions a payout swept (idempotent)."""
-    rows = [(stripe_account, payout_id, bt) for bt in bt_ids]
-    if not rows:
+    """Record which balance transactions a payout swept (idempotent): one statement for the whole list."""
+    ids = list(bt_ids)
+    if not ids:
         return 0
-    with conn.cursor() as cur:
-        cur.executemany(
-            f"insert into {SCHEMA}.payout_balance_transactions (stripe_account, payout_id, balance_transaction_id) "
-            "values (%s, %s, %s) on conflict do nothing",
-            rows,
-        )
-    return len(rows)
+    conn.execute(
+        f"insert into {SCHEMA}.payout_balance_transactions (stripe_account, payout_id, balance_transaction_id) "
+        "select %s, %s, unnest(%s::text[]) on conflict do nothing",
+        (stripe_account, payout_id, ids),
+    )
+    return len(ids)

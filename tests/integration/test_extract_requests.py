@@ -63,7 +63,8 @@ def test_sized_plan_stages_the_same_rows_as_fixed_chunks_with_fewer_requests(emu
     floor = sum(-(-n // 100) or 1 for n in staged.values())
     assert sized.stats.requests < fixed.stats.requests
     assert (
-        sized.stats.requests <= floor + sum(res.chunks.values()) + state.summary()["counts"]["payouts"] + members // 100
+        sized.stats.requests
+        <= floor + sum(res.chunks.values()) + res.pieces_taken + state.summary()["counts"]["payouts"] + members // 100
     )
 
 
@@ -136,3 +137,50 @@ def test_history_job_extracts_every_table_in_one_sized_run(emulator, fresh_db, m
     assert counts(fresh_db) == {t: state.summary()["counts"][t] for t in TABLES}
     messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
     assert any(", 3 in flight," in m for m in messages)  # STRIPE_EXTRACT_WORKERS won over the sizing
+
+
+def _extract_cursors(url: str) -> list[tuple[str, int]]:
+    with psycopg.connect(url) as conn:
+        return conn.execute(
+            f"select stream, cursor_created from {SCHEMA}._sync_state where stream like 'extract:%' order by 1"
+        ).fetchall()
+
+
+def test_a_cut_chunk_stops_at_the_cut_and_a_rerun_resumes_there(emulator, pg_server):
+    """`Span.cut` gives the older half away: the chunk stages only what is above the cut, leaves its resume
+    cursor at the cut, and a re-run of the window (the piece lost, as in a killed run) stages the rest."""
+    state, srv = emulator
+    start, end = window_of(state.summary())
+    clean_db, cut_db = _db(pg_server, "req_clean"), _db(pg_server, "req_cut")
+    reader = StripeReader(KEY, srv.url, rate_limit_per_s=None)
+    extract.extract_windows(reader, clean_db, ["charges"], start, end)
+    span = extract.Span(start, end)
+    piece = span.cut(3600)
+    assert piece is not None and piece[0] == start and start < piece[1] < end and piece[1] % 3600 == 0
+    res = extract.extract_chunk(reader, cut_db, "charges", start, end, span=span)
+    with psycopg.connect(cut_db) as conn:
+        (oldest,) = conn.execute(f"select min(created) from {SCHEMA}.charges").fetchone()
+        staged = conn.execute(f"select count(*) from {SCHEMA}.charges").fetchone()[0]
+    above = sum(1 for o in state.iter_rendered("charges") if piece[1] <= o["created"] < end)
+    assert oldest.timestamp() >= piece[1] and staged == res.rows == above > 0
+    assert _extract_cursors(cut_db) == [(f"extract:charges:{start}:{end}", piece[1])]
+    extract.extract_windows(reader, cut_db, ["charges"], start, end, pieces=1)
+    assert snapshot(cut_db)["charges"] == snapshot(clean_db)["charges"]
+    assert _extract_cursors(cut_db) == []
+
+
+def test_idle_workers_cut_running_chunks_and_the_window_stages_the_same_rows(emulator, pg_server):
+    """More workers than chunks: idle workers take the older halves of running chunks; the rows are those
+    of a one-chunk-per-table run, and no resume cursor is left behind."""
+    state, srv = emulator
+    start, end = window_of(state.summary())
+    one_db, cut_db = _db(pg_server, "req_one"), _db(pg_server, "req_cuts")
+    extract.extract_windows(
+        StripeReader(KEY, srv.url, rate_limit_per_s=None), one_db, list(TABLES), start, end, pieces=1
+    )
+    reader = StripeReader(KEY, srv.url, rate_limit_per_s=None)
+    res = extract.extract_windows(reader, cut_db, list(TABLES), start, end, workers=12)
+    assert res.errors == {}
+    assert res.pieces_taken > 0
+    assert snapshot(cut_db) == snapshot(one_db)
+    assert _extract_cursors(cut_db) == []

@@ -89,6 +89,33 @@ def test_acquire_sleeps_until_the_window_has_room():
     assert len(waits) == 1 and 0 < waits[0] <= 1.0
 
 
+def test_a_paced_limit_starts_requests_a_gap_apart_instead_of_a_full_window_at_once(monkeypatch):
+    clock = [1000.0]
+    monkeypatch.setattr("stripe_sage_pipeline.runtime.http_policy.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("stripe_sage_pipeline.runtime.http_policy.time.time", lambda: clock[0])
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds * 1.05  # sleeps run a little long
+
+    def starts(limit: RateLimit, n: int) -> list[float]:
+        out = []
+        for _ in range(n):
+            limit.acquire()
+            out.append(clock[0])
+        return out
+
+    limit = RateLimit(100, pace=True, sleep=sleep)
+    paced = starts(limit, 101)
+    gaps = [b - a for a, b in zip(paced, paced[1:], strict=False)]
+    assert min(gaps) >= 0.0075 and max(gaps) <= 0.013  # about 10 ms apart, never a burst
+    assert 0.99 <= paced[-1] - paced[0] <= 1.02  # the 101st waits for the window: 100 a second
+    clock[0] += 5  # after an idle spell: no burst saved up
+    first, second = starts(limit, 2)
+    assert second - first >= 0.0075
+    burst = starts(RateLimit(100, sleep=sleep), 100)
+    assert burst[-1] == burst[0]  # unpaced: a full window at once
+
+
 def test_shared_rate_limit_is_one_object_per_key():
     a = shared_rate_limit(("test", "acct_1"), 10)
     assert shared_rate_limit(("test", "acct_1"), 10) is a
