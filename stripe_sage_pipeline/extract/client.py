@@ -18,6 +18,7 @@ import logging
 import ssl
 import threading
 import time
+import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -170,7 +171,8 @@ class StripeReader:
         self._api_base = (api_base or STRIPE_API_BASE).rstrip("/")
         self._local = threading.local()
         self._lock = threading.Lock()
-        self._clients: list[httpx.Client] = []
+        # Held by their threads; a thread that ends (a pool's worker) takes its client and socket with it.
+        self._clients: weakref.WeakSet[httpx.Client] = weakref.WeakSet()
         self._tls: ssl.SSLContext | None = None
         self.stripe_account = stripe_account
         # Every reader of one account in this process draws from one limiter (Stripe limits per account).
@@ -207,7 +209,7 @@ class StripeReader:
                 client = httpx.Client(
                     base_url=self._api_base, headers=self._headers(), timeout=TIMEOUT, verify=self._tls
                 )
-                self._clients.append(client)
+                self._clients.add(client)
             self._local.client = client
         return client
 
@@ -224,7 +226,7 @@ class StripeReader:
     def close(self) -> None:
         """Close the reader's connections (a later request opens new ones)."""
         with self._lock:
-            clients, self._clients = self._clients, []
+            clients, self._clients = list(self._clients), weakref.WeakSet()
             self._local = threading.local()
         for client in clients:
             client.close()

@@ -92,3 +92,19 @@ def test_pages_left_use_the_density_the_chunk_has_seen():
     span.keep([{"id": "a", "created": 90 * HOUR}])
     span.keep([{"id": "b", "created": 80 * HOUR}])  # 2 pages over 20 hours
     assert span.pages_left(0.5 / HOUR) == pytest.approx(8)
+
+
+def test_gc_is_relaxed_while_extracting_and_restored_after_the_last_user():
+    import gc
+
+    from stripe_sage_pipeline.extract.extract import fewer_gc_pauses
+
+    before, frozen = gc.get_threshold(), gc.get_freeze_count()
+    with fewer_gc_pauses(50_000):
+        assert gc.get_threshold()[0] == max(before[0], 50_000)
+        assert gc.get_freeze_count() > frozen
+        with fewer_gc_pauses(50_000):  # a second user (another thread) leaves it relaxed
+            pass
+        assert gc.get_threshold()[0] == max(before[0], 50_000)
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == frozen
