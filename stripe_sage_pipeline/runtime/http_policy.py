@@ -126,9 +126,11 @@ class RateLimit:
         self.rate_per_s: float | None = amount / seconds if amount else None
         self.burst = max(1, burst) if amount and burst and (burst, 1) != (amount, seconds) else None
         self._sleep = sleep
-        # Pacing: `acquire` starts requests at least window/amount apart, so the window never fills in
-        # a burst (a full window released at once made requests arrive in bunches a server counting
-        # over a longer window refused: 27-33 429s per 1,100 requests at 100 req/s in benchmarks/extract.py).
+        # Pacing: once half the window is used, `acquire` starts requests window/amount apart, so a
+        # sustained load never fills the window in a burst (a full window released at once made
+        # requests arrive in bunches that a server counting over a longer window refused: 27-33 429s
+        # per 1,100 requests at 100 req/s in benchmarks/extract.py). A short burst (a webhook's few
+        # re-fetches) still starts at once.
         self.gap_s = seconds / amount if pace and amount else 0.0
         self._next_at = 0.0
         self._lock = threading.Lock()
@@ -176,14 +178,22 @@ class RateLimit:
         if not self.amount:
             return
         with self._turn:
-            if self.gap_s and (early := self._next_at - time.monotonic()) > 0:
+            paced = bool(self.gap_s) and self._half_used()
+            if paced and (early := self._next_at - time.monotonic()) > 0:
                 (sleep or self._sleep)(early)
             while (wait := self.take()) is not None:
                 (sleep or self._sleep)(min(self.window_s, max(0.001, wait)))
             if self.gap_s:
-                # From the planned start, so sleeping a little long does not slow the pace; after an
-                # idle spell, from now (a quarter gap of slack: no burst is saved up).
-                self._next_at = max(self._next_at, time.monotonic() - self.gap_s / 4) + self.gap_s
+                # Paced: from the planned start, so sleeping a little long does not slow the pace
+                # (a quarter gap of slack: no burst is saved up). Not paced: a gap from now.
+                now = time.monotonic()
+                self._next_at = (max(self._next_at, now - self.gap_s / 4) if paced else now) + self.gap_s
+
+    def _half_used(self) -> bool:
+        """Half or more of the (first) window's places are taken."""
+        with self._lock:
+            stats = self._limiter.get_window_stats(self._items[0])
+        return stats.remaining <= self.amount / 2
 
 
 _SHARED: dict[Hashable, RateLimit] = {}
