@@ -159,9 +159,11 @@ class RateLimit:
         with self._lock:
             full = [item for item in self._items if not self._limiter.test(item, *ids)]
             if not full:
-                for item in self._items:
-                    self._limiter.hit(item, *ids)
-                return None
+                # `test` and `hit` disagree at the window's exact edge (an entry exactly one window old
+                # is out for one, in for the other): a refused hit is a refusal, retried a moment later.
+                if all(self._limiter.hit(item, *ids) for item in self._items):
+                    return None
+                return 0.001
             reset_at = max(self._limiter.get_window_stats(item, *ids).reset_time for item in full)
         return max(0.0, reset_at - time.time())
 
@@ -184,10 +186,11 @@ class RateLimit:
             while (wait := self.take()) is not None:
                 (sleep or self._sleep)(min(self.window_s, max(0.001, wait)))
             if self.gap_s:
-                # Paced: from the planned start, so sleeping a little long does not slow the pace
-                # (a quarter gap of slack: no burst is saved up). Not paced: a gap from now.
+                # Paced: from the planned start, so a late start (a long sleep, a thread waiting for
+                # the GIL among a hundred) does not slow the pace: up to 5 late starts are caught up
+                # back to back. Not paced: a gap from now.
                 now = time.monotonic()
-                self._next_at = (max(self._next_at, now - self.gap_s / 4) if paced else now) + self.gap_s
+                self._next_at = (max(self._next_at, now - 5 * self.gap_s) if paced else now) + self.gap_s
 
     def _half_used(self) -> bool:
         """Half or more of the (first) window's places are taken."""
