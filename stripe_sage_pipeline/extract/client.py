@@ -19,7 +19,6 @@ import logging
 import ssl
 import threading
 import time
-import weakref
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -176,10 +175,8 @@ class StripeReader:
         # Every request at one explicit version (STRIPE_API_VERSION, default the SDK's own).
         self.api_version = api_version or load_settings().stripe_api_version
         self._api_base = (api_base or STRIPE_API_BASE).rstrip("/")
+        # One client per thread, held only by its thread: a pool's worker that ends takes its socket along.
         self._local = threading.local()
-        self._lock = threading.Lock()
-        # Held by their threads; a thread that ends (a pool's worker) takes its client and socket with it.
-        self._clients: weakref.WeakSet[httpx.Client] = weakref.WeakSet()
         self.stripe_account = stripe_account
         # Every reader of one account in this process draws from one limiter (Stripe limits per account).
         self.limiter = rate_limit or shared_rate_limit(
@@ -209,12 +206,9 @@ class StripeReader:
         every connection on each request), made on first use; all share one TLS context."""
         client = getattr(self._local, "client", None)
         if client is None:
-            with self._lock:
-                client = httpx.Client(
-                    base_url=self._api_base, headers=self._headers(), timeout=TIMEOUT, verify=_tls_context()
-                )
-                self._clients.add(client)
-            self._local.client = client
+            client = self._local.client = httpx.Client(
+                base_url=self._api_base, headers=self._headers(), timeout=TIMEOUT, verify=_tls_context()
+            )
         return client
 
     def _headers(self) -> dict[str, str]:
@@ -226,14 +220,6 @@ class StripeReader:
         if self.stripe_account:
             headers["Stripe-Account"] = self.stripe_account
         return headers
-
-    def close(self) -> None:
-        """Close the reader's connections (a later request opens new ones)."""
-        with self._lock:
-            clients, self._clients = list(self._clients), weakref.WeakSet()
-            self._local = threading.local()
-        for client in clients:
-            client.close()
 
     def _get(self, path: str, params: Mapping[str, Any]) -> dict:
         """One GET: the parsed answer, or the SDK's error class for a Stripe error or a network failure."""
