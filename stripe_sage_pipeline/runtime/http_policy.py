@@ -101,7 +101,8 @@ class RateLimit:
     per minute (a burst of up to n is allowed; pass `rate_per_s=n / 60` for a smooth rate); `burst=b`
     adds a second window, at most b in any one second. The moving window never lets more than the limit
     start inside any window, so a server limit of the same rate over a window as long or longer never
-    answers 429.
+    answers 429. `pace=True` (a client under sustained load) spaces starts window/amount apart once half
+    the window is used, instead of releasing a whole window at once.
     """
 
     def __init__(
