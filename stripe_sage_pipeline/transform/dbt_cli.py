@@ -25,9 +25,9 @@ def preload_dbt() -> None:
     """Import dbt's command line with the project's patch applied: what every command needs first."""
     import dbt.cli.main  # noqa: F401
 
-    from stripe_sage_pipeline.transform.dbt_patches import quicken_behavior_flags
+    from stripe_sage_pipeline.transform.dbt_patches import quicken_dbt
 
-    quicken_behavior_flags()
+    quicken_dbt()
 
 
 def run_dbt(argv: list[str]) -> int:

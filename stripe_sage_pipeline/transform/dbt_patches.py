@@ -1,17 +1,29 @@
-"""One speed fix to dbt-common, applied wherever this project runs dbt (in-process or `stripe-sage-dbt`).
+"""Two speed fixes to dbt-common, applied wherever this project runs dbt (in-process or `stripe-sage-dbt`)
+by `quicken_dbt`.
 
-When dbt registers the Postgres adapter, dbt-common names the module that declared each behavior flag by
+Behavior flags. When dbt registers the Postgres adapter, dbt-common names the module that declared each behavior flag by
 walking `inspect.stack()`, which also reads the source lines around every frame on the stack. Under
 Dagster (and pytest) the stack is deep, and that walk cost more than the rest of registering the adapter:
 about 4% of the whole test suite's CPU, paid again by every dbt invocation (the Dagster runs no longer
 register one in their own process: DECISIONLOG 32). `quicken_behavior_flags` gives the same answer (the
 first module on the stack other than dbt-common's own) from the frames alone.
+
+Template code. dbt renders every node's SQL through dbt-common's `get_template`, which lexes, parses and
+compiles the source with Jinja each time, although most sources repeat (every generic test of a kind
+has the same one, `{{ test_not_null(**_dbt_generic_test_kwargs) }}`) and a node's own SQL is the same
+from one build to the next: ~11% of dbt's CPU in the test suite. Jinja's compiled code depends only on
+the source and on the environment's class and extensions (the context, the undefined class and the
+globals are bound when a template is made from the code and rendered), so `cache_template_code` keeps
+the code per (environment class, extensions, source) and makes each template from it, as Jinja's own
+`Environment.from_string` does.
 """
 
 from __future__ import annotations
 
 import sys
-from types import FrameType
+from collections import OrderedDict
+from types import CodeType, FrameType
+from typing import Any
 
 
 def first_module_outside(module_name: str, frame: FrameType | None = None) -> str:
@@ -39,3 +51,51 @@ def quicken_behavior_flags() -> None:
 
     rendered._default_source = staticmethod(_default_source)
     rendered._stripe_sage_quick = True
+
+
+def quicken_dbt() -> None:
+    """Apply both fixes (idempotent): what every place that runs dbt calls first."""
+    quicken_behavior_flags()
+    cache_template_code()
+
+
+TEMPLATE_CODES_KEPT = 2048  # distinct template sources; a project's nodes and test kinds are far fewer
+_codes: OrderedDict[tuple, CodeType] = OrderedDict()
+
+
+def template_code(env: Any, source: str) -> CodeType:
+    """Jinja's compiled code for `source` in `env`, compiled once per (environment class, extensions, source)."""
+    key = (type(env), tuple(env.extensions), source)
+    code = _codes.get(key)
+    if code is None:
+        code = env.compile(source)  # a syntax error raises here, as from_string does, and is not kept
+        _codes[key] = code
+        if len(_codes) > TEMPLATE_CODES_KEPT:
+            _codes.popitem(last=False)
+    return code
+
+
+def cache_template_code() -> None:
+    """Make dbt-common's `get_template` (and dbt's import of it) reuse compiled template code (idempotent)."""
+    import inspect
+
+    from dbt.clients import jinja as dbt_jinja
+    from dbt_common.clients import jinja as common_jinja
+
+    original = common_jinja.get_template
+    if getattr(original, "_stripe_sage_cached", False):
+        return
+    if list(inspect.signature(original).parameters) != ["string", "ctx", "node", "capture_macros", "native"]:
+        return  # another dbt-common: leave it as it is
+
+    def get_template(string: Any, ctx: dict, node: Any = None, capture_macros: bool = False, native: bool = False):
+        with common_jinja.catch_jinja(node):
+            env = common_jinja.get_environment(node, capture_macros, native=native)
+            code = template_code(env, str(string))
+            return env.template_class.from_code(env, code, env.make_globals(ctx), None)
+
+    get_template._stripe_sage_cached = True  # type: ignore[attr-defined]
+    get_template.__wrapped__ = original  # type: ignore[attr-defined]
+    common_jinja.get_template = get_template
+    if getattr(dbt_jinja, "get_template", None) is original:
+        dbt_jinja.get_template = get_template

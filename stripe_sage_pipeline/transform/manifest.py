@@ -36,9 +36,9 @@ def parse_manifest(project_dir: Path) -> None:
     """`dbt parse` (no database connection needed); raises with dbt's reason when it fails."""
     from dbt.cli.main import dbtRunner
 
-    from stripe_sage_pipeline.transform.dbt_patches import quicken_behavior_flags
+    from stripe_sage_pipeline.transform.dbt_patches import quicken_dbt
 
-    quicken_behavior_flags()
+    quicken_dbt()
     # The manifest goes where the code location reads it, whatever DBT_TARGET_PATH says for builds.
     target = project_dir / "target"
     args = [

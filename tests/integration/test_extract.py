@@ -428,3 +428,63 @@ def test_history_job_a_malformed_object_fails_only_its_table_hour_and_the_stagin
         rejected = conn.execute(f"select object_id, field, partition_key from {SCHEMA}._rejected_objects").fetchall()
     assert in_hour == 0
     assert rejected == [("txn_MISSINGAMOUNT", "amount", bad_hour)]
+
+
+def _customer(cid: str, email: str) -> dict:
+    return {"id": cid, "object": "customer", "created": 1783934100, "email": email, "livemode": False}
+
+
+def test_staging_copies_new_ids_straight_in_and_upserts_known_or_concurrent_ones(fresh_db):
+    """New ids go straight in; a batch with a known id replaces it; an id another writer stages while the
+    copy runs makes the copy roll back to its savepoint and the batch upsert, in the same transaction."""
+    import threading
+
+    from stripe_sage_pipeline.extract import staging
+
+    url = libpq_url(fresh_db)
+    table = TABLES["customers"]
+    with psycopg.connect(url) as conn:
+        ensure_schema(conn)
+        conn.commit()
+
+    def emails(conn) -> dict[str, str]:
+        return dict(conn.execute(f"select id, email from {SCHEMA}.customers").fetchall())
+
+    with psycopg.connect(url) as conn:
+        rows = staging.rows_for(table, [_customer(f"cus_{i}", f"{i}@a.test") for i in range(3)])
+        assert staging.upsert_rows(conn, table, rows) == 3
+        conn.commit()
+        again = staging.rows_for(table, [_customer("cus_1", "new@a.test"), _customer("cus_9", "9@a.test")])
+        assert staging.upsert_rows(conn, table, again) == 2
+        conn.commit()
+        assert emails(conn) == {"cus_0": "0@a.test", "cus_1": "new@a.test", "cus_2": "2@a.test", "cus_9": "9@a.test"}
+
+    # Another writer stages cus_20 between our check and our copy: its uncommitted row makes our copy
+    # wait on the key; once it commits, the copy fails and the batch is upserted over it.
+    with (
+        psycopg.connect(url, autocommit=True) as watch,
+        psycopg.connect(url) as other,
+        psycopg.connect(url) as conn,
+    ):
+        staging.upsert_rows(other, table, staging.rows_for(table, [_customer("cus_20", "other@a.test")]))
+        conn.execute("create table public.marker (n int)")  # the caller's own work in its transaction
+        batch = staging.rows_for(table, [_customer("cus_20", "ours@a.test"), _customer("cus_21", "21@a.test")])
+        done: list[int] = []
+        worker = threading.Thread(target=lambda: done.append(staging.upsert_rows(conn, table, batch)))
+        worker.start()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:  # until our copy waits on the other writer's row
+            waiting = watch.execute(  # autocommit: a transaction would see one snapshot of the activity
+                "select count(*) from pg_stat_activity where wait_event_type = 'Lock' and query ilike 'copy%%'"
+            ).fetchone()[0]
+            if waiting:
+                break
+            time.sleep(0.05)
+        other.commit()  # first: a failed wait must not leave the copy blocked on the other writer
+        assert waiting, "the copy never waited on the other writer's key"
+        worker.join(10)
+        assert done == [2]
+        conn.commit()
+        assert conn.execute("select count(*) from public.marker").fetchone()[0] == 0  # the table survived
+        got = emails(conn)
+        assert got["cus_20"] == "ours@a.test" and got["cus_21"] == "21@a.test" and len(got) == 6

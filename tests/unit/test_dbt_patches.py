@@ -31,3 +31,50 @@ def test_a_flag_declared_here_is_sourced_here_after_the_fix() -> None:
     event = flags.declared_here._behavior_change_event
     assert event.flag_source == __name__
     assert Behavior([{"name": "on", "default": False, "description": "d"}], {"on": True}).on.setting is True
+
+
+def test_template_code_is_compiled_once_per_source_and_renders_as_before(monkeypatch) -> None:
+    """dbt's get_template after the fix: the same templates, rendered the same, compiled once per source."""
+    import jinja2
+    import pytest
+    from dbt.clients import jinja as dbt_jinja
+    from dbt_common.clients import jinja as common_jinja
+    from dbt_common.exceptions import CompilationError
+
+    from stripe_sage_pipeline.transform import dbt_patches
+
+    # dbt-common's own (the fix may be in place already when another test of this process ran dbt).
+    original = getattr(common_jinja.get_template, "__wrapped__", common_jinja.get_template)
+    source = "select {{ cols | join(', ') }} from {{ this }}{% if where %} where {{ where }}{% endif %}"
+    ctx = {"cols": ["id", "amount"], "this": "stg", "where": "amount > 0"}
+    before = original(source, dict(ctx)).render(ctx)
+    native_before = dbt_jinja.get_rendered("{{ [1, 2] }}", {}, native=True)
+
+    compiled: list[str] = []
+    real_compile = jinja2.Environment.compile
+    monkeypatch.setattr(
+        jinja2.Environment,
+        "compile",
+        lambda self, src, *a, **k: compiled.append(src) or real_compile(self, src, *a, **k),
+    )
+    monkeypatch.setattr(common_jinja, "get_template", original)
+    monkeypatch.setattr(dbt_jinja, "get_template", original)
+    monkeypatch.setattr(dbt_patches, "_codes", type(dbt_patches._codes)())
+    dbt_patches.quicken_dbt()
+    dbt_patches.quicken_dbt()  # idempotent
+    assert common_jinja.get_template is dbt_jinja.get_template is not original
+
+    other = {"cols": ["id"], "this": "stg_charges", "where": ""}
+    assert common_jinja.get_template(source, dict(ctx)).render(ctx) == before
+    assert dbt_jinja.get_rendered(source, dict(other)) == "select id from stg_charges"
+    assert compiled == [source], "one compile for two renders of one source"
+    # dbt's native rendering (a different environment class) keeps a code of its own.
+    assert dbt_jinja.get_rendered("{{ [1, 2] }}", {}, native=True) == native_before
+    assert dbt_jinja.get_rendered("{{ [1, 2] }}", {}) == "[1, 2]"
+    assert compiled.count("{{ [1, 2] }}") == 2
+
+    with pytest.raises(CompilationError):
+        common_jinja.get_template("select {{ oops ", {})
+    with pytest.raises(CompilationError):
+        common_jinja.get_template("select {{ oops ", {})  # a broken source is never kept
+    assert compiled.count("select {{ oops ") == 2
