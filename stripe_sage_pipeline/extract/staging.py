@@ -52,11 +52,16 @@ def upsert_rows(conn: psycopg.Connection, table: Table, rows: list[tuple]) -> in
     collist = ", ".join(cols)
     account_at, id_at = cols.index("stripe_account"), cols.index("id")
     accounts = {row[account_at] for row in rows}
-    ids = [row[id_at] for row in rows]
-    known = conn.execute(
-        f"select exists (select 1 from {SCHEMA}.{table.name} where stripe_account = any(%s) and id = any(%s))",
-        (list(accounts), ids),
-    ).fetchone()[0]
+    # One text of ids split in SQL: psycopg dumps a Python list into an array in Python, row by row.
+    # (Stripe ids never hold a space.) A batch of several accounts takes the upsert.
+    known = (
+        len(accounts) != 1
+        or conn.execute(
+            f"select exists (select 1 from {SCHEMA}.{table.name} "
+            "where stripe_account = %s and id = any(string_to_array(%s, ' ')))",
+            (next(iter(accounts)), " ".join(row[id_at] for row in rows)),
+        ).fetchone()[0]
+    )
     if not known:
         try:
             with conn.transaction():  # a savepoint: a conflicting copy leaves the caller's transaction intact
@@ -105,7 +110,7 @@ def upsert_payout_members(
         return 0
     conn.execute(
         f"insert into {SCHEMA}.payout_balance_transactions (stripe_account, payout_id, balance_transaction_id) "
-        "select %s, %s, unnest(%s::text[]) on conflict do nothing",
-        (stripe_account, payout_id, ids),
+        "select %s, %s, unnest(string_to_array(%s, ' ')) on conflict do nothing",
+        (stripe_account, payout_id, " ".join(ids)),  # one text: psycopg dumps a list in Python, item by item
     )
     return len(ids)
