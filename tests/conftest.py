@@ -36,8 +36,9 @@ os.environ.setdefault("DAGSTER_TELEMETRY_ENABLED", "false")
 # The subprocess tests (demo, run) clear STRIPE_* and use their own defaults.
 os.environ.setdefault("STRIPE_SAGE_START_DATE", "2026-06-01-00:00")
 # dbt with one thread: the worked example's models take milliseconds in Postgres, so dbt's threads only
-# contend for their process's interpreter (four builds: 12.4-13.4 CPU-s with 1 thread, 15.5-16.6 with
-# the default 4), and the test processes already keep both cores busy. The Dagster runs the tests start
+# contend for their process's interpreter (four full-refresh builds: 12.4-13.4 CPU-s with 1 thread,
+# 15.5-16.6 with the default 4), and the test processes already keep both cores busy (alone, one
+# process is slower with 1 thread: nothing runs side by side). The Dagster runs the tests start
 # inherit it; the demo and `run` subprocess tests clear STRIPE_* and keep the default.
 os.environ.setdefault("STRIPE_SAGE_DBT_THREADS", "1")
 
