@@ -1,17 +1,17 @@
 """Two speed fixes to dbt-common, applied wherever this project runs dbt (in-process or `stripe-sage-dbt`)
 by `quicken_dbt`.
 
-Behavior flags. When dbt registers the Postgres adapter, dbt-common names the module that declared each behavior flag by
-walking `inspect.stack()`, which also reads the source lines around every frame on the stack. Under
-Dagster (and pytest) the stack is deep, and that walk cost more than the rest of registering the adapter:
-about 4% of the whole test suite's CPU, paid again by every dbt invocation (the Dagster runs no longer
-register one in their own process: DECISIONLOG 32). `quicken_behavior_flags` gives the same answer (the
-first module on the stack other than dbt-common's own) from the frames alone.
+Behavior flags. When dbt registers the Postgres adapter, dbt-common names the module that declared each
+behavior flag by walking `inspect.stack()`, which also reads the source lines around every frame on the
+stack. Under Dagster (and pytest) the stack is deep, and that walk cost more than the rest of registering
+the adapter: about 4% of the whole test suite's CPU, paid again by every dbt invocation (the Dagster runs
+no longer register one in their own process: DECISIONLOG 32). `quicken_behavior_flags` gives the same
+answer (the first module on the stack other than dbt-common's own) from the frames alone.
 
 Template code. dbt renders every node's SQL through dbt-common's `get_template`, which lexes, parses and
 compiles the source with Jinja each time, although most sources repeat (every generic test of a kind
 has the same one, `{{ test_not_null(**_dbt_generic_test_kwargs) }}`) and a node's own SQL is the same
-from one build to the next: ~11% of dbt's CPU in the test suite. Jinja's compiled code depends only on
+from one build to the next: ~11% of dbt's interpreter time in the test suite (DECISIONLOG 36). Jinja's compiled code depends only on
 the source and on the environment's class and extensions (the context, the undefined class and the
 globals are bound when a template is made from the code and rendered), so `cache_template_code` keeps
 the code per (environment class, extensions, source) and makes each template from it, as Jinja's own
