@@ -351,7 +351,7 @@ def _expectation(check: Check):
 
 
 def _gx_expectation(check: Check):
-    import great_expectations as gx
+    from stripe_sage_pipeline.quality.gx_import import gx
 
     if check.kind == "unexpected_rows":
         return gx.expectations.UnexpectedRowsExpectation(
@@ -375,8 +375,7 @@ def _gx_expectation(check: Check):
 def _datasource(url: str):
     """An ephemeral GX context's Postgres data source for `url`, kept for the process: the suites of
     one run (and the checks of one Dagster run) share its engine instead of each building one."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import ProgressBarsConfig
+    from stripe_sage_pipeline.quality.gx_import import ProgressBarsConfig, gx
 
     ctx = gx.get_context(mode="ephemeral")
     ctx.variables.progress_bars = ProgressBarsConfig(globally=False, metric_calculations=False)
@@ -493,7 +492,7 @@ def run_suite(
     Without `since`, a passing check moves its mark to the newest row time it saw, and a failing one
     keeps it, so its rows are read again until they pass. `checks` limits the run to those names.
     """
-    import great_expectations as gx
+    from stripe_sage_pipeline.quality.gx_import import gx
 
     if scope not in SCOPES:
         raise ValueError(f"unknown scope {scope!r}; known: {', '.join(SCOPES)}")

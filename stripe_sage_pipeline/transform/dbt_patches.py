@@ -1,4 +1,4 @@
-"""Two speed fixes to dbt-common, applied wherever this project runs dbt (in-process or `stripe-sage-dbt`)
+"""Three speed fixes to dbt, applied wherever this project runs dbt (in-process or `stripe-sage-dbt`)
 by `quicken_dbt`.
 
 Behavior flags. When dbt registers the Postgres adapter, dbt-common names the module that declared each
@@ -16,6 +16,16 @@ the source and on the environment's class and extensions (the context, the undef
 globals are bound when a template is made from the code and rendered), so `cache_template_code` keeps
 the code per (environment class, extensions, source) and makes each template from it, as Jinja's own
 `Environment.from_string` does.
+
+Connections. dbt-adapters closes a thread's connection after every node ("always close the connection")
+and opens a new one for the next: a Postgres backend started, authenticated and its catalog caches
+filled ~85 times per build of this project. `reuse_connections` keeps a thread's connection open when a
+node ends, so the thread's next node takes it over (dbt's own `set_connection_name` reuses an open
+connection; dbt-snowflake keeps connections the same way). A transaction still open (a data test's
+select) is rolled back first, as closing would; a connection that cannot be rolled back is closed as
+before, and dbt closes every connection when the invocation ends.
+The models' session settings are `set local` (transaction-scoped), so nothing carries from one node to the
+next. Four builds of the worked example: Postgres 2.6-2.7 → 2.0-2.1 CPU-s, dbt 8.2-8.3 → 7.6-7.9.
 """
 
 from __future__ import annotations
@@ -54,9 +64,36 @@ def quicken_behavior_flags() -> None:
 
 
 def quicken_dbt() -> None:
-    """Apply both fixes (idempotent): what every place that runs dbt calls first."""
+    """Apply the three fixes (idempotent): what every place that runs dbt calls first."""
     quicken_behavior_flags()
     cache_template_code()
+    reuse_connections()
+
+
+def reuse_connections() -> None:
+    """Keep a thread's Postgres connection from one dbt node to the next unless a transaction is open (idempotent)."""
+    from dbt.adapters.postgres.connections import PostgresConnectionManager
+
+    original = PostgresConnectionManager.release
+    if getattr(original, "_stripe_sage_reuse", False):
+        return
+
+    def release(self: Any) -> None:
+        with self.lock:
+            conn = self.get_if_exists()
+        if conn is not None and conn.state == "open" and conn.handle is not None:
+            try:
+                if conn.transaction_open:  # a test's select: rolled back, as closing it would
+                    type(self)._rollback_handle(conn)
+                    conn.transaction_open = False
+                return  # the thread's next node takes it over; dbt closes it at the end of the invocation
+            except Exception:  # noqa: BLE001 - a broken connection is closed (and dropped) as dbt does
+                pass
+        original(self)
+
+    release._stripe_sage_reuse = True  # type: ignore[attr-defined]
+    release.__wrapped__ = original  # type: ignore[attr-defined]
+    PostgresConnectionManager.release = release
 
 
 TEMPLATE_CODES_KEPT = 2048  # distinct template sources; a project's nodes and test kinds are far fewer

@@ -96,3 +96,23 @@ def test_staging_suite_flags_net_not_amount_minus_fee(fresh_db: str, golden_path
     result = run_suite("staging", fresh_db)
     assert result.failed_checks() == ["staging_net_equals_amount_minus_fee"]
     assert result.failing_rows_first_n[0]["id"] == "txn_GOLDc1"
+
+
+def test_gx_is_imported_with_scipy_stats_deferred_until_first_use() -> None:
+    """`quality.gx_import` leaves SciPy's statistics unexecuted (a fresh interpreter), and the first use loads them."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys\n"
+        "from stripe_sage_pipeline.quality.gx_import import gx\n"
+        "stats = sys.modules['scipy.stats']\n"
+        "print(type(stats).__name__, 'scipy.stats._stats_py' in sys.modules)\n"
+        "from scipy import stats as bound\n"
+        "print(bound is stats, round(float(stats.entropy([1, 1])), 6), type(stats).__name__)\n"
+        "print(gx.expectations.ExpectColumnValuesToNotBeNull(column='id').column)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split("\n")
+    assert out[0] == "_LazyModule False"  # bound, not executed
+    assert out[1] == "True 0.693147 module"  # ln 2: executed in full at its first attribute access
+    assert out[2] == "id"

@@ -307,8 +307,20 @@ def test_views_and_unit_tests_run_only_when_the_code_or_the_views_changed(
     def ran(result: transform.DbtResult, prefix: str) -> set[str]:
         return {k for k in result.statuses if k.startswith(prefix)}
 
+    def sessions() -> int:
+        """Sessions the server has seen on the test's database (counted when a session ends)."""
+        return query(fresh_db, "select sessions from pg_stat_database where datname = current_database()")[0][
+            "sessions"
+        ]
+
+    before = sessions()
     first = transform.dbt_build(url=fresh_db)  # first build: everything
     assert views <= ran(first, "model.") and ran(first, "unit_test.")
+    # dbt keeps a thread's connection from node to node (dbt_patches.reuse_connections): a handful of
+    # sessions for the whole build (the preparation's, dbt's master and one per dbt thread, this query's:
+    # 7 with one thread), where dbt alone opens one per node (78 for these 84 nodes).
+    opened = sessions() - before
+    assert opened <= 12 < len(first.statuses), (opened, len(first.statuses))
 
     # Same code, views present: the hourly run rebuilds the tables and runs their data tests only.
     assert transform.plan_build(fresh_db) == transform.BuildPlan(full_refresh=False, code_steps=False)
@@ -329,10 +341,16 @@ def test_views_and_unit_tests_run_only_when_the_code_or_the_views_changed(
     assert views <= ran(third, "model.") and ran(third, "unit_test.")
     assert not transform.plan_build(fresh_db).code_steps
 
+    # The builds above ran on one parse of the project, kept for the process; edited dbt code is parsed again.
+    target = transform.build_target(fresh_db)
+    kept = transform.parsed_manifest(target)
+    assert kept is not None and transform.parsed_manifest(target) is kept
     real = transform.code_fingerprint()
     monkeypatch.setattr(transform, "code_fingerprint", lambda: real + "-edited")
     plan = transform.plan_build(fresh_db)
     assert plan.code_steps and not plan.full_refresh and "code changed" in plan.reasons[0]
+    reparsed = transform.parsed_manifest(target)
+    assert reparsed is not None and reparsed is not kept
     monkeypatch.setattr(transform, "code_fingerprint", lambda: real)
 
     execute(fresh_db, "update finance_config.settings set fingerprint = 'edited'")
