@@ -37,6 +37,7 @@ import signal
 import sys
 import threading
 import time
+import types
 import traceback
 from collections.abc import Iterable
 from pathlib import Path
@@ -54,6 +55,8 @@ def watched_files(code_dir: Path, watch: Iterable[Path], modules: Iterable[objec
     prefixes = tuple({os.path.join(os.path.abspath(code_dir), ""), os.path.join(os.path.realpath(code_dir), "")})
     out: dict[str, int] = {}
     for mod in modules:
+        if not_loaded_yet(mod):
+            continue  # reading its __file__ would execute it (scipy.stats, deferred by quality/gx_import)
         f = getattr(mod, "__file__", None)
         if f and os.path.abspath(f).startswith(prefixes):
             out[f] = _mtime(f)
@@ -68,6 +71,12 @@ def watched_files(code_dir: Path, watch: Iterable[Path], modules: Iterable[objec
                     f = os.path.join(dirpath, name)
                     out[f] = _mtime(f)
     return out
+
+
+def not_loaded_yet(mod: object) -> bool:
+    """A module registered by `importlib.util.LazyLoader` and not executed yet: any attribute read executes it."""
+    kind = type(mod)
+    return kind is not types.ModuleType and isinstance(mod, types.ModuleType) and kind.__name__ == "_LazyModule"
 
 
 def _mtime(path: str | Path) -> int:

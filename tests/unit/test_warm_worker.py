@@ -47,3 +47,26 @@ def test_a_deleted_module_file_is_a_change_not_a_crash(tmp_path):
     before = watched_files(tmp_path, [], [Module()])
     (tmp_path / "gone.py").unlink()
     assert changed_files(before, watched_files(tmp_path, [], [Module()])) == [str(tmp_path / "gone.py")]
+
+
+def test_a_module_not_loaded_yet_is_not_executed_by_the_snapshot(tmp_path):
+    """A lazily loaded module (how quality/gx_import defers scipy.stats) stays unexecuted: reading its
+    __file__ would import it, and the modules it imports would look like new sources at the next fork."""
+    import importlib.util
+    import sys
+
+    (tmp_path / "lazy_mod.py").write_text("import sys\nsys.modules[__name__].executed = True\n")
+    spec = importlib.util.spec_from_file_location("lazy_mod", tmp_path / "lazy_mod.py")
+    spec.loader = importlib.util.LazyLoader(spec.loader)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    sys.modules.pop("lazy_mod", None)
+    sys.modules["lazy_mod"] = module
+    try:
+        assert watched_files(tmp_path, [], [module]) == {}
+        assert type(module).__name__ == "_LazyModule"  # still not executed
+        assert module.executed and watched_files(tmp_path, [], [module]) == {
+            str(tmp_path / "lazy_mod.py"): os.stat(tmp_path / "lazy_mod.py").st_mtime_ns
+        }
+    finally:
+        sys.modules.pop("lazy_mod", None)
