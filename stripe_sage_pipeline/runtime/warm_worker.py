@@ -37,8 +37,8 @@ import signal
 import sys
 import threading
 import time
-import types
 import traceback
+import types
 from collections.abc import Iterable
 from pathlib import Path
 
