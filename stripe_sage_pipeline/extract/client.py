@@ -40,9 +40,22 @@ TIMEOUT = httpx.Timeout(80.0, connect=30.0)
 USER_AGENT = f"stripe-sage-pipeline (httpx; Stripe API through stripe-python {stripe.VERSION})"
 
 
-@functools.cache
+_TLS_LOCK = threading.Lock()
+
+
 def _tls_context() -> ssl.SSLContext:
-    """The process's one TLS context for Stripe (loading the CA bundle takes ~40 ms; every client shares it)."""
+    """The process's one TLS context for Stripe (loading the CA bundle takes ~30-40 ms; every client shares it).
+
+    Made under a lock: a window's first requests start in parallel, one thread each, and with a bare
+    cache every one of them loaded the bundle (7 probes: 0.45 CPU-s instead of 0.06, 0.55 s to the first
+    answers at 300 ms instead of 0.36).
+    """
+    with _TLS_LOCK:
+        return _tls_context_once()
+
+
+@functools.cache
+def _tls_context_once() -> ssl.SSLContext:
     return httpx.create_ssl_context()
 
 

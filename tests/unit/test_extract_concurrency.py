@@ -93,3 +93,27 @@ def test_split_expanded_gives_back_the_listed_object_and_the_balance_transaction
     # Disputes embed their balance transactions in full.
     dispute = {"id": "dp_1", "balance_transactions": [bt]}
     assert split_expanded("disputes", dispute) == (dispute, [bt], [])
+
+
+def test_threads_starting_together_load_the_tls_bundle_once():
+    """A window's first requests start on several threads at once: they share one TLS context (the CA
+    bundle loaded once), not one each. A fresh interpreter, so that nothing made the context before."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import threading, time, httpx\n"
+        "made = []\n"
+        "real = httpx.create_ssl_context\n"
+        "def counted(*a, **k):\n"
+        "    made.append(1); time.sleep(0.05); return real(*a, **k)\n"
+        "httpx.create_ssl_context = counted\n"
+        "from stripe_sage_pipeline.extract.client import StripeReader\n"
+        "reader = StripeReader('sk_test_x', 'http://127.0.0.1:9')\n"
+        "clients = []\n"
+        "threads = [threading.Thread(target=lambda: clients.append(reader._http())) for _ in range(8)]\n"
+        "[t.start() for t in threads]; [t.join() for t in threads]\n"
+        "print(len(made), len({id(c) for c in clients}))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["1", "8"]  # one bundle, one client per thread
