@@ -26,13 +26,13 @@ import httpx
 import psycopg
 import yaml
 
+from stripe_sage_pipeline.runtime.code_server import code_server_command, wait_until_serving, write_grpc_workspace
 from stripe_sage_pipeline.runtime.dagster_home import render_instance_config
 from stripe_sage_pipeline.runtime.embedded_pg import EmbeddedPostgres, free_port
 from stripe_sage_pipeline.settings import PROJECT_ROOT
 
 SAGE_USER, SAGE_PASSWORD = "pipeline", "pipeline-secret"
 BIN_DIR = Path(sys.executable).parent
-WORKSPACE = PROJECT_ROOT / "workspace.yaml"
 
 WORKSPACE_QUERY = """
 query Workspace {
@@ -292,20 +292,13 @@ def _port_was_taken(ui: DagsterUI) -> bool:
 
 
 def _start(workdir: Path, env: Mapping[str, str], home: Path, instance_db_url: str, *, daemon: bool) -> DagsterUI:
-    """Start the webserver (on a port free right now) and, with `daemon`, the daemon."""
-    port = free_port()
-    commands = {
-        "webserver": [str(BIN_DIR / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", str(WORKSPACE)]
-    }
-    if daemon:
-        commands["daemon"] = [str(BIN_DIR / "dagster-daemon"), "run", "-w", str(WORKSPACE)]
-    ui = DagsterUI(
-        url=f"http://127.0.0.1:{port}",
-        home=home,
-        instance_db_url=instance_db_url,
-        logs={name: workdir / f"{name}.log" for name in commands},
-    )
-    for name, cmd in commands.items():
+    """Start one code server, then the webserver (on a port free right now) and, with `daemon`, the daemon
+    on it, as `stripe-sage ui` does (runtime/code_server.py)."""
+    port, code_port = free_port(), free_port()
+    ui = DagsterUI(url=f"http://127.0.0.1:{port}", home=home, instance_db_url=instance_db_url, logs={})
+
+    def launch(name: str, cmd: list[str]) -> subprocess.Popen:
+        ui.logs[name] = workdir / f"{name}.log"
         with ui.logs[name].open("wb") as log:
             # Own session = own process group, so the code servers and run workers die with it.
             ui.procs[name] = subprocess.Popen(
@@ -317,4 +310,21 @@ def _start(workdir: Path, env: Mapping[str, str], home: Path, instance_db_url: s
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
+        return ui.procs[name]
+
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        code_server = launch("code_server", code_server_command(BIN_DIR, "127.0.0.1", code_port))
+        try:
+            wait_until_serving(code_server, "127.0.0.1", code_port, timeout_s=120)
+            break
+        except RuntimeError as err:
+            _stop(code_server)
+            # Its port can be taken in the seconds the code takes to load (it binds after loading).
+            if attempt == PORT_ATTEMPTS or "CouldNotBindGrpcServerToAddress" not in ui.tails():
+                raise UIStartupError(f"{err}\n{ui.tails()}") from err
+            code_port = free_port()
+    workspace = str(write_grpc_workspace(workdir / "workspace.yaml", "127.0.0.1", code_port))
+    launch("webserver", [str(BIN_DIR / "dagster-webserver"), "-h", "127.0.0.1", "-p", str(port), "-w", workspace])
+    if daemon:
+        launch("daemon", [str(BIN_DIR / "dagster-daemon"), "run", "-w", workspace])
     return ui

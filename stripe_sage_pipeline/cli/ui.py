@@ -2,7 +2,8 @@
 
 Before anything starts: the port must be free, the database must answer and the Dagster instance
 must load (the doctor's checks), so a wrong set-up is one line, not hundreds of retries from the
-webserver. The URL is printed once the webserver answers.
+webserver. Both share one code server (`runtime/code_server.py`), started first. The URL is printed
+once the webserver answers.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import urllib.request
 from pathlib import Path
 
 from stripe_sage_pipeline.cli.errors import CommandError
+from stripe_sage_pipeline.runtime.code_server import code_server_command, wait_until_serving, write_grpc_workspace
 from stripe_sage_pipeline.runtime.dagster_home import prepare_dagster_home
 from stripe_sage_pipeline.runtime.doctor import run_checks
-from stripe_sage_pipeline.runtime.embedded_pg import port_is_free
+from stripe_sage_pipeline.runtime.embedded_pg import free_port, port_is_free
 from stripe_sage_pipeline.settings import PROJECT_ROOT
 
 STARTUP_TIMEOUT_S = 180
@@ -32,7 +34,7 @@ def _answers(url: str) -> bool:
 
 
 def run_ui(host: str = "127.0.0.1", port: int = 3000) -> int:
-    """Check, start `dagster-daemon` and `dagster-webserver` with the project's workspace; stop both on Ctrl-C."""
+    """Check, start one code server, `dagster-daemon` and `dagster-webserver` on it; stop all three on Ctrl-C."""
     if host in ("127.0.0.1", "localhost", "0.0.0.0") and not port_is_free(port):
         raise CommandError(f"port {port} is already in use (another `stripe-sage ui`?) — stop it or pass --port")
     for result in run_checks(only=["database", "dagster"], stop_at_failure=True):
@@ -47,9 +49,25 @@ def run_ui(host: str = "127.0.0.1", port: int = 3000) -> int:
     if ensure_fresh_manifest(DBT_PROJECT_DIR, DBT_PROJECT_DIR / "target" / "manifest.json"):
         print("dbt project changed since the last parse: manifest re-parsed")
     bindir = Path(sys.executable).parent
-    workspace = str(PROJECT_ROOT / "workspace.yaml")
-    log_dir = home / "logs"
+    # Not DAGSTER_HOME/logs: Dagster keeps its telemetry there and empties the folder as it goes.
+    log_dir = home / "ui_logs"
     log_dir.mkdir(exist_ok=True)
+    # One code server for both (see runtime/code_server.py); its output goes to a file, like the daemon's.
+    code_port = free_port()
+    with open(log_dir / "code_server.log", "a") as code_log:
+        code_server = subprocess.Popen(
+            code_server_command(bindir, "127.0.0.1", code_port),
+            cwd=PROJECT_ROOT,
+            stdout=code_log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until_serving(code_server, "127.0.0.1", code_port, STARTUP_TIMEOUT_S)
+    except RuntimeError as err:
+        if code_server.poll() is None:
+            code_server.terminate()
+        raise CommandError(f"{err} — see {log_dir / 'code_server.log'}") from err
+    workspace = str(write_grpc_workspace(home / "workspace.yaml", "127.0.0.1", code_port))
     # The daemon's heartbeat chatter goes to a file; the webserver's own log stays on the console.
     with open(log_dir / "daemon.log", "a") as daemon_log:
         daemon = subprocess.Popen(
@@ -82,10 +100,10 @@ def run_ui(host: str = "127.0.0.1", port: int = 3000) -> int:
     except KeyboardInterrupt:
         return 0
     finally:
-        for proc in (web, daemon):
+        for proc in (web, daemon, code_server):
             if proc.poll() is None:
                 proc.terminate()
-        for proc in (web, daemon):
+        for proc in (web, daemon, code_server):
             try:
                 proc.wait(timeout=30)
             except subprocess.TimeoutExpired:

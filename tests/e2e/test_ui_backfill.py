@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from datetime import date, timedelta
 from decimal import Decimal
+from pathlib import Path
 
 import pytest
 from load_helpers import client_for, expected_tb, sage_sandbox, sage_state
@@ -267,6 +268,22 @@ def created_per_partition(ui: DagsterUI, run_id: str, asset: list[str]) -> dict[
     return out
 
 
+def daemon_code_servers(daemon_pid: int) -> list[str]:
+    """Command lines of the code servers among the daemon's children."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError, ValueError):
+            continue
+        if ppid == daemon_pid and ("api grpc" in cmdline or "code-server" in cmdline):
+            found.append(cmdline)
+    return found
+
+
 @pytest.mark.timeout(900)
 def test_month_backfill_from_the_ui_posts_the_golden_trial_balance_once(pg_server, fresh_db, golden_marts, tmp_path):
     """July 2026 backfilled through the UI's GraphQL API: one run posts the month, Sage's GL is the golden trial
@@ -327,6 +344,9 @@ def test_month_backfill_from_the_ui_posts_the_golden_trial_balance_once(pg_serve
         # Both backfills end as finance sees them in the UI: completed, with their one run each.
         for backfill_id in (first_id, second_id):
             assert len(wait_for_backfill(ui, backfill_id)["runs"]) == 1
+        # The daemon read the location from the one code server it shares with the webserver: it started
+        # none of its own (on a python_module workspace it starts one at once, and a fresh one every 60 s).
+        assert daemon_code_servers(ui.procs["daemon"].pid) == []
         print(
             f"\nUI ready {ready - started:.1f}s, first backfill's run done {first_done - ready:.1f}s,"
             f" total {time.monotonic() - started:.1f}s"
