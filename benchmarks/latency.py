@@ -9,7 +9,7 @@ The real moving parts, on a temporary embedded Postgres:
       (then load_after_transform_sensor: load_job for any other day left with work; normally none)
 
 The sensors are evaluated and the runs launched by a real `dagster-daemon run` (a subprocess, with the
-project's workspace.yaml and a temporary DAGSTER_HOME whose instance storage is a `dagster` database on
+location served by one code server, as `stripe-sage ui` starts them, and a temporary DAGSTER_HOME whose instance storage is a `dagster` database on
 the same server; queue, pool and run-tag limits as the project's dagster.yaml renders them). The first
 load (history, update path, transform, every day's load) is done in-process before the daemon starts,
 so what is measured is the steady state. Posting mode is `detail` (a temporary copy of mapping.yaml),
@@ -55,6 +55,11 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DAGSTER_TELEMETRY_ENABLED", "false")
 os.environ.setdefault("DBT_SEND_ANONYMOUS_USAGE_STATS", "false")
 
+from stripe_sage_pipeline.runtime.code_server import (  # noqa: E402
+    code_server_command,
+    wait_until_serving,
+    write_grpc_workspace,
+)
 from stripe_sage_pipeline.runtime.dagster_home import render_instance_config  # noqa: E402
 from stripe_sage_pipeline.runtime.embedded_pg import EmbeddedPostgres, free_port  # noqa: E402
 from stripe_sage_pipeline.settings import PROJECT_ROOT  # noqa: E402
@@ -189,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 
     tmp = Path(tempfile.mkdtemp(prefix="stripe_sage_latency_"))
     log(f"work folder {tmp}")
-    pg = emulator = receiver = sage = daemon = None
+    pg = emulator = receiver = sage = daemon = code_server = None
     daemon_log = tmp / "daemon.log"
     ok = False
     try:
@@ -268,9 +273,23 @@ def main(argv: list[str] | None = None) -> int:
         # -- the daemon ------------------------------------------------------------------------------
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+        # As `stripe-sage ui` runs it: the daemon reads the location from one code server started first.
+        code_port = free_port()
+        with (tmp / "code_server.log").open("wb") as fh:
+            code_server = subprocess.Popen(
+                code_server_command(BIN_DIR, "127.0.0.1", code_port),
+                cwd=PROJECT_ROOT,
+                env=env,
+                stdout=fh,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        wait_until_serving(code_server, "127.0.0.1", code_port, timeout_s=180)
+        workspace = write_grpc_workspace(tmp / "workspace.yaml", "127.0.0.1", code_port)
         with daemon_log.open("wb") as fh:
             daemon = subprocess.Popen(
-                [str(BIN_DIR / "dagster-daemon"), "run", "-w", str(PROJECT_ROOT / "workspace.yaml")],
+                [str(BIN_DIR / "dagster-daemon"), "run", "-w", str(workspace)],
                 cwd=PROJECT_ROOT,
                 env=env,
                 stdout=fh,
@@ -463,8 +482,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"daemon log tail:\n{tail(daemon_log)}")
         return 0 if ok and med < GOAL_MEDIAN_S and p95(lat) < GOAL_P95_S else 1
     finally:
-        if daemon is not None:
-            stop_group(daemon)
+        for proc in (daemon, code_server):
+            if proc is not None:
+                stop_group(proc)
         for srv in (emulator, receiver, sage):
             if srv is not None:
                 with contextlib.suppress(Exception):
