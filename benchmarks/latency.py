@@ -273,30 +273,25 @@ def main(argv: list[str] | None = None) -> int:
         # -- the daemon ------------------------------------------------------------------------------
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PROJECT_ROOT), env.get("PYTHONPATH", "")) if p)
+
         # As `stripe-sage ui` runs it: the daemon reads the location from one code server started first.
+        def start(cmd: list[str], log_path: Path) -> subprocess.Popen:
+            with log_path.open("wb") as fh:
+                return subprocess.Popen(
+                    cmd,
+                    cwd=PROJECT_ROOT,
+                    env=env,
+                    stdout=fh,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+
         code_port = free_port()
-        with (tmp / "code_server.log").open("wb") as fh:
-            code_server = subprocess.Popen(
-                code_server_command(BIN_DIR, "127.0.0.1", code_port),
-                cwd=PROJECT_ROOT,
-                env=env,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        code_server = start(code_server_command(BIN_DIR, "127.0.0.1", code_port), tmp / "code_server.log")
         wait_until_serving(code_server, "127.0.0.1", code_port, timeout_s=180)
         workspace = write_grpc_workspace(tmp / "workspace.yaml", "127.0.0.1", code_port)
-        with daemon_log.open("wb") as fh:
-            daemon = subprocess.Popen(
-                [str(BIN_DIR / "dagster-daemon"), "run", "-w", str(workspace)],
-                cwd=PROJECT_ROOT,
-                env=env,
-                stdout=fh,
-                stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+        daemon = start([str(BIN_DIR / "dagster-daemon"), "run", "-w", str(workspace)], daemon_log)
         log(f"dagster-daemon pid {daemon.pid}, log {daemon_log}")
         ready = wait_daemon_ready(dagster_conninfo, daemon, daemon_log, timeout_s=180)
         log(f"daemon evaluating sensors after {ready:.0f}s")
