@@ -78,3 +78,65 @@ def test_template_code_is_compiled_once_per_source_and_renders_as_before(monkeyp
     with pytest.raises(CompilationError):
         common_jinja.get_template("select {{ oops ", {})  # a broken source is never kept
     assert compiled.count("select {{ oops ") == 2
+
+
+def test_only_debug_events_that_no_logger_or_callback_reads_are_dropped() -> None:
+    from stripe_sage_pipeline.transform.dbt_patches import event_is_read
+
+    assert not event_is_read("debug", ["info"], callbacks=0)
+    assert not event_is_read("test", ["info", "warn"], callbacks=0)
+    assert not event_is_read("debug", [], callbacks=0)
+    assert event_is_read("debug", ["info", "debug"], callbacks=0)  # a debug log file reads everything
+    assert event_is_read("debug", ["info"], callbacks=1)  # a caller's callback sees every event
+    assert event_is_read("debug", ["error"], callbacks=0, print_event=True)  # dbt prints it as an error
+    for level in ("info", "warn", "error"):
+        assert event_is_read(level, ["error"], callbacks=0)  # never dropped here: the loggers decide
+
+
+def test_an_unread_debug_event_is_never_formatted_and_every_read_event_still_is(monkeypatch) -> None:
+    """After the fix: a debug event under info-level logs costs no message; info events, a debug-level
+    logger and a caller's callback get exactly what they got before; a bad event still fails on use."""
+    import io
+
+    import pytest
+    from dbt.adapters.events.types import SQLQuery
+    from dbt_common.events import event_manager as em_module
+    from dbt_common.events.base_types import EventLevel
+    from dbt_common.events.logger import LoggerConfig
+    from dbt_common.events.types import Note
+
+    from stripe_sage_pipeline.transform import dbt_patches
+
+    dbt_patches.quicken_dbt()
+    dbt_patches.quicken_dbt()  # idempotent
+    built: list[str] = []
+    real = em_module.msg_from_base_event
+    monkeypatch.setattr(
+        em_module, "msg_from_base_event", lambda e, level=None: built.append(type(e).__name__) or real(e, level)
+    )
+
+    info_out, debug_out = io.StringIO(), io.StringIO()
+    manager = em_module.EventManager()
+    manager.add_logger(LoggerConfig(name="stripe_sage_t_info", level=EventLevel.INFO, output_stream=info_out))
+    manager.fire_event(SQLQuery(conn_name="model.x", sql="select 42", node_info={}))
+    assert built == [] and info_out.getvalue() == ""
+    manager.fire_event(Note(msg="hello from an info event"), level=EventLevel.INFO)
+    assert built == ["Note"] and "hello from an info event" in info_out.getvalue()
+
+    manager.add_logger(LoggerConfig(name="stripe_sage_t_debug", level=EventLevel.DEBUG, output_stream=debug_out))
+    manager.fire_event(SQLQuery(conn_name="model.x", sql="select 43", node_info={}))
+    assert "select 43" in debug_out.getvalue() and "select 43" not in info_out.getvalue()
+
+    seen: list[str] = []
+    listened = em_module.EventManager()
+    listened.add_logger(LoggerConfig(name="stripe_sage_t_info2", level=EventLevel.INFO, output_stream=io.StringIO()))
+    listened.add_callback(lambda msg: seen.append(msg.data.sql))
+    listened.fire_event(SQLQuery(conn_name="model.x", sql="select 44", node_info={}))
+    assert seen == ["select 44"]
+
+    event = SQLQuery(conn_name="model.x", sql="select 45", node_info={})
+    assert (event.sql, event.conn_name) == ("select 45", "model.x")
+    event.sql = "select 46"
+    assert event.to_dict()["sql"] == "select 46"
+    with pytest.raises(Exception, match="Unable to parse logging event"):
+        SQLQuery(conn_name="model.x", sql="select 1", no_such_field=1).message()
