@@ -181,15 +181,20 @@ class Span:
         self.top = end  # where the listing started (below `end` when resumed)
         self.at = end  # created of the oldest object consumed (end: none yet)
         self.pages = 0  # pages consumed
+        self.marks: deque[int] = deque(maxlen=4)  # `at` after each of the last full pages
         self.finished = False
         self.lock = threading.Lock()
 
     def pages_left(self, density: float) -> float:
-        """Pages still to list down to `lower`: at the density this chunk has seen, else at `density`."""
+        """Pages still to list down to `lower`: at the density of this chunk's last three full pages (activity
+        follows the time of day, so the chunk's average misjudged the hours just below: chunks left uncut
+        with three pages to go were the window's tail), else of all it has seen, else at `density`."""
         with self.lock:
             seen = self.top - self.at
             if self.pages >= 2 and seen > 0:
                 density = self.pages / seen
+            if len(self.marks) >= 3 and self.marks[0] > self.marks[-1]:
+                density = (len(self.marks) - 1) / (self.marks[0] - self.marks[-1])
             return (self.at - self.lower) * density
 
     def cut(self, min_seconds: int) -> tuple[int, int] | None:
@@ -214,6 +219,8 @@ class Span:
             dated = [c for c in (_created_or_none(o) for o in kept) if c is not None]
             if dated:
                 self.at = min(self.at, dated[-1])
+            if len(kept) == len(page):
+                self.marks.append(self.at)
             stop = len(kept) < len(page)
             if stop:
                 self.finished = True
@@ -448,6 +455,7 @@ def fewer_gc_pauses(gen0_threshold: int = 10_000) -> Iterator[None]:
                 gc.unfreeze()
 
 
+PROBES_PER_TABLE = 4  # parts of a window whose newest pages are probed at once (fewer for a window of fewer hours)
 MIN_PIECE_PAGES = 1.5  # a running chunk is cut only if each half keeps about this many pages
 
 
@@ -492,12 +500,15 @@ def extract_windows(
 ) -> WindowsResult:
     """Extract [start, end) of several tables at once, sharing one pool of in-flight requests.
 
-    1. One probe per table (in parallel) fetches the window's newest page: it times Stripe's answers
-       and shows how dense the table is; a table that fits in one page is done after it.
+    1. Probes, all sent at once, fetch the newest page of each table in each of `PROBES_PER_TABLE`
+       hour-aligned parts of the window: they time Stripe's answers and show how dense each part is,
+       and each becomes the first page of its part's newest chunk (a part that fits in one page is done
+       after it). Probing parts rather than the whole window puts four times the requests into the
+       first round trip, which otherwise leaves the limit idle while the plan waits for it.
     2. In-flight requests come from the rate limit and the observed latency (`concurrency.in_flight`,
        Little's law with headroom); an explicit `workers` wins. The limiter, not the pool, caps the rate.
-    3. Each table is cut into hour-aligned chunks, about two per in-flight slot across all tables in
-       proportion to their pages, none shorter than ~10 pages (a chunk's last page is partly empty).
+    3. Each part of each table is cut into hour-aligned chunks, about two per in-flight slot across all
+       parts in proportion to their pages, none shorter than ~10 pages (a chunk's last page is partly empty).
        Chunks run largest first (the payouts first: their memberships are chains of pages of their
        own), each streamed and committed hour by hour; payout memberships are listed several at a time.
        `pieces` fixes the chunk count per table (and skips the probes and step 4).
@@ -530,45 +541,54 @@ def _extract_windows(
     if not tables or end <= start:
         out.results = {t: WindowResult(t, start, end) for t in tables}
         return out
-    first: dict[str, FirstPage] = {}
-    pages: dict[str, float] = {}
+    # A probe per table and part of the window (`PROBES_PER_TABLE` hour-aligned parts, one for a short
+    # window), all sent at once: the parts' newest pages size the plan and become their newest chunks' first pages.
+    parts = _chunks(start, end, PROBES_PER_TABLE if pieces is None else 1)
+    first: dict[tuple[str, int], FirstPage] = {}
+    part_pages: dict[tuple[str, int], float] = {}
     if pieces is None:
         guess = concurrency.in_flight(reader.rate_limit_per_s, reader.seconds_per_page(), explicit=workers)
-        with ThreadPoolExecutor(max_workers=max(1, min(len(tables), guess))) as pool:
-            futures = {t: pool.submit(probe_window, reader, t, start, end) for t in tables}
-        for t, fut in futures.items():
+        with ThreadPoolExecutor(max_workers=max(1, min(len(tables) * len(parts), guess))) as pool:
+            futures = {
+                (t, i): pool.submit(probe_window, reader, t, s, e) for t in tables for i, (s, e) in enumerate(parts)
+            }
+        for (t, i), fut in futures.items():
             try:
-                fp = first[t] = fut.result()
+                fp = first[(t, i)] = fut.result()
             except Exception as exc:  # noqa: BLE001 - a table's failure is reported per table
-                out.errors[t] = exc
+                out.errors.setdefault(t, exc)
                 continue
             created = [c for c in (_created_or_none(o) for o in fp.objects) if c is not None]
-            pages[t] = (
+            part_start, part_end = parts[i]
+            part_pages[(t, i)] = (
                 concurrency.estimate_pages(
-                    len(fp.objects), max(created, default=end), min(created, default=end), start, fp.has_more
+                    len(fp.objects),
+                    max(created, default=part_end),
+                    min(created, default=part_end),
+                    part_start,
+                    fp.has_more,
                 )
                 if created
                 else 1.0
             )
+    part_pages = {key: n for key, n in part_pages.items() if key[0] not in out.errors}
+    pages = {t: sum(n for (tt, _), n in part_pages.items() if tt == t) for t in tables if t not in out.errors}
     slots = concurrency.in_flight(reader.rate_limit_per_s, reader.seconds_per_page(), explicit=workers)
     out.in_flight = slots
-    counts = (
-        {t: pieces for t in tables}
-        if pieces is not None
-        else concurrency.chunk_counts({t: pages[t] for t in tables if t in pages}, slots)
-    )
+    counts = {(t, 0): pieces for t in tables} if pieces is not None else concurrency.chunk_counts(part_pages, slots)
     tasks: list[tuple[float, str, int, int, FirstPage | None]] = []
-    for t, n in counts.items():
-        chunks = _chunks(start, end, n)
-        out.chunks[t] = len(chunks)
-        hours = max(1, len(hour_windows(start, end)))
-        for i, (s, e) in enumerate(chunks):
-            weight = pages.get(t, 1.0) * len(hour_windows(s, e)) / hours
-            tasks.append((weight, t, s, e, first.get(t) if i == len(chunks) - 1 else None))
+    for (t, i), n in counts.items():
+        part_start, part_end = parts[i]
+        chunks = _chunks(part_start, part_end, n)
+        out.chunks[t] = out.chunks.get(t, 0) + len(chunks)
+        hours = max(1, len(hour_windows(part_start, part_end)))
+        for j, (s, e) in enumerate(chunks):
+            weight = part_pages.get((t, i), 1.0) * len(hour_windows(s, e)) / hours
+            tasks.append((weight, t, s, e, first.get((t, i)) if j == len(chunks) - 1 else None))
     # Largest first, but payouts before all: each automatic payout's membership (`?payout=`) is a chain
     # of pages of its own, listed as soon as the payout's page arrives; started last, they were the tail.
     tasks.sort(key=lambda task: (task[1] != "payouts", -task[0]))
-    totals = {t: WindowResult(t, start, end) for t in counts}
+    totals = {t: WindowResult(t, start, end) for t, _ in counts}
 
     # Pages per second of `created`, per probed table: how much of a running chunk is left to take.
     density = {t: pages[t] / max(1, end - start) for t in pages if pieces is None}
@@ -577,7 +597,7 @@ def _extract_windows(
     running: dict[Span, str] = {}
     given: dict[str, list[str]] = {}  # resume keys of the pieces taken from running chunks, per table
     futures: deque[tuple[str, Future]] = deque()
-    keys = {t: [f"extract:{t}:{s}:{e}" for _, tt, s, e, _ in tasks if tt == t] for t in counts}
+    keys = {t: [f"extract:{t}:{s}:{e}" for _, tt, s, e, _ in tasks if tt == t] for t in totals}
     found = _resume_cursors(url, reader.stripe_account or "", [k for ks in keys.values() for k in ks])
     # Pieces cut later have no cursor yet: {} (not None) tells their chunk not to look one up.
     cursors = {t: {k: found[k] for k in ks if k in found} for t, ks in keys.items()}

@@ -169,9 +169,11 @@ def test_a_cut_chunk_stops_at_the_cut_and_a_rerun_resumes_there(emulator, pg_ser
     assert _extract_cursors(cut_db) == []
 
 
-def test_idle_workers_cut_running_chunks_and_the_window_stages_the_same_rows(emulator, pg_server):
+def test_idle_workers_cut_running_chunks_and_the_window_stages_the_same_rows(emulator, pg_server, monkeypatch):
     """More workers than chunks: idle workers take the older halves of running chunks; the rows are those
-    of a one-chunk-per-table run, and no resume cursor is left behind."""
+    of a one-chunk-per-table run, and no resume cursor is left behind. (The whole window is one part here:
+    four days of this small history in four parts are a page or less each, with nothing left to cut.)"""
+    monkeypatch.setattr(extract, "PROBES_PER_TABLE", 1)
     state, srv = emulator
     start, end = window_of(state.summary())
     one_db, cut_db = _db(pg_server, "req_one"), _db(pg_server, "req_cuts")
@@ -184,3 +186,45 @@ def test_idle_workers_cut_running_chunks_and_the_window_stages_the_same_rows(emu
     assert res.pieces_taken > 0
     assert snapshot(cut_db) == snapshot(one_db)
     assert _extract_cursors(cut_db) == []
+
+
+class _Recording(StripeReader):
+    """A reader that notes each GET it sends (path and params) before sending it to the emulator."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.sent: list[tuple[str, dict]] = []
+
+    def _get(self, path, params):
+        self.sent.append((path, dict(params)))
+        return super()._get(path, params)
+
+
+def test_the_first_round_trip_probes_every_part_and_each_probe_page_is_read_once(emulator, pg_server):
+    """The window's parts are probed at once, before any chunk starts; each probe's page is its part's newest
+    chunk's first page (never fetched again), and the rows are those of a one-chunk-per-table run."""
+    state, srv = emulator
+    start, end = window_of(state.summary())
+    one_db, parts_db = _db(pg_server, "req_one_chunk"), _db(pg_server, "req_parts")
+    extract.extract_windows(
+        StripeReader(KEY, srv.url, rate_limit_per_s=None), one_db, list(TABLES), start, end, pieces=1
+    )
+    reader = _Recording(KEY, srv.url, rate_limit_per_s=1000)
+    res = extract.extract_windows(reader, parts_db, list(TABLES), start, end)
+    assert res.errors == {}
+    parts = extract._chunks(start, end, extract.PROBES_PER_TABLE)
+    assert len(parts) == extract.PROBES_PER_TABLE and parts[0][0] == start and parts[-1][1] == end
+    lists = [(path, p) for path, p in reader.sent if "payout" not in p]  # payout memberships are listed by id
+    probes = lists[: len(TABLES) * len(parts)]
+    assert sorted((path, p["created"]["gte"], p["created"]["lt"]) for path, p in probes) == sorted(
+        (TABLES[t].list_path, s, e) for t in TABLES for s, e in parts
+    )
+    assert not any("starting_after" in p for _, p in probes)
+    # After the probes, a part's newest page is never asked for again: its chunk goes on after the probe's last object.
+    part_ends = {e for _, e in parts}
+    again = [
+        (path, p) for path, p in lists[len(probes) :] if p["created"]["lt"] in part_ends and "starting_after" not in p
+    ]
+    assert again == []
+    assert snapshot(parts_db) == snapshot(one_db)
+    assert _extract_cursors(parts_db) == []

@@ -94,6 +94,21 @@ def test_pages_left_use_the_density_the_chunk_has_seen():
     assert span.pages_left(0.5 / HOUR) == pytest.approx(8)
 
 
+def test_pages_left_follow_the_last_pages_when_activity_picks_up():
+    """Charges follow the time of day: a chunk entering its busy hours must not be judged by its quiet ones."""
+    span = Span(0, 100 * HOUR)
+    span.keep([{"id": "a", "created": 60 * HOUR}])  # a page spanned 40 hours (night) ...
+    span.keep([{"id": "b", "created": 58 * HOUR}])
+    span.keep([{"id": "c", "created": 56 * HOUR}])
+    span.keep([{"id": "d", "created": 54 * HOUR}])  # ... then 2 hours each: 0.5 pages an hour
+    assert span.pages_left(0.01 / HOUR) == pytest.approx(54 * 0.5)  # not 4 pages / 46 hours × 54 hours ≈ 4.7
+    piece = span.cut(HOUR)  # a page cut short by a cut is no measure of the density
+    assert piece == (0, 27 * HOUR)
+    kept, stop = span.keep([{"id": "e", "created": 30 * HOUR}, {"id": "f", "created": 3 * HOUR}])
+    assert [o["id"] for o in kept] == ["e"] and stop
+    assert span.pages_left(0.01 / HOUR) == pytest.approx(3 * 0.5)  # still the last full pages' 0.5 an hour
+
+
 def test_gc_is_relaxed_while_extracting_and_restored_after_the_last_user():
     import gc
 
