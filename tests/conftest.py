@@ -27,6 +27,7 @@ import pytest
 from filelock import FileLock
 
 from stripe_sage_pipeline.runtime.embedded_pg import EmbeddedPostgres, free_port
+from stripe_sage_pipeline.runtime.gc_policy import relax_for_process
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("DAGSTER_TELEMETRY_ENABLED", "false")
@@ -61,6 +62,12 @@ os.environ["DBT_LOG_PATH"] = str(_dbt_own / "logs")
 # server, so the golden templates below are built once for the run instead of once per process.
 _SHARED_PG = "STRIPE_SAGE_TEST_PG"
 _OWN_PG = pytest.StashKey[EmbeddedPostgres]()
+
+
+def pytest_collection_finish(session):
+    """Every test module is imported (dbt, Dagster, GX with them): freeze that out of the collector's walks
+    and collect young objects less often, as the warm run worker and the dbt server do (runtime.gc_policy)."""
+    relax_for_process()
 
 
 def pytest_configure(config):

@@ -42,6 +42,8 @@ import types
 from collections.abc import Iterable
 from pathlib import Path
 
+from stripe_sage_pipeline.runtime.gc_policy import relax_for_process
+
 # Directories under a watched path whose files are outputs, not sources (dbt's target, logs, packages).
 SKIP_DIRS = frozenset({"target", "logs", "dbt_packages", "__pycache__", "node_modules"})
 REAP_EVERY_S = 1.0
@@ -179,6 +181,7 @@ def main(argv: list[str] | None = None) -> int:
     if threads:
         say(error=f"threads running after the preload, not safe to fork: {threads}")
         return 1
+    relax_for_process()  # the runs forked from here inherit a frozen heap and fewer collections
     code_dir, watch = Path.cwd(), [Path(w) for w in args.watch]
     snapshot = watched_files(code_dir, watch, list(sys.modules.values()))
     say(ready=round(time.monotonic() - t0, 3))

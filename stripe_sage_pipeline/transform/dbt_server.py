@@ -39,6 +39,7 @@ import time
 import traceback
 from pathlib import Path
 
+from stripe_sage_pipeline.runtime.gc_policy import relax_for_process
 from stripe_sage_pipeline.runtime.warm_worker import reap_children
 
 IDLE_EXIT_S = 600.0
@@ -228,6 +229,7 @@ def serve(path: Path, idle_exit_s: float = IDLE_EXIT_S) -> int:
     if threads:  # forking a process with threads can copy a held lock; callers run dbt themselves
         print(f"[{time.strftime('%F %T')}] not serving: threads after the preload {threads}", flush=True)
         return 1
+    relax_for_process()  # each command's child inherits a frozen heap and fewer collections
     snapshot = loaded_module_files()
     with contextlib.suppress(FileNotFoundError):
         path.unlink()  # a dead server's socket (we hold the lock: no live server owns it)
