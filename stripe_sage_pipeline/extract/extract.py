@@ -8,15 +8,13 @@ Two ways in, both idempotent because every write is an upsert by (stripe_account
 
 from __future__ import annotations
 
-import gc
 import logging
 import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import psycopg
@@ -24,7 +22,7 @@ import psycopg
 from stripe_sage_pipeline.extract import concurrency, staging
 from stripe_sage_pipeline.extract.client import StripeReader
 from stripe_sage_pipeline.extract.tables import SCHEMA, TABLES, MalformedObject
-from stripe_sage_pipeline.runtime.gc_policy import GEN0_THRESHOLD
+from stripe_sage_pipeline.runtime.gc_policy import fewer_gc_pauses
 
 log = logging.getLogger(__name__)
 
@@ -421,45 +419,6 @@ class WindowsResult:
     in_flight: int = 0
     chunks: dict[str, int] = field(default_factory=dict)
     pieces_taken: int = 0  # chunks cut in two at the end of the window (`Span.cut`)
-
-
-_GC_LOCK = threading.Lock()
-_gc_users = 0
-_gc_threshold: tuple[int, ...] = ()
-_gc_froze = False
-
-
-@contextmanager
-def fewer_gc_pauses(gen0_threshold: int = GEN0_THRESHOLD) -> Iterator[None]:
-    """While extracting, keep Python's cyclic GC from stopping every thread for long.
-
-    Pages arrive as many small dicts, so the collector ran ~700 times per 100k objects and its full
-    passes walked everything the process had imported (0.1 s each, 1.7 s of a 15 s run in
-    `benchmarks/extract.py`, every request in flight waiting). Inside: objects that exist at entry are
-    frozen out of the collector's walks (`gc.freeze`) and young collections run 14× less often.
-    Re-entrant across threads; the settings are restored when the last user leaves. A process that froze
-    its heap already (`runtime.gc_policy.relax_for_process`: a run forked from the warm worker) keeps it
-    frozen: nothing is frozen or unfrozen here, only the threshold is raised and restored.
-    """
-    global _gc_users, _gc_threshold, _gc_froze
-    with _GC_LOCK:
-        if _gc_users == 0:
-            _gc_threshold = gc.get_threshold()
-            _gc_froze = gc.get_freeze_count() == 0
-            if _gc_froze:
-                gc.freeze()
-            first, *rest = _gc_threshold
-            gc.set_threshold(max(first, gen0_threshold), *rest)
-        _gc_users += 1
-    try:
-        yield
-    finally:
-        with _GC_LOCK:
-            _gc_users -= 1
-            if _gc_users == 0:
-                gc.set_threshold(*_gc_threshold)
-                if _gc_froze:
-                    gc.unfreeze()
 
 
 PROBES_PER_TABLE = 4  # parts of a window whose newest pages are probed at once (fewer for a window of fewer hours)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import pytest
 import stripe
@@ -31,7 +29,6 @@ def test_params_are_encoded_as_stripe_expects():
 
 
 def _body(type_: str = "invalid_request_error", code: str | None = None, param: str | None = None) -> bytes:
-    import json
 
     return json.dumps({"error": {"type": type_, "code": code, "param": param, "message": "m"}}).encode()
 
@@ -111,38 +108,3 @@ def test_pages_left_follow_the_last_pages_when_activity_picks_up():
     kept, stop = span.keep([{"id": "e", "created": 30 * HOUR}, {"id": "f", "created": 3 * HOUR}])
     assert [o["id"] for o in kept] == ["e"] and stop
     assert span.pages_left(0.01 / HOUR) == pytest.approx(3 * 0.5)  # still the last full pages' 0.5 an hour
-
-
-def test_gc_is_relaxed_while_extracting_and_restored_after_the_last_user():
-    """In a fresh process: the heap is frozen and young collections rarer inside, all restored after."""
-    probe = """
-import gc, json
-from stripe_sage_pipeline.extract.extract import fewer_gc_pauses
-before, frozen = gc.get_threshold(), gc.get_freeze_count()
-with fewer_gc_pauses(50_000):
-    inside = (gc.get_threshold()[0], gc.get_freeze_count())
-    with fewer_gc_pauses(50_000):  # a second user (another thread) leaves it relaxed
-        pass
-    still = gc.get_threshold()[0]
-print(json.dumps([before, frozen, inside, still, gc.get_threshold(), gc.get_freeze_count()]))
-"""
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
-    before, frozen, inside, still, after, frozen_after = json.loads(out)
-    assert frozen == 0 and inside[0] == still == max(before[0], 50_000) and inside[1] > 0
-    assert after == before and frozen_after == 0
-
-
-def test_a_process_that_froze_its_heap_keeps_it_frozen_after_extracting():
-    """This test process froze its heap after collection (runtime.gc_policy, as a forked run has):
-    extracting raises the threshold and restores it, and never unfreezes what the process froze."""
-    import gc
-
-    from stripe_sage_pipeline.extract.extract import fewer_gc_pauses
-
-    before, frozen = gc.get_threshold(), gc.get_freeze_count()
-    assert frozen > 0
-    with fewer_gc_pauses(50_000):
-        assert gc.get_threshold()[0] == max(before[0], 50_000)
-        assert gc.get_freeze_count() == frozen
-    assert gc.get_threshold() == before
-    assert gc.get_freeze_count() == frozen
