@@ -22,6 +22,8 @@ MAX_IN_FLIGHT = 64  # threads are cheap while they wait on the network, not free
 # Chunk counts a table is cut into: a coarse ladder, so a re-run over slightly more data cuts the same
 # boundaries (a chunk's resume cursor is keyed by its boundaries).
 CHUNK_LADDER = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128)
+MIN_PIECE_PAGES = 1.0  # a running chunk is cut in two only if each part keeps about this many pages ...
+TAIL_PIECE_PAGES = 0.5  # ... or this many once the running chunks no longer keep the limit busy
 
 
 def in_flight(
@@ -84,3 +86,16 @@ def chunk_counts(
         want = min(p / min_pages, per_slot * slots * p / total)
         out[table] = max(n for n in CHUNK_LADDER if n <= max(1.0, want))
     return out
+
+
+def piece_pages(running: int, rate_per_s: float | None, seconds_per_page: float) -> float:
+    """Pages each part of a running chunk must keep for an idle worker to cut it in two.
+
+    A chunk has one request in flight. While `running` chunks are at least λ·W, the limit is busy and a
+    cut only evens out the end: each part keeps `MIN_PIECE_PAGES` (every cut costs about one partly
+    filled page). Below λ·W the limit idles and each page left is a round trip in a row, the window's
+    tail: parts of `TAIL_PIECE_PAGES` are worth their extra request. No limit: there is no λ·W to fill.
+    """
+    if rate_per_s and running < rate_per_s * seconds_per_page:
+        return TAIL_PIECE_PAGES
+    return MIN_PIECE_PAGES

@@ -27,6 +27,7 @@ from stripe_sage_pipeline.runtime.gc_policy import fewer_gc_pauses
 log = logging.getLogger(__name__)
 
 HOUR = 3600
+CUT_STEP = 600  # a running chunk is cut on a ten-minute boundary (an hour of peak charges is a page or more)
 EVENT_RETENTION_S = 30 * 86400  # the Events API keeps 30 days
 MUTABLE_TABLES = ("charges", "refunds", "disputes", "payouts", "invoices", "customers")
 
@@ -169,9 +170,10 @@ class Span:
     """A running chunk's range that an idle worker may cut in two (work stealing at the end of a window).
 
     The chunk lists [start, end) newest first and has consumed every object down to `at`. `cut` lowers
-    nothing the chunk already holds: it raises `lower` to an hour boundary below `at`, so the chunk stops
-    there and [start, lower) becomes a chunk of its own. The chunk reads `lower` and moves `at` under
-    the same lock, so no object is listed by both.
+    nothing the chunk already holds: it raises `lower` to a `CUT_STEP` boundary below `at`, so the chunk
+    stops there and [start, lower) becomes a chunk of its own. The chunk reads `lower` and moves `at` under
+    the same lock, so no object is listed by both. An hour cut in two is committed in two parts, each by
+    its own chunk, as each chunk commits the hours it holds.
     """
 
     def __init__(self, start: int, end: int):
@@ -197,14 +199,14 @@ class Span:
             return (self.at - self.lower) * density
 
     def cut(self, min_seconds: int) -> tuple[int, int] | None:
-        """Give away the older half of what is left, hour-aligned, if each half spans `min_seconds`."""
+        """Give away the older half of what is left, on a `CUT_STEP` boundary, if each half spans `min_seconds`."""
         with self.lock:
             if self.finished:
                 return None
-            top = self.at - self.at % HOUR  # the hour being read stays with this chunk
+            top = self.at - self.at % CUT_STEP  # the ten minutes being read stay with this chunk
             mid = self.lower + (top - self.lower) // 2
-            mid -= mid % HOUR
-            if mid - self.lower < max(HOUR, min_seconds) or top - mid < max(HOUR, min_seconds):
+            mid -= mid % CUT_STEP
+            if mid - self.lower < max(CUT_STEP, min_seconds) or top - mid < max(CUT_STEP, min_seconds):
                 return None
             piece = (self.lower, mid)
             self.lower = mid
@@ -422,7 +424,6 @@ class WindowsResult:
 
 
 PROBES_PER_TABLE = 4  # parts of a window whose newest pages are probed at once (fewer for a window of fewer hours)
-MIN_PIECE_PAGES = 1.5  # a running chunk is cut only if each half keeps about this many pages
 
 
 def _forget_pieces(
@@ -539,7 +540,8 @@ def _extract_windows(
             )
     part_pages = {key: n for key, n in part_pages.items() if key[0] not in out.errors}
     pages = {t: sum(n for (tt, _), n in part_pages.items() if tt == t) for t in tables if t not in out.errors}
-    slots = concurrency.in_flight(reader.rate_limit_per_s, reader.seconds_per_page(), explicit=workers)
+    seconds_per_page = reader.seconds_per_page()  # W, timed on the probes
+    slots = concurrency.in_flight(reader.rate_limit_per_s, seconds_per_page, explicit=workers)
     out.in_flight = slots
     counts = {(t, 0): pieces for t in tables} if pieces is not None else concurrency.chunk_counts(part_pages, slots)
     tasks: list[tuple[float, str, int, int, FirstPage | None]] = []
@@ -554,7 +556,8 @@ def _extract_windows(
     # Largest first, but payouts before all: each automatic payout's membership (`?payout=`) is a chain
     # of pages of its own, listed as soon as the payout's page arrives; started last, they were the tail.
     tasks.sort(key=lambda task: (task[1] != "payouts", -task[0]))
-    totals = {t: WindowResult(t, start, end) for t, _ in counts}
+    # Hours of the window, not summed over chunks: an hour cut in two would count twice (a failed table has no total).
+    totals = {t: WindowResult(t, start, end, hours=len(hour_windows(start, end))) for t, _ in counts}
 
     # Pages per second of `created`, per probed table: how much of a running chunk is left to take.
     density = {t: pages[t] / max(1, end - start) for t in pages if pieces is None}
@@ -599,18 +602,20 @@ def _extract_windows(
         """A worker is idle and nothing is left to start: cut the running chunk with most pages left in two.
 
         Called when a chunk ends and after every page, so the pool's workers stay busy from the first
-        pages (a plan with fewer chunks than workers) to the window's end (chunks ending unevenly).
+        pages (a plan with fewer chunks than workers) to the window's end (chunks ending unevenly); how
+        small a part may be follows `concurrency.piece_pages`.
         """
         with lock:
             if unstarted[0] > 0 or len(running) >= workers_n:
                 return
             unstarted[0] += 1  # this worker's place, while a piece is cut for it
             candidates = [(span, t) for span, t in running.items() if t in density and t not in out.errors]
+        min_pages = concurrency.piece_pages(len(candidates), reader.rate_limit_per_s, seconds_per_page)
         left = sorted(((span.pages_left(density[t]), id(span), span, t) for span, t in candidates), reverse=True)
         for pages_left, _, span, t in left:
-            if pages_left < 2 * MIN_PIECE_PAGES:
+            if pages_left < 2 * min_pages:
                 break
-            piece = span.cut(math.ceil((span.at - span.lower) * MIN_PIECE_PAGES / pages_left))
+            piece = span.cut(math.ceil((span.at - span.lower) * min_pages / pages_left))
             if piece is None:
                 continue
             with lock:
@@ -636,9 +641,9 @@ def _extract_windows(
                 continue
             total = totals[t]
             total.rows += res.rows
-            total.hours += res.hours
             total.payout_members += res.payout_members
-            total.rows_by_hour.update(res.rows_by_hour)
+            for h, n in res.rows_by_hour.items():  # an hour cut in two has rows in two chunks
+                total.rows_by_hour[h] = total.rows_by_hour.get(h, 0) + n
             total.rejected.extend(res.rejected)
             if progress:
                 progress(res)

@@ -148,15 +148,23 @@ def _extract_cursors(url: str) -> list[tuple[str, int]]:
 
 def test_a_cut_chunk_stops_at_the_cut_and_a_rerun_resumes_there(emulator, pg_server):
     """`Span.cut` gives the older half away: the chunk stages only what is above the cut, leaves its resume
-    cursor at the cut, and a re-run of the window (the piece lost, as in a killed run) stages the rest."""
+    cursor at the cut, and a re-run of the window (the piece lost, as in a killed run) stages the rest.
+    The window ends where the cut falls on the half hour of an hour with charges on both sides of it:
+    that hour is staged in two parts, by two chunks."""
     state, srv = emulator
-    start, end = window_of(state.summary())
+    _, last = window_of(state.summary())
+    created = [o["created"] for o in state.iter_rendered("charges")]
+    start = min(created) - min(created) % 3600  # the charges' hours (the window also holds older customers)
+    split = [h for h in range(start, last, 3600) if any(h <= c < h + 1800 for c in created)]
+    split = [h for h in split if any(h + 1800 <= c < h + 3600 for c in created) and 2 * h + 3600 - start <= last]
+    hour = split[-1]
+    end = 2 * hour + 3600 - start  # the window's middle is the half hour
     clean_db, cut_db = _db(pg_server, "req_clean"), _db(pg_server, "req_cut")
     reader = StripeReader(KEY, srv.url, rate_limit_per_s=None)
     extract.extract_windows(reader, clean_db, ["charges"], start, end)
     span = extract.Span(start, end)
     piece = span.cut(3600)
-    assert piece is not None and piece[0] == start and start < piece[1] < end and piece[1] % 3600 == 0
+    assert piece == (start, hour + 1800)
     res = extract.extract_chunk(reader, cut_db, "charges", start, end, span=span)
     with psycopg.connect(cut_db) as conn:
         (oldest,) = conn.execute(f"select min(created) from {SCHEMA}.charges").fetchone()

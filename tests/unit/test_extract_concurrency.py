@@ -75,6 +75,15 @@ def test_chunk_counts_are_stable_for_slightly_more_data():
     assert a == b
 
 
+def test_a_chunk_is_cut_into_smaller_parts_once_the_running_chunks_leave_the_limit_idle():
+    # 100 req/s at 0.32 s a page: 32 chunks (one request in flight each) keep the limit busy
+    assert concurrency.piece_pages(40, 100, 0.32) == concurrency.MIN_PIECE_PAGES == 1.0
+    assert concurrency.piece_pages(32, 100, 0.32) == 1.0
+    assert concurrency.piece_pages(31, 100, 0.32) == concurrency.TAIL_PIECE_PAGES == 0.5
+    assert concurrency.piece_pages(3, 25, 0.32) == 0.5  # 25 req/s: 8 chunks fill it
+    assert concurrency.piece_pages(3, None, 0.32) == 1.0  # no limit to keep busy
+
+
 def test_split_expanded_gives_back_the_listed_object_and_the_balance_transactions_it_carried():
     bt = {"id": "txn_1", "object": "balance_transaction", "amount": 500}
     charge = {"id": "ch_1", "object": "charge", "balance_transaction": bt, "failure_balance_transaction": None}

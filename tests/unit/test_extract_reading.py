@@ -8,7 +8,7 @@ import pytest
 import stripe
 
 from stripe_sage_pipeline.extract.client import encode_params, stripe_error
-from stripe_sage_pipeline.extract.extract import HOUR, Span
+from stripe_sage_pipeline.extract.extract import CUT_STEP, HOUR, Span
 
 
 def test_params_are_encoded_as_stripe_expects():
@@ -60,12 +60,17 @@ def test_an_invalid_request_keeps_the_param_and_code():
     assert (err.param, err.code, err.user_message) == ("id", "resource_missing", "m")
 
 
-def test_a_cut_gives_away_the_older_half_on_an_hour_boundary():
+def test_a_cut_gives_away_the_older_half_on_a_ten_minute_boundary():
     span = Span(0, 10 * HOUR)
     assert span.cut(HOUR) == (0, 5 * HOUR)
     assert (span.lower, span.end) == (5 * HOUR, 10 * HOUR)
-    assert span.cut(3 * HOUR) is None  # 5 hours left: halves of 2 h and 3 h are under 3 h
-    assert span.cut(HOUR) == (5 * HOUR, 7 * HOUR)  # 7h30 is floored to the hour
+    assert span.cut(3 * HOUR) is None  # 5 hours left: halves of 2h30 are under 3 h
+    assert span.cut(HOUR) == (5 * HOUR, 7 * HOUR + 1800)  # an hour may be cut in two
+    assert span.cut(CUT_STEP) == (7 * HOUR + 1800, 8 * HOUR + 2400)  # 8h45 floored to ten minutes
+    span = Span(0, 30 * 60)
+    assert span.cut(0) == (0, 10 * 60)  # half of 30 minutes, floored: each part at least ten minutes
+    assert span.cut(0) == (10 * 60, 20 * 60)
+    assert span.cut(0) is None  # ten minutes left: no two parts of ten
 
 
 def test_a_cut_never_takes_what_the_chunk_holds():
