@@ -16,7 +16,7 @@ after `--latency-ms` 300 and 0 and enforcing a 100 and a 25 req/s limit (the cli
 `--baseline DIR` runs the same measurements with the extractor found in DIR as well (e.g. the code
 before a change: `git archive <commit> stripe_sage_pipeline | tar -x -C DIR`), for before/after figures.
 
-Usage: python benchmarks/extract.py [--volume 10] [--days 30] [--baseline DIR] [--latencies 300,0] [--limits 100,25]
+Usage: python benchmarks/extract.py [--volume 10] [--days 30] [--baseline DIR] [--latencies 300,0] [--limits 100,25] [--repeat N]
 """
 
 from __future__ import annotations
@@ -221,6 +221,9 @@ def main() -> None:
     ap.add_argument("--baseline", type=Path, default=None, help="a folder with the extractor to compare against")
     ap.add_argument("--baseline-runs", default="300:100", help="latency:limit pairs measured for the baseline")
     ap.add_argument("--no-ceiling", action="store_true", help="skip the unthrottled run at 0 ms")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="run the baseline and this extractor's measurements N times, alternating"
+    )
     a = ap.parse_args()
     end = 1_790_000_000 - 1_790_000_000 % 86400  # fixed, so figures are comparable between runs
     start = end - (a.days + 1) * 86400  # the generated days (older customers are outside the window)
@@ -231,15 +234,16 @@ def main() -> None:
         proc, url, summary = start_emulator(a.volume, a.days, end)
         try:
             print("emulator:", ", ".join(f"{n:,} {k}" for k, n in summary["counts"].items()), flush=True)
-            if a.baseline:
-                for pair in a.baseline_runs.split(","):
-                    lat, lim = pair.split(":")
-                    rows.append(
-                        measure("baseline", a.baseline, pg, url, int(lat), float(lim) or None, start, end + 86400)
-                    )
-            for lat in (int(x) for x in a.latencies.split(",")):
-                for lim in (float(x) for x in a.limits.split(",")):
-                    rows.append(measure("this", ROOT, pg, url, lat, lim, start, end + 86400))
+            for _ in range(max(1, a.repeat)):  # one host phase touches both extractors alike
+                if a.baseline:
+                    for pair in a.baseline_runs.split(","):
+                        lat, lim = pair.split(":")
+                        rows.append(
+                            measure("baseline", a.baseline, pg, url, int(lat), float(lim) or None, start, end + 86400)
+                        )
+                for lat in (int(x) for x in a.latencies.split(",")):
+                    for lim in (float(x) for x in a.limits.split(",")):
+                        rows.append(measure("this", ROOT, pg, url, lat, lim, start, end + 86400))
             if not a.no_ceiling:  # what this machine can stage with no limit at all: the ceiling of "busy" at 100/s
                 rows.append(measure("ceiling", ROOT, pg, url, 0, None, start, end + 86400, workers=64))
         finally:
@@ -249,6 +253,18 @@ def main() -> None:
         pg.stop()
         shutil.rmtree(tmp, ignore_errors=True)  # half a GB of Postgres data per run
     load = os.getloadavg()[0]
+    runs: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if r["limit"]:
+            runs.setdefault((r["label"], r["latency_ms"], r["limit"]), []).append(r)
+    for (label, lat, lim), rs in runs.items():
+        if len(rs) > 1:
+            busy = sorted(r["busy"] for r in rs)
+            secs = sorted(round(r["seconds"], 1) for r in rs)
+            print(
+                f"{label} at {lat} ms, {int(lim)}/s over {len(rs)} runs: busy {busy[0]}-{busy[-1]} "
+                f"(median {busy[len(busy) // 2]}), {secs[0]}-{secs[-1]} s"
+            )
     print(
         f"\nload average at the end: {load:.1f} (a busy machine lowers objects/s and, at 100 req/s, the busy fraction)"
     )

@@ -17,7 +17,7 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from stripe_sage_pipeline.automation.alerts import ensure_alerts, raise_alert
+from stripe_sage_pipeline.runtime.alerts import ensure_alerts, raise_alert
 
 SUSPENSE_NEXT_STEP = (
     "Map the reporting category in mapping.yaml (categories / fallbacks), rebuild the marts: the entry is reversed"

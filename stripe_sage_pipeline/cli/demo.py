@@ -20,6 +20,7 @@ import dagster as dg
 import psycopg
 
 from stripe_sage_pipeline.automation import rules as automation
+from stripe_sage_pipeline.cli.checks import run_checks
 from stripe_sage_pipeline.cli.errors import CommandError
 from stripe_sage_pipeline.cli.jobs import execute_job
 from stripe_sage_pipeline.extract.tables import SCHEMA, TABLES
@@ -31,7 +32,6 @@ from stripe_sage_pipeline.runtime.dagster_home import (
     remember_partitions_start,
 )
 from stripe_sage_pipeline.runtime.db import database_url, libpq_url, redact_url
-from stripe_sage_pipeline.runtime.doctor import run_checks
 from stripe_sage_pipeline.settings import SANDBOX_STRIPE_KEY, load_settings
 
 STAGING_TABLES = [*TABLES, "payout_balance_transactions"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from stripe_sage_pipeline.runtime.doctor import run_checks
+from stripe_sage_pipeline.cli.checks import run_checks
 
 
 def main_doctor(args: argparse.Namespace) -> int:

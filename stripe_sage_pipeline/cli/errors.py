@@ -36,8 +36,8 @@ def explain(exc: BaseException) -> str:
     import psycopg
     import stripe
 
+    from stripe_sage_pipeline.cli.checks import database_problem, first_line, stripe_problem, target_problem
     from stripe_sage_pipeline.runtime.db import redact_url
-    from stripe_sage_pipeline.runtime.doctor import database_problem, first_line, stripe_problem, target_problem
     from stripe_sage_pipeline.runtime.embedded_pg import EmbeddedPostgresError
     from stripe_sage_pipeline.sage.errors import SageError
     from stripe_sage_pipeline.settings import load_settings

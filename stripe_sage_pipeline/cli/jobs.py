@@ -33,7 +33,7 @@ def execute_job(
         )
     if not result.success:
         failures = [e.message for e in result.all_events if e.is_failure and e.message]
-        from stripe_sage_pipeline.automation.alerts import scrub
+        from stripe_sage_pipeline.runtime.alerts import scrub
 
         first = scrub(failures[0].splitlines()[0]) if failures else "no step reported why"
         raise JobFailed(

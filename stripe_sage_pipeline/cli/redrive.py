@@ -8,10 +8,10 @@ import json
 import sys
 from collections.abc import Sequence
 
+from stripe_sage_pipeline.cli.checks import run_checks
 from stripe_sage_pipeline.cli.errors import CommandError
 from stripe_sage_pipeline.load.redrive import redrive
 from stripe_sage_pipeline.runtime.db import database_url
-from stripe_sage_pipeline.runtime.doctor import run_checks
 from stripe_sage_pipeline.sage.factory import make_target_client
 from stripe_sage_pipeline.settings import load_settings
 

@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import psycopg
 
+from stripe_sage_pipeline.cli.checks import run_checks
 from stripe_sage_pipeline.cli.errors import CommandError
 from stripe_sage_pipeline.cli.jobs import Progress, execute_job
 from stripe_sage_pipeline.runtime.dagster_home import (
@@ -26,7 +27,6 @@ from stripe_sage_pipeline.runtime.dagster_home import (
     remember_partitions_start,
 )
 from stripe_sage_pipeline.runtime.db import database_url, libpq_url
-from stripe_sage_pipeline.runtime.doctor import run_checks
 from stripe_sage_pipeline.settings import load_settings
 
 DEFAULT_START = "2025-01-01-00:00"

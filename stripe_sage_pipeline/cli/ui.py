@@ -15,10 +15,10 @@ import time
 import urllib.request
 from pathlib import Path
 
+from stripe_sage_pipeline.cli.checks import run_checks
 from stripe_sage_pipeline.cli.errors import CommandError
 from stripe_sage_pipeline.runtime.code_server import code_server_command, wait_until_serving, write_grpc_workspace
 from stripe_sage_pipeline.runtime.dagster_home import prepare_dagster_home
-from stripe_sage_pipeline.runtime.doctor import run_checks
 from stripe_sage_pipeline.runtime.embedded_pg import free_port, port_is_free
 from stripe_sage_pipeline.settings import PROJECT_ROOT
 

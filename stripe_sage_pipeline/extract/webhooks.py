@@ -170,7 +170,7 @@ async def _insert(pool: _AsyncConnPool, params: dict[str, Any]) -> tuple[Any, ..
 def alert_rejections(conninfo: str, reason: str, status: int, event_id: str | None) -> int | None:
     """Raise one alert about rejected deliveries (with the counts per reason of the last hour), unless one was
     raised in the last `ALERT_EVERY_S` seconds: a burst of bad requests is one alert, the table keeps each."""
-    from stripe_sage_pipeline.automation.alerts import ensure_alerts, raise_alert
+    from stripe_sage_pipeline.runtime.alerts import ensure_alerts, raise_alert
 
     lock = "select pg_advisory_{}(hashtext('stripe_staging.webhook_rejected_alert'))"
     with psycopg.connect(conninfo, autocommit=True) as conn:

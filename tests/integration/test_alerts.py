@@ -10,8 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import psycopg
 import pytest
 
-from stripe_sage_pipeline.automation import alerts
-from stripe_sage_pipeline.automation.alerts import NEXT_STEPS, classify_failure, raise_alert, scrub
+from stripe_sage_pipeline.runtime import alerts
+from stripe_sage_pipeline.runtime.alerts import NEXT_STEPS, classify_failure, raise_alert, scrub
 from stripe_sage_pipeline.runtime.db import libpq_url
 
 
@@ -127,7 +127,7 @@ def test_raise_alert_writes_row_posts_slack_json_and_scrubs(conninfo, monkeypatc
     monkeypatch.setenv("STRIPE_API_KEY", "sk_live_supersecretvalue42")
     monkeypatch.setenv("SAGEPRO_PASSWORD", "correct-horse-battery")
     kind, next_step = classify_failure("AuthenticationError: Invalid API Key provided: sk_live_supersecretvalue42")
-    with Receiver() as receiver, caplog.at_level(logging.WARNING, logger="stripe_sage_pipeline.automation.alerts"):
+    with Receiver() as receiver, caplog.at_level(logging.WARNING, logger="stripe_sage_pipeline.runtime.alerts"):
         monkeypatch.setenv(alerts.WEBHOOK_URL_ENV, receiver.url)
         alert_id = raise_alert(
             conninfo,
@@ -177,7 +177,7 @@ def test_raise_alert_writes_row_posts_slack_json_and_scrubs(conninfo, monkeypatc
 
 
 def test_raise_alert_without_webhook(conninfo, caplog):
-    with caplog.at_level(logging.WARNING, logger="stripe_sage_pipeline.automation.alerts"):
+    with caplog.at_level(logging.WARNING, logger="stripe_sage_pipeline.runtime.alerts"):
         alert_id = raise_alert(
             conninfo,
             severity="warning",

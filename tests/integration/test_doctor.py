@@ -9,8 +9,7 @@ import pytest
 import yaml
 from load_helpers import PASSWORD, USER, sage_sandbox
 
-from stripe_sage_pipeline.cli import main
-from stripe_sage_pipeline.runtime import doctor
+from stripe_sage_pipeline.cli import checks, main
 from stripe_sage_pipeline.runtime.db import libpq_url
 from stripe_sage_pipeline.runtime.embedded_pg import free_port
 from stripe_sage_pipeline.settings import PROJECT_ROOT, load_settings
@@ -54,8 +53,8 @@ def env(monkeypatch, tmp_path):
     return monkeypatch
 
 
-def _check(name: str) -> doctor.CheckResult:
-    return doctor.CHECKS[name](load_settings())
+def _check(name: str) -> checks.CheckResult:
+    return checks.CHECKS[name](load_settings())
 
 
 # -- mapping ---------------------------------------------------------------------------------------------

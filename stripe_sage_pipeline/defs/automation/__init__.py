@@ -15,7 +15,6 @@ from datetime import UTC, datetime
 
 import dagster as dg
 
-from stripe_sage_pipeline.automation import alerts
 from stripe_sage_pipeline.automation import rules as automation
 from stripe_sage_pipeline.defs.automation.recovery import dead_run_recovery_sensor
 from stripe_sage_pipeline.defs.ingestion import extract_job, stripe_events, update_path_job
@@ -23,6 +22,7 @@ from stripe_sage_pipeline.defs.loading import LOAD_ASSETS, daily_partitions, loa
 from stripe_sage_pipeline.defs.resources import StripeResource
 from stripe_sage_pipeline.defs.transformation import transform_job
 from stripe_sage_pipeline.extract import webhooks
+from stripe_sage_pipeline.runtime import alerts
 from stripe_sage_pipeline.runtime.db import database_url, libpq_url
 from stripe_sage_pipeline.settings import load_settings
 from stripe_sage_pipeline.transform.marts import MARTS_RUN_TAG, built_mapping
