@@ -65,6 +65,18 @@ def env_is_set(name: str) -> bool:
     return _read(name) is not None
 
 
+def pg_runtime_dir(env: Mapping[str, str] | None = None) -> Path:
+    """STRIPE_SAGE_PG_RUNTIME_DIR (root only): where the embedded server's cluster goes when its user cannot
+    enter the data folder. Read alone, without `load_settings` (which imports the Stripe SDK)."""
+    return Path(_read("STRIPE_SAGE_PG_RUNTIME_DIR", "/var/lib/stripe-sage-pg", env) or "/var/lib/stripe-sage-pg")
+
+
+def pg_bin_cache(env: Mapping[str, str] | None = None) -> Path:
+    """STRIPE_SAGE_PG_BIN_CACHE (root only): where a copy of the wheel's PostgreSQL goes when the server's
+    user cannot enter the virtualenv."""
+    return Path(_read("STRIPE_SAGE_PG_BIN_CACHE", "/var/cache/stripe-sage-pg", env) or "/var/cache/stripe-sage-pg")
+
+
 def dbt_server_enabled(env: Mapping[str, str] | None = None) -> bool:
     """STRIPE_SAGE_DBT_SERVER (default on): `stripe-sage-dbt` runs its commands in the warm dbt server
     (transform/dbt_server.py); 0/false/no/off runs each command in its own process."""
@@ -125,6 +137,8 @@ class Settings:
     pool_limit: int | None = None  # steps at once per API pool; None: dagster.yaml's
     studio_token: str | None = None  # the mapping studio's access token (required off 127.0.0.1)
     dagster_url: str | None = None  # the webserver the studio launches transform_job in; None: its default
+    reap_dead_runs: bool = True  # crash recovery fails runs whose worker is gone (False: workers on other hosts)
+    recovery_interval_s: int = 15  # how often the dead-run recovery sensor looks
     extra: dict[str, str] = field(default_factory=dict)
 
     @property
@@ -192,4 +206,6 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
         pool_limit=_int(get("STRIPE_SAGE_POOL_LIMIT")),
         studio_token=get("STRIPE_SAGE_STUDIO_TOKEN"),
         dagster_url=get("STRIPE_SAGE_DAGSTER_URL"),
+        reap_dead_runs=(get("STRIPE_SAGE_REAP_DEAD_RUNS", "1") or "1").strip().lower() not in ("0", "false", "no"),
+        recovery_interval_s=int(get("STRIPE_SAGE_RECOVERY_INTERVAL_S", "15")),
     )

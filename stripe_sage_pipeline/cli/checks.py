@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
-from stripe_sage_pipeline.settings import SANDBOX_STRIPE_KEY, Settings, load_settings
+from stripe_sage_pipeline.settings import SANDBOX_STRIPE_KEY, Settings, load_settings, sdk_api_version
 
 TIMEOUT_S = 10.0
 
@@ -33,11 +33,7 @@ class CheckResult:
 
 def pinned_stripe_version(settings: Settings) -> str:
     """The Stripe API version every request is made at: STRIPE_API_VERSION when set, else the SDK's pin."""
-    import os
-
-    import stripe
-
-    return getattr(settings, "stripe_api_version", None) or os.environ.get("STRIPE_API_VERSION") or stripe.api_version
+    return getattr(settings, "stripe_api_version", None) or sdk_api_version()
 
 
 # -- the checks --------------------------------------------------------------------------------------

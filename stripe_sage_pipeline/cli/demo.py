@@ -305,8 +305,8 @@ def run_demo(
         start_key, end_key = _partition_key(int(first.timestamp())), _partition_key(int(last.timestamp()))
         # The partitions start at the data's first day (the UI then shows no empty days before it);
         # remembered in DAGSTER_HOME so that `stripe-sage ui` shows the same partitions.
-        os.environ["STRIPE_SAGE_START_DATE"] = f"{first:%Y-%m-%d}-00:00"
-        remember_partitions_start(prepare_dagster_home(settings), os.environ["STRIPE_SAGE_START_DATE"])
+        os.environ["STRIPE_SAGE_START_DATE"] = partitions_start = f"{first:%Y-%m-%d}-00:00"
+        remember_partitions_start(prepare_dagster_home(settings), partitions_start)
         instance = hold_storage_connections(dg.DagsterInstance.get())
         # A demo killed mid-run (Ctrl-C, SIGKILL) left its run STARTED holding its pool slot: fail it, free it.
         from stripe_sage_pipeline.runtime.recovery import recover

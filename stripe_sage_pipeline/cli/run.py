@@ -27,9 +27,7 @@ from stripe_sage_pipeline.runtime.dagster_home import (
     remember_partitions_start,
 )
 from stripe_sage_pipeline.runtime.db import database_url, libpq_url
-from stripe_sage_pipeline.settings import load_settings
-
-DEFAULT_START = "2025-01-01-00:00"
+from stripe_sage_pipeline.settings import env_is_set, load_settings
 
 
 @dataclass
@@ -105,12 +103,12 @@ def run_range(start: date, end: date, *, load: bool = True, update_path: bool = 
 
     settings = load_settings()
     today = datetime.now(UTC).date()
-    explicit_start = os.environ.get("STRIPE_SAGE_START_DATE")
+    explicit_start = settings.start_date if env_is_set("STRIPE_SAGE_START_DATE") else None
     failed = [r for r in run_checks(settings, echo=echo) if not r.ok]
     if failed:
         raise CommandError(f"{len(failed)} check(s) failed, first: {failed[0].name}: {failed[0].detail}")
     home = prepare_dagster_home(settings)
-    partitions_start = explicit_start or os.environ.get("STRIPE_SAGE_START_DATE") or DEFAULT_START
+    partitions_start = explicit_start or load_settings().start_date  # remembered by the home, else the default
     if not explicit_start and start < date.fromisoformat(partitions_start[:10]):
         # Nobody chose the first partition: let it cover this range, here and in later `ui` sessions.
         partitions_start = f"{start}-00:00"

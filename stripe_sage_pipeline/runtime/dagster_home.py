@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import yaml
 
 from stripe_sage_pipeline.runtime.db import database_url, libpq_url
-from stripe_sage_pipeline.settings import PROJECT_ROOT, Settings, load_settings
+from stripe_sage_pipeline.settings import PROJECT_ROOT, Settings, env_is_set, load_settings
 
 if TYPE_CHECKING:
     import dagster as dg
@@ -44,7 +44,7 @@ def prepare_dagster_home(settings: Settings | None = None) -> Path:
     home = s.dagster_home or (s.data_dir / "dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     remembered = home / PARTITIONS_START_FILE
-    if not os.environ.get("STRIPE_SAGE_START_DATE") and remembered.is_file():
+    if not env_is_set("STRIPE_SAGE_START_DATE") and remembered.is_file():
         os.environ["STRIPE_SAGE_START_DATE"] = remembered.read_text().strip()
     target = home / "dagster.yaml"
     rendered = render_instance_config()

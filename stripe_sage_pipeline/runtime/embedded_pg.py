@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from stripe_sage_pipeline.settings import pg_bin_cache, pg_runtime_dir
+
 SYSTEM_USER = "pgserver"
 SUPERUSER = "postgres"
 OWNER_FILE = "data_dir.txt"  # in a relocated server folder: the data folder it belongs to
@@ -43,12 +45,12 @@ class EmbeddedPostgresError(RuntimeError):
 
 def runtime_root() -> Path:
     """Where relocated clusters live when root's server user cannot reach the data folder."""
-    return Path(os.environ.get("STRIPE_SAGE_PG_RUNTIME_DIR") or "/var/lib/stripe-sage-pg")
+    return pg_runtime_dir()
 
 
 def bin_cache_root() -> Path:
     """Where the wheel's PostgreSQL install is copied when root's server user cannot reach it."""
-    return Path(os.environ.get("STRIPE_SAGE_PG_BIN_CACHE") or "/var/cache/stripe-sage-pg")
+    return pg_bin_cache()
 
 
 def wheel_install_dir() -> Path:

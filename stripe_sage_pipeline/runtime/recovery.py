@@ -25,15 +25,15 @@ sets `STRIPE_SAGE_REAP_DEAD_RUNS=0` and relies on its launcher's own health chec
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 
 import dagster as dg
 
+from stripe_sage_pipeline.settings import load_settings
+
 log = logging.getLogger(__name__)
 
-REAP_ENV = "STRIPE_SAGE_REAP_DEAD_RUNS"
 IN_PROGRESS = [dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING]
 FINISHED = [dg.DagsterRunStatus.SUCCESS, dg.DagsterRunStatus.FAILURE, dg.DagsterRunStatus.CANCELED]
 # A process that started this long after its run did is not the run's worker (the pid was reused).
@@ -43,7 +43,7 @@ DEAD_MESSAGE = "run worker (pid {pid}) is gone: killed or crashed; marked failed
 
 def reaping_enabled() -> bool:
     """False when STRIPE_SAGE_REAP_DEAD_RUNS is 0/false/no (workers on other hosts)."""
-    return os.environ.get(REAP_ENV, "1").strip().lower() not in ("0", "false", "no")
+    return load_settings().reap_dead_runs
 
 
 def worker_alive(pid: int, started_at: float | None = None) -> bool:

@@ -109,3 +109,38 @@ def test_the_rules_name_what_they_forbid():
     assert _private([(extract, "stripe_sage_pipeline.extract.tables", ["_dumps", "TABLES", "__version__"])]) == [
         f"{extract} imports stripe_sage_pipeline.extract.tables._dumps"
     ]
+
+
+PROJECT_VARIABLE = ("STRIPE_", "SAGE", "INTACCT_")
+
+
+def _environment_reads(path: Path) -> list[str]:
+    """Project variables (STRIPE_*, SAGE*, INTACCT_*) the module reads from os.environ / os.getenv itself."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        name = None
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.args:
+            func = ast.unparse(node.func)
+            if func in ("os.environ.get", "os.getenv", "environ.get") and isinstance(node.args[0], ast.Constant):
+                name = node.args[0].value
+        elif isinstance(node, ast.Subscript) and isinstance(node.ctx, ast.Load):
+            if ast.unparse(node.value) in ("os.environ", "environ") and isinstance(node.slice, ast.Constant):
+                name = node.slice.value
+        if isinstance(name, str) and name.startswith(PROJECT_VARIABLE):
+            found.append(name)
+    return found
+
+
+def test_every_project_variable_is_read_in_settings(tmp_path: Path):
+    reads = {
+        str(path.relative_to(ROOT)): names
+        for path in sorted((ROOT / PIPELINE).rglob("*.py"))
+        if path.name != "settings.py" and (names := _environment_reads(path))
+    }
+    assert reads == {}
+    scratch = tmp_path / "scratch.py"
+    scratch.write_text(
+        'import os\nos.environ.get("STRIPE_X", "1")\nos.environ["SAGEPRO_USER"]\nos.getenv("HOME")\n'
+        'os.environ["STRIPE_Y"] = "written, not read"\n'
+    )
+    assert _environment_reads(scratch) == ["STRIPE_X", "SAGEPRO_USER"]

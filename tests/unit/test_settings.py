@@ -22,6 +22,9 @@ def test_defaults_are_the_embedded_server_and_the_sandboxes() -> None:
     assert (s.start_date, s.events_source, s.sensor_interval_s) == ("2025-01-01-00:00", "webhooks", 30)
     assert (s.alert_webhook_url, s.max_concurrent_runs, s.pool_limit) == (None, None, None)
     assert s.mapping_file == PROJECT_ROOT / "mapping.yaml"
+    assert (s.reap_dead_runs, s.recovery_interval_s) == (True, 15)
+    assert settings.pg_runtime_dir({}) == Path("/var/lib/stripe-sage-pg")
+    assert settings.pg_bin_cache({}) == Path("/var/cache/stripe-sage-pg")
 
 
 def test_every_variable_is_read_and_empty_means_unset(tmp_path: Path) -> None:
@@ -46,6 +49,10 @@ def test_every_variable_is_read_and_empty_means_unset(tmp_path: Path) -> None:
         "STRIPE_SAGE_MAX_CONCURRENT_RUNS": "2",
         "STRIPE_SAGE_POOL_LIMIT": "3",
         "STRIPE_RATE_LIMIT_PER_S": "",
+        "STRIPE_SAGE_REAP_DEAD_RUNS": "No",
+        "STRIPE_SAGE_RECOVERY_INTERVAL_S": "60",
+        "STRIPE_SAGE_PG_RUNTIME_DIR": str(tmp_path / "run"),
+        "STRIPE_SAGE_PG_BIN_CACHE": str(tmp_path / "bin"),
     }
     s = load_settings(env)
     assert not s.embedded and s.embedded_pg_port == 55000 and s.data_dir == tmp_path
@@ -62,6 +69,8 @@ def test_every_variable_is_read_and_empty_means_unset(tmp_path: Path) -> None:
         tmp_path / "home",
     )
     assert (s.max_concurrent_runs, s.pool_limit, s.mapping_file) == (2, 3, tmp_path / "m.yaml")
+    assert (s.reap_dead_runs, s.recovery_interval_s) == (False, 60)
+    assert (settings.pg_runtime_dir(env), settings.pg_bin_cache(env)) == (tmp_path / "run", tmp_path / "bin")
     # Secrets never reach a log line through the object's repr.
     text = repr(s)
     assert "sk_live_abc" not in text and "pw'" not in text and "u:p@db" not in text and "whsec_x" not in text

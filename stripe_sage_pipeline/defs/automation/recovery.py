@@ -1,12 +1,11 @@
 """Crash recovery in the daemon: a sensor that fails runs whose worker died and frees their pool slots."""
 
-import os
-
 import dagster as dg
 
 from stripe_sage_pipeline.runtime.recovery import recover
+from stripe_sage_pipeline.settings import load_settings
 
-RECOVERY_INTERVAL_S = int(os.environ.get("STRIPE_SAGE_RECOVERY_INTERVAL_S", "15"))
+RECOVERY_INTERVAL_S = load_settings().recovery_interval_s
 
 
 @dg.sensor(minimum_interval_seconds=RECOVERY_INTERVAL_S, default_status=dg.DefaultSensorStatus.RUNNING)
