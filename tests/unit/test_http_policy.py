@@ -108,11 +108,39 @@ def test_a_paced_limit_starts_requests_a_gap_apart_instead_of_a_full_window_at_o
     paced = starts(limit, 300)
     gaps = [b - a for a, b in zip(paced, paced[1:], strict=False)]
     assert paced[49] == paced[0] < paced[50]  # a short burst (half the window) starts at once
-    assert sum(1 for g in gaps[50:] if g < 0.0075) <= 3  # then about 10 ms apart (late starts caught up)
-    assert 2.98 <= paced[-1] - paced[0] <= 3.03  # 100 a second
+    assert sorted(gaps[50:])[len(gaps) // 2] >= 0.0085  # then about 9-10 ms apart ...
+    assert max(sum(1 for t in paced[50:] if s <= t < s + 0.1) for s in paced[50:]) <= 15  # ... never a window at once
+    assert 2.85 <= paced[-1] - paced[0] <= 3.03  # 100 a second
     assert all(sum(1 for t in paced if s <= t < s + 1) <= 100 for s in paced)  # never over the limit
     burst = starts(RateLimit(100, sleep=sleep), 100)
     assert burst[-1] == burst[0]  # unpaced: a full window at once
+
+
+def test_a_paced_limit_makes_up_for_a_stalled_process_without_exceeding_the_window(monkeypatch):
+    """The process stalls 100 ms once a second (a GC pass, a core busy with Postgres): the pace, a tenth
+    ahead of the limit, makes the time up inside the moving window; paced exactly, it lost 3% of it."""
+    clock = [1000.0]
+    monkeypatch.setattr("stripe_sage_pipeline.runtime.http_policy.time.monotonic", lambda: clock[0])
+    monkeypatch.setattr("stripe_sage_pipeline.runtime.http_policy.time.time", lambda: clock[0])
+
+    def sleep(seconds: float) -> None:
+        clock[0] += seconds
+
+    def rate(share: float) -> tuple[float, int]:
+        monkeypatch.setattr("stripe_sage_pipeline.runtime.http_policy.PACE_SHARE", share)
+        limit = RateLimit(100, pace=True, sleep=sleep)
+        started = []
+        for i in range(1000):
+            limit.acquire()
+            started.append(clock[0])
+            if i % 100 == 99:
+                clock[0] += 0.1
+        busiest = max(sum(1 for t in started if s <= t < s + 1 - 1e-9) for s in started)
+        return (len(started) - 1) / (started[-1] - started[0]), busiest
+
+    ahead, exact = rate(0.9), rate(1.0)
+    assert ahead[0] >= 100.0 and ahead[1] == 100  # the limit kept busy, never exceeded
+    assert exact[0] < 98.0 and exact[1] == 100
 
 
 def test_shared_rate_limit_is_one_object_per_key():
@@ -207,5 +235,5 @@ def test_a_paced_limit_catches_up_late_starts_without_exceeding_the_window(monke
         limit.acquire()
         started.append(clock[0])
         clock[0] += 0.003  # the next waiter gets the turn 3 ms later
-    assert 4.9 <= started[-1] - started[0] <= 5.1  # 100 a second, not 1 / 13 ms = 77
+    assert 4.8 <= started[-1] - started[0] <= 5.1  # 100 a second, not 1 / 13 ms = 77
     assert all(sum(1 for t in started if s <= t < s + 1 - 1e-6) <= 100 for s in started)
